@@ -1,0 +1,5 @@
+"""``python -m mailops``."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,526 @@
+"""senders.yaml: discovery, parsing and validation into frozen models.
+
+Every error is one line ``FILE: KEY.PATH: problem; fix``. Unknown keys are
+errors (a typo such as ``daly_limit`` must never pass silently), duplicate
+keys are errors, and a ``password`` key is refused with the command that puts
+the password in the keyring instead.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import ConfigError
+from .paths import config_candidates, user_data_dir
+
+Security = Literal["starttls", "ssl", "none"]
+Strategy = Literal["failover", "round-robin", "random", "least-used"]
+
+DEFAULT_PORTS = {"starttls": 587, "ssl": 465, "none": 25}
+TOP_LEVEL_KEYS = ("timezone", "database", "templates", "defaults", "senders", "routes", "groups", "delivery")
+SENDER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from a number or a string such as ``90``, ``5m``, ``1h``, ``2d``."""
+    if isinstance(value, bool):
+        raise ValueError("must be a duration such as 30, 5m, 1h or 2d")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    else:
+        match = _DURATION_RE.match(str(value))
+        if not match:
+            raise ValueError(f"must be a duration such as 30, 5m, 1h or 2d (got {value!r})")
+        seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    if seconds < 0:
+        raise ValueError(f"must not be negative (got {value!r})")
+    return seconds
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SenderFields(_Strict):
+    """Every key a sender (or ``defaults``) may hold; all optional here, required ones checked later."""
+
+    email: str | None = None
+    name: str | None = None
+    host: str | None = None
+    port: int | None = Field(default=None, ge=1, le=65535)
+    security: Security | None = None
+    username: str | None = None
+    auth: bool | None = None
+    allow_plaintext_auth: bool | None = None
+    reply_to: str | None = None
+    daily_limit: int | None = Field(default=None, ge=1)
+    monthly_limit: int | None = Field(default=None, ge=1)
+    per_minute: int | None = Field(default=None, ge=1)
+    min_interval: float | None = Field(default=None, ge=0)
+    priority: int | None = None
+    active: bool | None = None
+    timeout: float | None = Field(default=None, gt=0, le=600)
+    ca_file: str | None = None
+    tls_verify: bool | None = None
+    password_command: str | None = None
+    connections: int | None = Field(default=None, ge=1, le=16)
+    max_per_connection: int | None = Field(default=None, ge=1)
+
+
+@dataclass(frozen=True)
+class Sender:
+    """One sending mailbox, fully resolved (defaults applied, paths absolute)."""
+
+    key: str  # the name under ``senders:``; used on the command line and in the keyring
+    email: str
+    host: str
+    port: int
+    security: str
+    username: str
+    display_name: str | None = None
+    auth: bool = True
+    allow_plaintext_auth: bool = False
+    reply_to: str | None = None
+    daily_limit: int | None = None
+    monthly_limit: int | None = None
+    per_minute: int | None = None
+    min_interval: float = 0.0
+    priority: int = 100
+    active: bool = True
+    timeout: float = 30.0
+    ca_file: Path | None = None
+    tls_verify: bool = True
+    password_command: str | None = None
+    connections: int = 1
+    max_per_connection: int = 100
+
+    @property
+    def domain(self) -> str:
+        """Domain of the sender's address, used for Message-IDs."""
+        return self.email.rpartition("@")[2]
+
+    @property
+    def from_header(self) -> str:
+        """The From header value: display name and address."""
+        from email.headerregistry import Address
+
+        return str(Address(display_name=self.display_name or "", addr_spec=self.email))
+
+
+@dataclass(frozen=True)
+class Route:
+    """A purpose (``renewal``, ``default``) mapped to candidate senders and how to pick among them."""
+
+    name: str
+    senders: tuple[str, ...]
+    strategy: str = "failover"
+
+
+@dataclass(frozen=True)
+class DeliveryPolicy:
+    """Retry schedule for temporary failures and the claim lease (the ``delivery:`` key)."""
+
+    retry_initial: float = 300.0  # first retry after 5 minutes, as Postfix does
+    retry_max: float = 3600.0  # backoff grows up to an hour
+    give_up_after: float = 2 * 86400.0  # then the message is failed
+    lease: float = 300.0  # a claimed message returns to the queue if its process dies
+
+
+class _DeliveryModel(_Strict):
+    retry_initial: float | None = None
+    retry_max: float | None = None
+    give_up_after: float | None = None
+    lease: float | None = None
+
+    @field_validator("retry_initial", "retry_max", "give_up_after", "lease", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        return None if value is None else parse_duration(value)
+
+
+@dataclass(frozen=True)
+class Config:
+    """A validated senders.yaml."""
+
+    path: Path
+    timezone_name: str
+    database_url: str
+    templates_dir: Path
+    senders: dict[str, Sender]
+    routes: dict[str, Route]
+    groups: dict[str, tuple[str, ...]]
+    delivery: DeliveryPolicy = field(default_factory=DeliveryPolicy)
+
+    @property
+    def timezone(self) -> ZoneInfo:
+        """The zone in which daily and monthly quotas roll over."""
+        return ZoneInfo(self.timezone_name)
+
+    def sender(self, key: str) -> Sender:
+        """The sender named ``key``, or a ConfigError listing the known ones."""
+        try:
+            return self.senders[key]
+        except KeyError:
+            raise ConfigError(
+                f"{self.path}: unknown sender {key!r}; known senders: {', '.join(self.senders) or '(none)'}"
+            ) from None
+
+
+# ---------------------------------------------------------------- YAML loading
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys (PyYAML silently keeps the last one)."""
+
+
+def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    loader.flatten_mapping(node)
+    mapping: dict[Any, Any] = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in mapping:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}; remove or rename one of them", key_node.start_mark
+            )
+        mapping[key] = loader.construct_object(value_node, deep=deep)
+    return mapping
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text; save the file as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - SafeLoader subclass
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = exc.problem or exc.context or "invalid YAML"
+        raise ConfigError(f"{where}: invalid YAML: {problem}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+
+
+# ---------------------------------------------------------------- validation
+
+
+def _keypath(*parts: Any) -> str:
+    out = ""
+    for part in parts:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _describe(error: dict[str, Any], model: type[BaseModel]) -> str:
+    """One phrase for one pydantic error, written for an operator rather than a programmer."""
+    kind = error["type"]
+    given = error.get("input")
+    ctx = error.get("ctx") or {}
+    if kind == "extra_forbidden":
+        name = str(error["loc"][-1])
+        close = difflib.get_close_matches(name, list(model.model_fields), n=1)
+        if close:
+            return f"unknown key; did you mean {close[0]!r}?"
+        return f"unknown key; valid keys are: {', '.join(model.model_fields)}"
+    if kind == "literal_error":
+        return f"must be one of {ctx.get('expected', '')} (got {given!r})"
+    if kind in ("int_parsing", "int_type", "int_from_float"):
+        return f"must be a whole number (got {given!r})"
+    if kind in ("float_parsing", "float_type"):
+        return f"must be a number (got {given!r})"
+    if kind in ("bool_parsing", "bool_type"):
+        return f"must be true or false (got {given!r})"
+    if kind == "string_type":
+        return f"must be text (got {given!r})"
+    if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
+        bound = next(iter(ctx.values()), "")
+        words = {
+            "greater_than_equal": "at least",
+            "greater_than": "more than",
+            "less_than_equal": "at most",
+            "less_than": "less than",
+        }[kind]
+        return f"must be {words} {bound} (got {given!r})"
+    if kind in ("dict_type", "model_type", "model_attributes_type"):
+        return f"must be a mapping of keys to values (got {type(given).__name__})"
+    if kind == "value_error":
+        return str(ctx.get("error", error["msg"]))
+    return str(error["msg"])
+
+
+def _validate(model: type[BaseModel], data: Any, path: Path, prefix: tuple[Any, ...]) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = _keypath(*prefix, *first["loc"])
+        raise ConfigError(f"{path}: {where}: {_describe(first, model)}") from None
+
+
+def _check_address(value: str, path: Path, where: str, allow_display_name: bool = False) -> str:
+    from email.utils import parseaddr
+
+    from email_validator import EmailNotValidError, validate_email
+
+    addr = value
+    if allow_display_name:
+        addr = parseaddr(value)[1] or value
+    if any(ch in value for ch in "\r\n\0"):
+        raise ConfigError(f"{path}: {where}: line breaks are not allowed in an address")
+    try:
+        validate_email(addr, check_deliverability=False)
+    except EmailNotValidError as exc:
+        raise ConfigError(f"{path}: {where}: {value!r} is not a valid email address: {exc}") from None
+    return value
+
+
+def _as_mapping(value: Any, path: Path, where: str, what: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path}: {where}: must be a mapping of {what} (got {type(value).__name__})")
+    for key in value:
+        if not isinstance(key, str):
+            raise ConfigError(f"{path}: {where}: key {key!r} must be text; quote it")
+    return value
+
+
+def _refuse_password(raw: dict[str, Any], path: Path, where: str, sender_key: str | None) -> None:
+    if "password" in raw:
+        target = sender_key or "SENDER"
+        raise ConfigError(
+            f"{path}: {where}.password: passwords do not belong in senders.yaml; delete the key and run "
+            f"'mailops password set {target}' to keep it in the system keyring"
+        )
+
+
+def _build_sender(key: str, merged: dict[str, Any], base: Path, path: Path) -> Sender:
+    where = f"senders.{key}"
+    fields = _validate(SenderFields, merged, path, ("senders", key))
+    for required in ("email", "host"):
+        if getattr(fields, required) in (None, ""):
+            raise ConfigError(f"{path}: {where}.{required}: required key is missing; add it (or put it in defaults)")
+    email = _check_address(fields.email, path, f"{where}.email")
+    if fields.reply_to:
+        _check_address(fields.reply_to, path, f"{where}.reply_to", allow_display_name=True)
+    security = fields.security or "starttls"
+    if fields.allow_plaintext_auth and security != "none":
+        raise ConfigError(
+            f"{path}: {where}.allow_plaintext_auth: only meaningful with security: none; remove it "
+            f"(security: {security} already encrypts the login)"
+        )
+    ca_file = None
+    if fields.ca_file:
+        ca_file = (base / os.path.expanduser(fields.ca_file)).resolve()
+        if not ca_file.is_file():
+            raise ConfigError(f"{path}: {where}.ca_file: no such file {str(ca_file)!r}; fix the path")
+    if fields.name and any(ch in fields.name for ch in "\r\n\0"):
+        raise ConfigError(f"{path}: {where}.name: line breaks are not allowed in a display name")
+
+    def pick(name: str, default: Any) -> Any:
+        value = getattr(fields, name)
+        return default if value is None else value
+
+    return Sender(
+        key=key,
+        email=email,
+        host=fields.host,
+        port=pick("port", DEFAULT_PORTS[security]),
+        security=security,
+        username=pick("username", email),
+        display_name=fields.name,
+        auth=pick("auth", True),
+        allow_plaintext_auth=pick("allow_plaintext_auth", False),
+        reply_to=fields.reply_to,
+        daily_limit=fields.daily_limit,
+        monthly_limit=fields.monthly_limit,
+        per_minute=fields.per_minute,
+        min_interval=pick("min_interval", 0.0),
+        priority=pick("priority", 100),
+        active=pick("active", True),
+        timeout=pick("timeout", 30.0),
+        ca_file=ca_file,
+        tls_verify=pick("tls_verify", True),
+        password_command=fields.password_command,
+        connections=pick("connections", 1),
+        max_per_connection=pick("max_per_connection", 100),
+    )
+
+
+def _build_route(name: str, raw: Any, senders: dict[str, Sender], path: Path) -> Route:
+    where = f"routes.{name}"
+    strategy = "failover"
+    if isinstance(raw, str):
+        members: Any = [raw]
+    elif isinstance(raw, list):
+        members = raw
+    elif isinstance(raw, dict):
+        unknown = sorted(set(raw) - {"senders", "strategy"})
+        if unknown:
+            close = difflib.get_close_matches(str(unknown[0]), ["senders", "strategy"], n=1)
+            hint = f"did you mean {close[0]!r}?" if close else "a route takes only 'senders' and 'strategy'"
+            raise ConfigError(f"{path}: {where}.{unknown[0]}: unknown key; {hint}")
+        if "senders" not in raw:
+            raise ConfigError(f"{path}: {where}.senders: required key is missing; list the senders of this route")
+        members = raw["senders"]
+        if isinstance(members, str):
+            members = [members]
+        strategy = raw.get("strategy", "failover")
+        allowed = ("failover", "round-robin", "random", "least-used")
+        if strategy not in allowed:
+            raise ConfigError(
+                f"{path}: {where}.strategy: must be one of {', '.join(allowed)} (got {strategy!r})"
+            )
+    else:
+        raise ConfigError(
+            f"{path}: {where}: must be a sender name, a list of sender names, or a mapping with 'senders' "
+            f"and 'strategy' (got {type(raw).__name__})"
+        )
+    if not isinstance(members, list) or not members:
+        raise ConfigError(f"{path}: {where}: lists no senders; name at least one sender")
+    seen: set[str] = set()
+    for index, member in enumerate(members):
+        if not isinstance(member, str) or member not in senders:
+            close = difflib.get_close_matches(str(member), list(senders), n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"known senders: {', '.join(senders) or '(none)'}"
+            loc = f"{where}[{index}]" if not isinstance(raw, dict) else f"{where}.senders[{index}]"
+            raise ConfigError(f"{path}: {loc}: unknown sender {member!r}; {hint}")
+        if member in seen:
+            raise ConfigError(f"{path}: {where}: sender {member!r} is listed twice; list it once")
+        seen.add(member)
+    return Route(name=name, senders=tuple(members), strategy=strategy)
+
+
+def _build_groups(raw: Any, path: Path) -> dict[str, tuple[str, ...]]:
+    groups: dict[str, tuple[str, ...]] = {}
+    for name, members in _as_mapping(raw, path, "groups", "group names to address lists").items():
+        if isinstance(members, str):
+            members = [members]
+        if not isinstance(members, list) or not members:
+            raise ConfigError(f"{path}: groups.{name}: must be a non-empty list of addresses")
+        for index, member in enumerate(members):
+            if not isinstance(member, str):
+                raise ConfigError(f"{path}: groups.{name}[{index}]: must be an address (got {member!r})")
+            _check_address(member, path, f"groups.{name}[{index}]", allow_display_name=True)
+        groups[name] = tuple(members)
+    return groups
+
+
+def _database_url(raw: Any, base: Path, path: Path) -> str:
+    env = os.environ.get("MAILOPS_DATABASE_URL")
+    if env:
+        return env
+    if raw is None:
+        return f"sqlite:///{user_data_dir() / 'mailops.db'}"
+    if not isinstance(raw, str) or not raw.strip():
+        raise ConfigError(f"{path}: database: must be a file path or a database URL (got {raw!r})")
+    if "://" in raw:
+        return raw
+    return f"sqlite:///{(base / os.path.expanduser(raw)).resolve()}"
+
+
+def parse_config(data: Any, path: Path) -> Config:
+    """Validate already-loaded YAML data; ``path`` locates relative paths and error messages."""
+    path = Path(path)
+    base = path.resolve().parent
+    if data is None:
+        raise ConfigError(f"{path}: the file is empty; start from senders.yaml.example or run 'mailops init'")
+    top = _as_mapping(data, path, "(top level)", "settings")
+    for key in top:
+        if key not in TOP_LEVEL_KEYS:
+            close = difflib.get_close_matches(key, TOP_LEVEL_KEYS, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"valid keys are: {', '.join(TOP_LEVEL_KEYS)}"
+            raise ConfigError(f"{path}: {key}: unknown key; {hint}")
+
+    tz_name = top.get("timezone", "UTC")
+    try:
+        if not isinstance(tz_name, str):
+            raise ZoneInfoNotFoundError
+        ZoneInfo(tz_name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(
+            f"{path}: timezone: unknown time zone {tz_name!r}; use an IANA name such as Europe/Berlin or UTC"
+        ) from None
+
+    defaults = _as_mapping(top.get("defaults"), path, "defaults", "sender keys")
+    _refuse_password(defaults, path, "defaults", None)
+    _validate(SenderFields, defaults, path, ("defaults",))
+
+    raw_senders = _as_mapping(top.get("senders"), path, "senders", "sender names to settings")
+    if not raw_senders:
+        raise ConfigError(f"{path}: senders: no senders defined; add at least one under 'senders:'")
+    senders: dict[str, Sender] = {}
+    for key, raw in raw_senders.items():
+        if not SENDER_NAME_RE.match(key):
+            raise ConfigError(
+                f"{path}: senders.{key}: a sender name may hold only letters, digits, '.', '_' and '-'; rename it"
+            )
+        settings = _as_mapping(raw, path, f"senders.{key}", "sender keys")
+        _refuse_password(settings, path, f"senders.{key}", key)
+        senders[key] = _build_sender(key, {**defaults, **settings}, base, path)
+
+    routes = {
+        name: _build_route(name, raw, senders, path)
+        for name, raw in _as_mapping(top.get("routes"), path, "routes", "route names to senders").items()
+    }
+    groups = _build_groups(top.get("groups"), path)
+
+    templates_raw = top.get("templates", "templates")
+    if not isinstance(templates_raw, str) or not templates_raw.strip():
+        raise ConfigError(f"{path}: templates: must be a folder path (got {templates_raw!r})")
+
+    delivery_fields = _validate(_DeliveryModel, top.get("delivery") or {}, path, ("delivery",))
+    delivery = DeliveryPolicy(
+        **{k: v for k, v in delivery_fields.model_dump().items() if v is not None}
+    )
+
+    return Config(
+        path=path,
+        timezone_name=tz_name,
+        database_url=_database_url(top.get("database"), base, path),
+        templates_dir=(base / os.path.expanduser(templates_raw)).resolve(),
+        senders=senders,
+        routes=routes,
+        groups=groups,
+        delivery=delivery,
+    )
+
+
+def find_config_path(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """The config file to use: ``--config``, ``MAILOPS_CONFIG``, ``./senders.yaml``, user config dir."""
+    candidates = config_candidates(explicit)
+    for candidate, how in candidates:
+        if candidate.is_file():
+            return candidate
+        if how in ("--config", "MAILOPS_CONFIG"):
+            raise ConfigError(f"{candidate}: no such config file (given by {how}); check the path")
+    looked = ", ".join(str(c) for c, _ in candidates)
+    raise ConfigError(
+        f"no senders.yaml found (looked in {looked}); run 'mailops init' to create one or pass --config PATH"
+    )
+
+
+def load_config(explicit: str | os.PathLike[str] | None = None) -> Config:
+    """Find, read and validate the config."""
+    path = find_config_path(explicit)
+    return parse_config(_read_yaml(path), path)

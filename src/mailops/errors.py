@@ -1,0 +1,62 @@
+"""One exception hierarchy for mailops; the CLI maps ``exit_code`` to the process exit code.
+
+Exit codes are a contract with cron: 0 everything requested was done, 1 some
+messages failed or were deferred (or a check found a problem), 2 usage,
+config or input error (nothing was sent).
+"""
+
+from __future__ import annotations
+
+
+class MailopsError(Exception):
+    """Root of every error mailops expects; its message is one line meant for the operator."""
+
+    #: process exit code when this error ends a command
+    exit_code: int = 2
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UsageError(MailopsError):
+    """Options that contradict each other or name nothing (unknown route, group, sender)."""
+
+
+class ConfigError(MailopsError):
+    """senders.yaml is missing, unreadable or invalid; the message names the file and key path."""
+
+
+class InputError(MailopsError):
+    """A data file, template, address or attachment is bad; the message names file, row and field."""
+
+
+class SecretError(MailopsError):
+    """A password cannot be stored or found (no usable keyring, missing entry, failing command)."""
+
+
+class StoreError(MailopsError):
+    """The database cannot be opened, migrated or reached; nothing was sent."""
+
+
+class DeliveryError(MailopsError):
+    """Something was attempted and did not fully succeed (test-smtp failure, deferred or failed mail)."""
+
+    exit_code = 1
+
+
+class InvalidBatchError(InputError):
+    """Some rows of a batch are invalid; carries every problem so the CLI can list them."""
+
+    def __init__(self, problems: list[str], total_rows: int) -> None:
+        self.problems = problems
+        self.total_rows = total_rows
+        shown = "; ".join(problems[:1])
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        super().__init__(
+            f"{len(problems)} of {total_rows} rows are invalid, nothing was sent: {shown}{more}; "
+            "fix them or pass --skip-invalid to send only the valid rows"
+        )

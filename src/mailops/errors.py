@@ -49,14 +49,17 @@ class DeliveryError(MailopsError):
 
 
 class InvalidBatchError(InputError):
-    """Some rows of a batch are invalid; carries every problem so the CLI can list them."""
+    """Some rows of a batch are invalid; carries the first problems so the CLI can list them."""
 
-    def __init__(self, problems: list[str], total_rows: int) -> None:
+    def __init__(self, problems: list[str], total_rows: int, problem_count: int | None = None) -> None:
         self.problems = problems
         self.total_rows = total_rows
-        shown = "; ".join(problems[:1])
-        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        super().__init__(
-            f"{len(problems)} of {total_rows} rows are invalid, nothing was sent: {shown}{more}; "
-            "fix them or pass --skip-invalid to send only the valid rows"
-        )
+        self.problem_count = problem_count if problem_count is not None else len(problems)
+        if self.problem_count == 1:
+            text = f"{problems[0]} (nothing was sent)"
+        else:
+            text = (
+                f"{self.problem_count} of {total_rows} rows are invalid, nothing was sent; "
+                "fix them or pass --skip-invalid to send only the valid rows"
+            )
+        super().__init__(text)

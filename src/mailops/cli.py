@@ -1,0 +1,856 @@
+"""The ``mailops`` command line: parse options, call the domain, print results.
+
+No SMTP or SQL here. Heavy modules (database, templating, SMTP) are imported
+inside the commands that need them so ``mailops --help``, ``--version`` and
+``password status`` start fast. Every expected error is a MailopsError,
+turned into one line on stderr and its exit code in :func:`main`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Optional
+
+import typer
+
+from .errors import DeliveryError, MailopsError, UsageError
+
+if TYPE_CHECKING:
+    from .config import Config
+    from .store import Store
+
+app = typer.Typer(
+    name="mailops",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+password_app = typer.Typer(help="Store, remove and inspect sender passwords (kept in the system keyring).")
+queue_app = typer.Typer(help="Inspect and manage the outbox: list, show, retry, cancel, purge.")
+db_app = typer.Typer(help="The database: schema status and upgrades.")
+app.add_typer(password_app, name="password")
+app.add_typer(queue_app, name="queue")
+app.add_typer(db_app, name="db")
+
+
+class _State:
+    config_path: str | None = None
+    debug: bool = False
+
+
+STATE = _State()
+
+
+# ---------------------------------------------------------------- shared helpers
+
+
+def _console(stderr: bool = False) -> Any:
+    from rich.console import Console
+
+    # Rich honours NO_COLOR itself; highlight off keeps numbers in tables plain.
+    return Console(stderr=stderr, highlight=False, soft_wrap=False)
+
+
+def _out(text: str = "") -> None:
+    typer.echo(text)
+
+
+def _err(text: str) -> None:
+    typer.echo(text, err=True)
+
+
+def _load_config() -> Config:
+    from .config import load_config
+
+    return load_config(STATE.config_path)
+
+
+def _open_store(config: Config) -> Store:
+    from .store import Store
+
+    return Store.open(config.database_url)
+
+
+def _print_json(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=2, default=str, ensure_ascii=False))
+
+
+def _table(title: str | None, columns: list[str], rows: list[list[Any]]) -> None:
+    from rich.table import Table
+
+    table = Table(title=title, show_lines=False, header_style="bold")
+    for col in columns:
+        table.add_column(col, overflow="fold")
+    for row in rows:
+        table.add_row(*["" if v is None else str(v) for v in row])
+    _console().print(table)
+
+
+def _now() -> float:
+    return time.time()
+
+
+# ---------------------------------------------------------------- root
+
+
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"mailops {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    config: Annotated[
+        Optional[str],
+        typer.Option("--config", "-c", metavar="PATH", help="senders.yaml to use (else $MAILOPS_CONFIG, ./senders.yaml, user config dir)."),
+    ] = None,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors (never local variables).")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Send a company's outgoing mail through its sender accounts: routes, quotas, outbox, log.
+
+    Exit codes: 0 done, 1 some messages failed or were deferred (or a check failed), 2 usage/config/input error.
+    """
+    STATE.config_path = config
+    STATE.debug = debug
+
+
+# ---------------------------------------------------------------- init / demo / dev-server
+
+
+@app.command()
+def init(
+    directory: Annotated[Path, typer.Argument(help="Folder to create the config in.")] = Path("."),
+) -> None:
+    """Create a starter senders.yaml and an example template in DIR (never overwrites)."""
+    from .scaffold import write_starter
+
+    created = write_starter(directory)
+    for path in created:
+        _out(f"created {path}")
+    _out(f"next: edit {directory / 'senders.yaml'}, then run 'mailops password set SENDER' and 'mailops doctor'")
+
+
+@app.command("dev-server")
+def dev_server(
+    host: Annotated[str, typer.Option(help="Address to bind; keep loopback unless you mean to expose it.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8025,
+    maildir: Annotated[Optional[Path], typer.Option(help="Store every message in this Maildir.")] = None,
+) -> None:
+    """Run a local capture SMTP server for trying templates and routes safely (Ctrl-C stops it)."""
+    from .devserver import CaptureServer, serve_forever
+
+    def show(msg: Any) -> None:
+        _out(f"received {msg.message_id or '(no Message-ID)'} from {msg.mail_from} to {', '.join(msg.rcpt_tos)}: {msg.subject!r} ({msg.size} bytes)")
+
+    server = CaptureServer(host=host, port=port, maildir=maildir, on_message=show)
+    with server:
+        where = f" storing in {maildir}" if maildir else ""
+        _err(f"capturing mail on {host}:{port}{where}; point a sender at it with security: none and auth: false")
+        try:
+            serve_forever(server)
+        except KeyboardInterrupt:
+            _err("stopped")
+
+
+@app.command()
+def demo(
+    directory: Annotated[Path, typer.Option("--dir", help="Folder for the demo's files.")] = Path("mailops-demo"),
+) -> None:
+    """Run a real mail merge through a route to a local capture server, then show the log."""
+    from .demo import run_demo
+
+    code = run_demo(directory, echo=_out)
+    raise typer.Exit(code)
+
+
+# ---------------------------------------------------------------- passwords
+
+
+@password_app.command("set")
+def password_set(
+    sender: Annotated[str, typer.Argument(help="Sender name from senders.yaml.")],
+    stdin: Annotated[bool, typer.Option("--stdin", help="Read the password from standard input (for scripts).")] = False,
+) -> None:
+    """Store a sender's password in the system keyring (asks twice, input hidden)."""
+    from . import secrets
+
+    config = _load_config()
+    config.sender(sender)
+    if stdin:
+        value = sys.stdin.readline().rstrip("\r\n")
+    else:
+        if not sys.stdin.isatty():
+            raise UsageError("no terminal to ask for the password: pipe it in with --stdin")
+        value = typer.prompt(f"Password for {sender}", hide_input=True, confirmation_prompt=True)
+    if not value:
+        raise UsageError(f"empty password for {sender!r}: nothing stored")
+    secrets.set_password(sender, value)
+    _out(f"stored the password of {sender} in the keyring ({secrets.backend_info().name})")
+
+
+@password_app.command("delete")
+def password_delete(sender: Annotated[str, typer.Argument(help="Sender name from senders.yaml.")]) -> None:
+    """Remove a sender's password from the system keyring."""
+    from . import secrets
+
+    if secrets.delete_password(sender):
+        _out(f"deleted the password of {sender} from the keyring")
+    else:
+        _out(f"no password of {sender} was in the keyring")
+
+
+@password_app.command("status")
+def password_status(json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Show, per sender, where its password comes from (never the value)."""
+    from . import secrets
+
+    config = _load_config()
+    backend = secrets.backend_info()
+    rows = []
+    for sender in config.senders.values():
+        source = secrets.password_source(sender) if sender.auth else "not needed (auth: false)"
+        rows.append({"sender": sender.key, "email": sender.email, "active": sender.active, "source": source})
+    if json_out:
+        _print_json({"backend": backend.name, "backend_usable": backend.usable, "problem": backend.problem, "senders": rows})
+        return
+    _table(None, ["sender", "email", "active", "password"], [[r["sender"], r["email"], r["active"], r["source"]] for r in rows])
+    _out(f"keyring backend: {backend.name}" + ("" if backend.usable else f" (refused: {backend.problem})"))
+
+
+# ---------------------------------------------------------------- test-smtp / doctor
+
+
+def _run_checks(config: Config, keys: list[str], send_to: str | None) -> list[Any]:
+    from . import health, secrets
+    from .errors import SecretError
+    from .smtpcheck import CheckResult, check_sender
+
+    store = _open_store(config)
+    results = []
+    for key in keys:
+        sender = config.sender(key)
+        try:
+            password = secrets.get_password(sender) if sender.auth else None
+        except SecretError as exc:
+            result = CheckResult(sender=key, host=sender.host, port=sender.port, security=sender.security)
+            result.error = str(exc)
+            result.hint = f"run 'mailops password set {key}'"
+            results.append(result)
+            continue
+        result = check_sender(sender, password, send_to)
+        with store.write() as conn:
+            health.record(conn, key, result.ok, _now(), None if result.ok else (result.error or "check failed"))
+        results.append(result)
+    return results
+
+
+def _show_check(result: Any) -> None:
+    mark = "ok" if result.ok else "FAILED"
+    _out(f"{result.sender}: {mark}  {result.host}:{result.port} ({result.security})")
+    if result.tls_version:
+        _out(f"  tls: {result.tls_version} {result.cipher or ''}")
+    if result.auth_mechanism or result.auth_result:
+        _out(f"  auth: {result.auth_mechanism or '-'} {result.auth_result or ''}")
+    steps = ", ".join(f"{name} {seconds * 1000:.0f} ms{'' if ok else ' (failed)'}" for name, seconds, ok in result.steps)
+    if steps:
+        _out(f"  steps: {steps}")
+    if result.message_id:
+        _out(f"  test message sent: {result.message_id}")
+    for warning in result.warnings:
+        _out(f"  warning: {warning}")
+    if not result.ok:
+        code = f"{result.code} " if result.code else ""
+        _out(f"  error: {code}{result.error}")
+        if result.hint:
+            _out(f"  hint: {result.hint}")
+
+
+@app.command("test-smtp")
+def test_smtp(
+    senders: Annotated[Optional[list[str]], typer.Argument(help="Senders to test (default: every active sender).")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Test every sender, inactive ones too.")] = False,
+    send_to: Annotated[Optional[str], typer.Option("--send-to", help="Also send a real test message to ADDR.")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Connect, negotiate TLS, log in (and optionally send) for each sender; record its health."""
+    config = _load_config()
+    if senders and all_:
+        raise UsageError("name senders or pass --all, not both")
+    if send_to:
+        from .compose import parse_address
+
+        parse_address(send_to, where="--send-to")
+    keys = list(senders) if senders else [k for k, s in config.senders.items() if all_ or s.active]
+    for key in keys:
+        config.sender(key)
+    if not keys:
+        raise UsageError("no active senders to test; name one or pass --all")
+    results = _run_checks(config, keys, send_to)
+    if json_out:
+        _print_json([r.to_dict() for r in results])
+    else:
+        for result in results:
+            _show_check(result)
+    if not all(r.ok for r in results):
+        raise typer.Exit(1)
+
+
+@app.command()
+def doctor(
+    connect: Annotated[bool, typer.Option("--connect", help="Also run test-smtp on every active sender.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Check config, routes, groups, templates, keyring, passwords and database; one line per problem with its fix."""
+    from .doctor import run_doctor
+
+    config = _load_config()
+    report = run_doctor(config)
+    if connect:
+        keys = [k for k, s in config.senders.items() if s.active]
+        for result in _run_checks(config, keys, None):
+            if result.ok:
+                report.ok.append(f"{result.sender}: connected to {result.host}:{result.port} and logged in")
+            else:
+                report.problems.append(
+                    f"{result.sender}: {result.error}" + (f"; {result.hint}" if result.hint else "")
+                )
+    if json_out:
+        _print_json({"ok": report.ok, "problems": report.problems})
+    else:
+        for line in report.ok:
+            _out(f"ok       {line}")
+        for line in report.problems:
+            _out(f"PROBLEM  {line}")
+        _out(f"{len(report.problems)} problem(s)" if report.problems else "no problems found")
+    if report.problems:
+        raise typer.Exit(1)
+
+
+# ---------------------------------------------------------------- send / deliver
+
+
+def _progress_runner(total: int, enabled: bool) -> Any:
+    """A context manager yielding a callback that advances a progress bar (or does nothing)."""
+    from contextlib import contextmanager
+
+    @contextmanager
+    def runner() -> Any:
+        if not enabled:
+            yield lambda _outcome: None
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        with Progress(
+            TextColumn("sending"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=_console(True)
+        ) as progress:
+            task = progress.add_task("send", total=total)
+            yield lambda _outcome: progress.advance(task)
+
+    return runner()
+
+
+def _summary(report: Any, config: Config, json_out: bool, quiet: bool, extra: dict[str, Any] | None = None) -> None:
+    from .history import humanize_wait, local_time
+
+    data = report.to_dict()
+    if extra:
+        data = {**extra, **data}
+    if json_out:
+        _print_json(data)
+        return
+    if quiet:
+        return
+    rows = [[s, v["sent"], v["deferred"], v["failed"]] for s, v in data["per_sender"].items()]
+    if rows:
+        _table("summary", ["sender", "sent", "deferred", "failed"], rows)
+    _out(f"sent {report.total_sent}, deferred {report.total_deferred}, failed {report.total_failed}")
+    if report.total_deferred and report.next_due_at:
+        when = local_time(report.next_due_at, config.timezone)
+        _out(
+            f"{report.total_deferred} message(s) deferred until {when} "
+            f"(in {humanize_wait(report.next_due_at - _now())}); 'mailops deliver' sends them when due"
+        )
+    for problem in report.problems[:10]:
+        _out(f"  {problem}")
+
+
+def _exit_for(report: Any, extra_problem: bool = False) -> None:
+    if report.total_deferred or report.total_failed or report.interrupted or extra_problem:
+        raise typer.Exit(1)
+
+
+def _deliver(config: Config, store: Store, run_id: str | None, limit: int | None, max_seconds: float | None, show_progress: bool, total: int) -> Any:
+    import signal
+
+    from .delivery import Deliverer
+
+    deliverer = Deliverer(config, store)
+
+    def on_sigterm(_sig: int, _frame: Any) -> None:
+        # cron / systemd stop: finish the message in flight, return the rest to the queue
+        deliverer.stop_event.set()
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        with _progress_runner(total, show_progress) as advance:
+            return deliverer.run(run_id=run_id, limit=limit, max_seconds=max_seconds, progress=advance)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _show_previews(previews: list[Any]) -> None:
+    import email
+    from email import policy
+
+    for prepared in previews:
+        msg = email.message_from_bytes(prepared.email.mime, policy=policy.default)
+        _out(f"--- {prepared.label} ---")
+        for header in ("From", "Reply-To", "To", "Cc", "Subject", "Date", "Message-ID"):
+            if msg[header]:
+                _out(f"{header}: {msg[header]}")
+        if prepared.email.envelope_to:
+            _out(f"(envelope to: {', '.join(prepared.email.envelope_to)})")
+        body = msg.get_body(preferencelist=("plain", "html"))
+        _out("")
+        _out(body.get_content().rstrip() if body is not None else "")
+        attachments = [part.get_filename() for part in msg.iter_attachments()]
+        if attachments:
+            _out(f"[attachments: {', '.join(a or '?' for a in attachments)}]")
+    if previews:
+        _out("---")
+
+
+@app.command()
+def send(
+    route: Annotated[Optional[str], typer.Option("--route", "-r", help="Route (purpose) that picks the sender; default: the 'default' route.")] = None,
+    sender: Annotated[Optional[str], typer.Option("--sender", "-s", help="Send from this sender, bypassing routing.")] = None,
+    to: Annotated[Optional[list[str]], typer.Option("--to", help="Recipient (repeatable); 'Name <addr>' allowed.")] = None,
+    group: Annotated[Optional[list[str]], typer.Option("--group", "-g", help="Recipient group from senders.yaml (repeatable).")] = None,
+    data: Annotated[Optional[Path], typer.Option("--data", "-d", help="CSV/JSON/YAML file: one message per row.")] = None,
+    to_column: Annotated[str, typer.Option("--to-column", help="Data column holding the recipient address.")] = "email",
+    cc: Annotated[Optional[list[str]], typer.Option("--cc", help="Cc recipient (repeatable).")] = None,
+    bcc: Annotated[Optional[list[str]], typer.Option("--bcc", help="Bcc recipient (repeatable; never shown in headers).")] = None,
+    reply_to: Annotated[Optional[str], typer.Option("--reply-to", help="Reply-To address (default: the sender's reply_to).")] = None,
+    template: Annotated[Optional[str], typer.Option("--template", "-t", help="Template folder name under templates/.")] = None,
+    subject: Annotated[Optional[str], typer.Option("--subject", help="Subject (Jinja) when not using --template.")] = None,
+    body: Annotated[Optional[str], typer.Option("--body", help="Plain-text body (Jinja).")] = None,
+    body_file: Annotated[Optional[Path], typer.Option("--body-file", help="File with the plain-text body (Jinja).")] = None,
+    var: Annotated[Optional[list[str]], typer.Option("--var", help="Template variable KEY=VALUE (repeatable).")] = None,
+    attach: Annotated[Optional[list[Path]], typer.Option("--attach", help="Attach this file to every message (repeatable).")] = None,
+    batch: Annotated[Optional[str], typer.Option("--batch", help="Batch key: a re-run skips rows already sent or queued under it.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate, render and check quotas; connect to nothing, queue nothing.")] = False,
+    preview: Annotated[int, typer.Option("--preview", help="Print the first N rendered messages.", min=0)] = 0,
+    limit: Annotated[Optional[int], typer.Option("--limit", help="Send at most N messages (the first N rows).", min=1)] = None,
+    skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="Send the valid rows and report the invalid ones.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors (for cron).")] = False,
+) -> None:
+    """Send one message or a mail merge: everything is validated and queued before anything is sent."""
+    from . import routing, sending
+    from .prepare import SendRequest, parse_vars
+
+    config = _load_config()
+    plan = routing.resolve(config, route, sender)
+    request = SendRequest(
+        to=list(to or []),
+        cc=list(cc or []),
+        bcc=list(bcc or []),
+        groups=list(group or []),
+        data_file=data,
+        to_column=to_column,
+        template=template,
+        subject=subject,
+        body=body,
+        body_file=body_file,
+        variables=parse_vars(list(var or [])),
+        attachments=list(attach or []),
+        reply_to=reply_to,
+        limit=limit,
+    )
+    store = _open_store(config)
+    result = sending.enqueue(
+        config,
+        store,
+        request,
+        plan,
+        now=_now(),
+        batch=batch,
+        skip_invalid=skip_invalid,
+        dry_run=dry_run,
+        preview=preview,
+    )
+    if result.previews and not json_out:
+        _show_previews(result.previews)
+    invalid_note = None
+    if result.problem_count:
+        invalid_note = f"{result.problem_count} invalid row(s) skipped:"
+        if not json_out:
+            _err(invalid_note)
+            for problem in result.problems:
+                _err(f"  {problem.message}")
+    if dry_run:
+        room = result.quota_room
+        would_defer = 0 if room is None or room == float("inf") else max(0, result.total - int(room))
+        info = {**result.to_dict(), "dry_run": True, "would_defer_for_quota": would_defer}
+        if json_out:
+            _print_json(info)
+        elif not quiet:
+            _out(
+                f"dry run: {result.total} message(s) valid via "
+                f"{plan.route or 'sender ' + plan.nominal} ({', '.join(plan.candidates)}); nothing queued or sent"
+            )
+            if would_defer:
+                _out(f"{would_defer} of them would be deferred: the senders' remaining quota is {int(room or 0)}")
+        if result.problem_count:
+            raise typer.Exit(1)
+        return
+    if result.skipped_duplicates and not json_out and not quiet:
+        _out(f"{result.skipped_duplicates} row(s) already sent or queued under batch {batch!r}: skipped")
+    show_progress = result.queued > 1 and not quiet and not json_out and sys.stderr.isatty()
+    report = _deliver(config, store, result.run_id, None, None, show_progress, result.queued)
+    _summary(report, config, json_out, quiet, extra=result.to_dict())
+    _exit_for(report, extra_problem=bool(result.problem_count))
+
+
+@app.command()
+def deliver(
+    limit: Annotated[Optional[int], typer.Option("--limit", help="Send at most N messages.", min=1)] = None,
+    max_seconds: Annotated[Optional[float], typer.Option("--max-seconds", help="Stop claiming new messages after S seconds.", min=0)] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors (for cron).")] = False,
+) -> None:
+    """Send everything due in the outbox (queued, or deferred whose time has come), then exit. Made for cron."""
+    from .outbox import Outbox
+
+    config = _load_config()
+    store = _open_store(config)
+    # staged rows of a send that died before queueing them were never accepted: drop them
+    Outbox(store, config.delivery).discard_abandoned(_now() - 86400)
+    report = _deliver(config, store, None, limit, max_seconds, False, 0)
+    _summary(report, config, json_out, quiet)
+    _exit_for(report)
+
+
+# ---------------------------------------------------------------- queue
+
+
+@queue_app.command("list")
+def queue_list(
+    state: Annotated[Optional[str], typer.Option("--state", help="queued, sending, sent, deferred, failed or cancelled.")] = None,
+    batch: Annotated[Optional[str], typer.Option("--batch", help="Only this batch.")] = None,
+    sender: Annotated[Optional[str], typer.Option("--sender", help="Only this sender.")] = None,
+    limit: Annotated[int, typer.Option("--limit", help="At most N rows.", min=1)] = 50,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List messages in the outbox, newest first, with counts per state."""
+    from .history import local_time
+    from .models import STATES
+    from .outbox import Outbox
+
+    if state and state not in STATES:
+        raise UsageError(f"--state {state!r}: expected one of {', '.join(STATES)}")
+    config = _load_config()
+    outbox = Outbox(_open_store(config), config.delivery)
+    rows = outbox.list(state=state, batch=batch, sender=sender, limit=limit)
+    counts = outbox.counts()
+    if json_out:
+        _print_json({"counts": counts, "messages": rows})
+        return
+    tz = config.timezone
+    _table(
+        None,
+        ["id", "state", "due", "sender", "to", "subject", "attempts", "reason"],
+        [
+            [
+                r["id"],
+                r["state"],
+                local_time(r["due_at"], tz) if r["state"] in ("queued", "deferred") else "",
+                r["sender"] or r["nominal_sender"],
+                ", ".join(json.loads(r["recipients"])),
+                r["subject"],
+                r["attempts"],
+                r["reason"] or "",
+            ]
+            for r in rows
+        ],
+    )
+    _out("  ".join(f"{k}: {v}" for k, v in sorted(counts.items())) or "the outbox is empty")
+
+
+@queue_app.command("show")
+def queue_show(
+    message: Annotated[int, typer.Argument(help="Message id (from 'mailops queue list').")],
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show one message: state, headers and every attempt."""
+    import email
+    from email import policy
+
+    from .errors import InputError
+    from .history import local_time
+    from .outbox import Outbox
+
+    config = _load_config()
+    found = Outbox(_open_store(config), config.delivery).get(message)
+    if found is None:
+        raise InputError(f"no message with id {message} in the outbox; see 'mailops queue list'")
+    row, attempts = found
+    parsed = email.message_from_bytes(bytes(row.pop("mime")), policy=policy.default)
+    headers = {k: str(v) for k, v in parsed.items()}
+    if json_out:
+        _print_json({"message": row, "headers": headers, "attempts": attempts})
+        return
+    tz = config.timezone
+    _out(f"message {row['id']}: {row['state']}" + (f" ({row['reason']})" if row["reason"] else ""))
+    _out(f"  batch: {row['batch'] or '-'}  route: {row['route'] or '-'}  candidates: {', '.join(json.loads(row['candidates']))}")
+    _out(f"  created: {local_time(row['created_at'], tz)}  due: {local_time(row['due_at'], tz)}  attempts: {row['attempts']}")
+    _out(f"  envelope: {row['envelope_from']} -> {', '.join(json.loads(row['recipients']))}")
+    if row["recipient_status"]:
+        for rcpt, status in json.loads(row["recipient_status"]).items():
+            _out(f"  {rcpt}: {status}")
+    for key, value in headers.items():
+        _out(f"  {key}: {value}")
+    for a in attempts:
+        code = f"{a['smtp_code']} " if a["smtp_code"] else ""
+        _out(f"  attempt {local_time(a['at'], tz)} {a['sender'] or '-'}: {a['outcome']} {code}{a['smtp_text'] or ''} {a['detail'] or ''}".rstrip())
+
+
+def _one_target(message: int | None, batch: str | None, all_: bool = False) -> None:
+    if sum(x is not None and x is not False for x in (message, batch, all_ or None)) != 1:
+        raise UsageError("name exactly one of: a message id, --batch KEY" + (", --all" if all_ is not None else ""))
+
+
+@queue_app.command("retry")
+def queue_retry(
+    message: Annotated[Optional[int], typer.Argument(help="Message id.")] = None,
+    batch: Annotated[Optional[str], typer.Option("--batch", help="Every message of this batch.")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Every deferred or failed message.")] = False,
+) -> None:
+    """Make deferred or failed messages due now ('mailops deliver' then sends them)."""
+    from .outbox import Outbox
+
+    _one_target(message, batch, all_)
+    config = _load_config()
+    n = Outbox(_open_store(config), config.delivery).retry(_now(), msg_id=message, batch=batch, all_=all_)
+    _out(f"{n} message(s) due now; run 'mailops deliver' to send them")
+
+
+@queue_app.command("cancel")
+def queue_cancel(
+    message: Annotated[Optional[int], typer.Argument(help="Message id.")] = None,
+    batch: Annotated[Optional[str], typer.Option("--batch", help="Every unsent message of this batch.")] = None,
+) -> None:
+    """Cancel messages that are not sent yet (in-flight ones cannot be cancelled)."""
+    from .outbox import Outbox
+
+    _one_target(message, batch)
+    config = _load_config()
+    n = Outbox(_open_store(config), config.delivery).cancel(_now(), msg_id=message, batch=batch)
+    _out(f"cancelled {n} message(s)")
+
+
+@queue_app.command("purge")
+def queue_purge(
+    before: Annotated[str, typer.Option("--before", help="Delete sent messages older than this date (or 30d).")],
+) -> None:
+    """Delete the stored bodies of sent messages older than a date; the log keeps every row."""
+    from .history import parse_since, record_event
+    from .outbox import Outbox
+
+    config = _load_config()
+    cutoff = parse_since(before, config.timezone, _now(), option="--before")
+    store = _open_store(config)
+    n = Outbox(store, config.delivery).purge(cutoff)
+    record_event(store, "purge", f"purged {n} sent message(s) before {before}", _now())
+    _out(f"purged {n} sent message(s) older than {before}; the log is unchanged")
+
+
+# ---------------------------------------------------------------- counts, log, stats
+
+
+@app.command("reset-counts")
+def reset_counts(
+    senders: Annotated[Optional[list[str]], typer.Argument(help="Senders whose counters to reset.")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Every sender.")] = False,
+    period: Annotated[str, typer.Option("--period", help="day, month or all.")] = "day",
+) -> None:
+    """Zero quota usage for the current day and/or month; log rows are kept (the reset is recorded)."""
+    from . import quota
+    from .history import record_event
+
+    if period not in ("day", "month", "all"):
+        raise UsageError(f"--period {period!r}: expected day, month or all")
+    if bool(senders) == all_:
+        raise UsageError("name the senders to reset or pass --all (one of them)")
+    config = _load_config()
+    keys = list(senders) if senders else list(config.senders)
+    for key in keys:
+        config.sender(key)
+    store = _open_store(config)
+    now = _now()
+    with store.write() as conn:
+        cleared = quota.reset(conn, keys, period, config.timezone, now)
+    detail = "; ".join(f"{s} {p} was {c}" for s, p, c in cleared) or "nothing to reset"
+    record_event(store, "reset-counts", f"period={period} senders={','.join(keys)}: {detail}", now)
+    if not cleared:
+        _out(f"nothing to reset: {', '.join(keys)} had no usage for period {period}")
+    for sender, key, count in cleared:
+        _out(f"reset {sender} {key.replace(':', ' ')}: {count} -> 0")
+
+
+@app.command()
+def log(
+    sender: Annotated[Optional[str], typer.Option("--sender", help="Only this sender.")] = None,
+    route: Annotated[Optional[str], typer.Option("--route", help="Only this route.")] = None,
+    status: Annotated[Optional[str], typer.Option("--status", help="sent, partial, deferred, failed or skipped.")] = None,
+    to: Annotated[Optional[str], typer.Option("--to", help="Only attempts to this recipient (substring).")] = None,
+    batch: Annotated[Optional[str], typer.Option("--batch", help="Only this batch.")] = None,
+    since: Annotated[Optional[str], typer.Option("--since", help="24h, 7d or a date like 2026-11-01.")] = None,
+    limit: Annotated[int, typer.Option("--limit", help="At most N rows, newest first.", min=1)] = 50,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show delivery attempts, newest first."""
+    from .history import LogFilter, local_time, parse_since, query_log
+
+    config = _load_config()
+    flt = LogFilter(
+        sender=sender,
+        route=route,
+        status=status,
+        to=to,
+        batch=batch,
+        since=parse_since(since, config.timezone, _now()) if since else None,
+        limit=limit,
+    )
+    rows = query_log(_open_store(config), flt)
+    if json_out:
+        _print_json(rows)
+        return
+    tz = config.timezone
+    _table(
+        None,
+        ["time", "outcome", "sender", "route", "to", "subject", "smtp", "detail"],
+        [
+            [
+                local_time(r["at"], tz),
+                r["outcome"],
+                r["sender"] or "-",
+                r["route"] or "-",
+                r["recipients"],
+                r["subject"],
+                f"{r['smtp_code'] or ''} {r['smtp_text'] or ''}".strip(),
+                r["detail"] or "",
+            ]
+            for r in rows
+        ],
+    )
+    if not rows:
+        _out("no attempts match")
+
+
+@app.command()
+def stats(
+    since: Annotated[str, typer.Option("--since", help="Window for success rate and response time: 24h, 7d, a date.")] = "7d",
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Per sender: sent today / this month against limits, success rate, response time, last error, health."""
+    from .history import local_time, parse_since, sender_stats
+
+    config = _load_config()
+    now = _now()
+    rows = sender_stats(_open_store(config), config, parse_since(since, config.timezone, now), now)
+    if json_out:
+        _print_json(rows)
+        return
+
+    def against(n: int, limit: int | None, pct: float | None) -> str:
+        return f"{n}/{limit} ({pct:g}%)" if limit else f"{n}"
+
+    _table(
+        None,
+        ["sender", "today", "month", f"success ({since})", "avg s", "health", "last error"],
+        [
+            [
+                r["sender"] + ("" if r["active"] else " (inactive)"),
+                against(r["sent_today"], r["daily_limit"], r["daily_usage_pct"]),
+                against(r["sent_this_month"], r["monthly_limit"], r["monthly_usage_pct"]),
+                f"{r['success_rate']:g}% of {r['attempts']}" if r["success_rate"] is not None else "-",
+                r["avg_response_s"] if r["avg_response_s"] is not None else "-",
+                r["health"] + (f" ({local_time(r['checked_at'], config.timezone)})" if r["checked_at"] else ""),
+                r["last_error"] or "",
+            ]
+            for r in rows
+        ],
+    )
+
+
+# ---------------------------------------------------------------- db
+
+
+@db_app.command("status")
+def db_status(json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Show the database URL (password masked), schema version and row counts."""
+    from .store import Store, mask_url
+
+    config = _load_config()
+    store = Store(config.database_url)
+    info = {
+        "url": mask_url(config.database_url),
+        "schema": store.schema_version(),
+        "pending_migrations": store.pending_migrations(),
+        "rows": store.row_counts() if not store.pending_migrations() else {},
+    }
+    if json_out:
+        _print_json(info)
+        return
+    _out(f"database: {info['url']}")
+    _out(f"schema: {info['schema'] or '(blank)'}" + (f"; pending: {', '.join(info['pending_migrations'])} (run 'mailops db upgrade')" if info["pending_migrations"] else ""))
+    for table, n in info["rows"].items():
+        _out(f"  {table}: {n}")
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Apply pending schema migrations (every command also does this on first use)."""
+    from .store import Store
+
+    config = _load_config()
+    applied = Store(config.database_url).migrate()
+    _out(f"applied: {', '.join(applied)}" if applied else "the schema is up to date")
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; the one place where errors become messages and exit codes."""
+    try:
+        app(args=argv, prog_name="mailops", standalone_mode=True)
+    except MailopsError as exc:
+        if STATE.debug:
+            import traceback
+
+            traceback.print_exc()  # plain traceback: no local variables (they may hold passwords)
+        _err(f"mailops: error: {exc}")
+        if isinstance(exc, DeliveryError):
+            sys.exit(exc.exit_code)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        _err("mailops: interrupted; nothing queued was lost ('mailops deliver' sends what is left)")
+        sys.exit(130)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

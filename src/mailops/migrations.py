@@ -1,0 +1,160 @@
+"""Schema migrations: an ordered registry of named steps, each applied once and recorded.
+
+SQLModel's ``create_all`` never alters an existing table, so the schema is
+owned here from the first table on. Each step defines the tables it needs
+with its own frozen SQLAlchemy metadata, so later edits to ``models.py`` can
+never change what an old step does. Steps must be portable (SQLite and
+PostgreSQL) and are applied inside one write transaction each.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+MIGRATIONS_TABLE = "schema_migrations"
+
+
+def _m001_initial(conn: Connection) -> None:
+    md = sa.MetaData()
+    sa.Table(
+        "messages",
+        md,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("created_at", sa.Float, nullable=False),
+        sa.Column("updated_at", sa.Float, nullable=False),
+        sa.Column("run_id", sa.Text, nullable=False),
+        sa.Column("batch", sa.Text),
+        sa.Column("dedup_key", sa.Text),
+        sa.Column("route", sa.Text),
+        sa.Column("strategy", sa.Text, nullable=False),
+        sa.Column("candidates", sa.Text, nullable=False),
+        sa.Column("nominal_sender", sa.Text, nullable=False),
+        sa.Column("sender", sa.Text),
+        sa.Column("envelope_from", sa.Text, nullable=False),
+        sa.Column("recipients", sa.Text, nullable=False),
+        sa.Column("to_header", sa.Text, nullable=False),
+        sa.Column("subject", sa.Text, nullable=False),
+        sa.Column("template", sa.Text),
+        sa.Column("message_id", sa.Text, nullable=False),
+        sa.Column("mime", sa.LargeBinary, nullable=False),
+        sa.Column("row", sa.Integer),
+        sa.Column("state", sa.Text, nullable=False),
+        sa.Column("due_at", sa.Float, nullable=False),
+        sa.Column("lease_until", sa.Float),
+        sa.Column("claimed_by", sa.Text),
+        sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+        sa.Column("first_attempt_at", sa.Float),
+        sa.Column("sent_at", sa.Float),
+        sa.Column("reason", sa.Text),
+        sa.Column("recipient_status", sa.Text),
+        sa.Index("ix_messages_state_due", "state", "due_at"),
+        sa.Index("ix_messages_batch_dedup", "batch", "dedup_key"),
+        sa.Index("ix_messages_run_state", "run_id", "state"),
+    )
+    sa.Table(
+        "attempts",
+        md,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("at", sa.Float, nullable=False),
+        sa.Column("message_pk", sa.Integer),
+        sa.Column("batch", sa.Text),
+        sa.Column("route", sa.Text),
+        sa.Column("sender", sa.Text),
+        sa.Column("from_addr", sa.Text),
+        sa.Column("recipients", sa.Text, nullable=False),
+        sa.Column("subject", sa.Text),
+        sa.Column("template", sa.Text),
+        sa.Column("message_id", sa.Text),
+        sa.Column("smtp_code", sa.Integer),
+        sa.Column("smtp_text", sa.Text),
+        sa.Column("outcome", sa.Text, nullable=False),
+        sa.Column("detail", sa.Text),
+        sa.Column("duration", sa.Float),
+        sa.Index("ix_attempts_at", "at"),
+        sa.Index("ix_attempts_sender_at", "sender", "at"),
+        sa.Index("ix_attempts_batch", "batch"),
+        sa.Index("ix_attempts_message", "message_pk"),
+    )
+    sa.Table(
+        "usage",
+        md,
+        sa.Column("sender", sa.Text, primary_key=True),
+        sa.Column("period", sa.Text, primary_key=True),
+        sa.Column("count", sa.Integer, nullable=False, server_default="0"),
+    )
+    sa.Table(
+        "sender_state",
+        md,
+        sa.Column("sender", sa.Text, primary_key=True),
+        sa.Column("last_send_at", sa.Float),
+        sa.Column("healthy", sa.Boolean),
+        sa.Column("checked_at", sa.Float),
+        sa.Column("last_error", sa.Text),
+    )
+    sa.Table(
+        "route_state",
+        md,
+        sa.Column("route", sa.Text, primary_key=True),
+        sa.Column("counter", sa.Integer, nullable=False, server_default="0"),
+    )
+    sa.Table(
+        "events",
+        md,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("at", sa.Float, nullable=False),
+        sa.Column("kind", sa.Text, nullable=False),
+        sa.Column("detail", sa.Text, nullable=False),
+    )
+    md.create_all(conn)
+
+
+#: name -> step, applied in this order; never edit or reorder a released step, add a new one.
+MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
+    ("001_initial", _m001_initial),
+]
+
+
+def _migrations_table() -> sa.Table:
+    return sa.Table(
+        MIGRATIONS_TABLE,
+        sa.MetaData(),
+        sa.Column("name", sa.Text, primary_key=True),
+        sa.Column("applied_at", sa.Float, nullable=False),
+    )
+
+
+def applied(conn: Connection) -> list[str]:
+    """Names of the steps already applied (empty for a blank database)."""
+    if not sa.inspect(conn).has_table(MIGRATIONS_TABLE):
+        return []
+    table = _migrations_table()
+    return [row[0] for row in conn.execute(sa.select(table.c.name))]
+
+
+def pending(conn: Connection) -> list[str]:
+    """Names of the steps not yet applied."""
+    done = set(applied(conn))
+    return [name for name, _ in MIGRATIONS if name not in done]
+
+
+def upgrade(conn: Connection, steps: list[tuple[str, Callable[[Connection], None]]] | None = None) -> list[str]:
+    """Apply every pending step inside the caller's write transaction; returns what was applied.
+
+    The caller holds the write lock (``BEGIN IMMEDIATE``), so two processes
+    opening a blank database at once cannot both run a step.
+    """
+    table = _migrations_table()
+    table.create(conn, checkfirst=True)
+    done = set(applied(conn))
+    ran = []
+    for name, step in steps if steps is not None else MIGRATIONS:
+        if name in done:
+            continue
+        step(conn)
+        conn.execute(table.insert().values(name=name, applied_at=time.time()))
+        ran.append(name)
+    return ran

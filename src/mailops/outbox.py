@@ -1,0 +1,400 @@
+"""The durable outbox: stage, queue, claim with a lease, record outcomes, and queue maintenance.
+
+Every message is stored (exact MIME bytes and envelope) before any SMTP
+traffic. A ``send`` first *stages* its rows in chunked transactions while it
+validates the whole batch, then promotes them to ``queued`` in one
+transaction, so a bad row leaves nothing behind and memory stays bounded.
+Delivery claims messages atomically (``sending`` with a lease); a process
+that dies leaves its claims to expire and be picked up again (at-least-once,
+same Message-ID).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from .config import DeliveryPolicy
+from .models import (
+    CANCELLED,
+    DEFERRED,
+    DUE_STATES,
+    FAILED,
+    QUEUED,
+    SENDING,
+    SENT,
+    STAGED,
+    Attempt,
+    Message,
+)
+from .store import Store
+
+MESSAGES = Message.__table__
+ATTEMPTS = Attempt.__table__
+STAGE_CHUNK = 500  # rows per staging transaction: bounded memory, short write locks
+
+
+@dataclass
+class QueuedMessage:
+    """A claimed message, as delivery needs it."""
+
+    id: int
+    run_id: str
+    batch: str | None
+    route: str | None
+    strategy: str
+    candidates: list[str]
+    nominal_sender: str
+    envelope_from: str
+    recipients: list[str]
+    subject: str
+    template: str | None
+    message_id: str
+    mime: bytes
+    attempts: int
+    created_at: float
+    first_attempt_at: float | None
+    recipient_status: dict[str, str]
+
+    @classmethod
+    def from_row(cls, row: Any) -> QueuedMessage:
+        """Build from a ``messages`` row mapping."""
+        return cls(
+            id=row.id,
+            run_id=row.run_id,
+            batch=row.batch,
+            route=row.route,
+            strategy=row.strategy,
+            candidates=json.loads(row.candidates),
+            nominal_sender=row.nominal_sender,
+            envelope_from=row.envelope_from,
+            recipients=json.loads(row.recipients),
+            subject=row.subject,
+            template=row.template,
+            message_id=row.message_id,
+            mime=bytes(row.mime),
+            attempts=row.attempts,
+            created_at=row.created_at,
+            first_attempt_at=row.first_attempt_at,
+            recipient_status=json.loads(row.recipient_status or "{}"),
+        )
+
+    @property
+    def pending_recipients(self) -> list[str]:
+        """Recipients not yet accepted or permanently refused (a partial refusal retries only the rest)."""
+        return [r for r in self.recipients if r not in self.recipient_status]
+
+
+_CLAIM_COLUMNS = [
+    MESSAGES.c[name]
+    for name in (
+        "id run_id batch route strategy candidates nominal_sender envelope_from recipients subject template "
+        "message_id mime attempts created_at first_attempt_at recipient_status"
+    ).split()
+]
+
+
+def retry_delay(failures: int, policy: DeliveryPolicy) -> float:
+    """Seconds to wait after the ``failures``-th temporary failure: doubling from retry_initial up to retry_max."""
+    return min(policy.retry_initial * (2 ** max(failures - 1, 0)), policy.retry_max)
+
+
+class Outbox:
+    """Queue operations on a Store."""
+
+    def __init__(self, store: Store, policy: DeliveryPolicy) -> None:
+        self.store = store
+        self.policy = policy
+
+    # ------------------------------------------------------------ enqueue
+
+    def stage(self, rows: Iterable[dict[str, Any]]) -> int:
+        """Write rows (``messages`` column dicts, state staged) in chunked transactions; returns how many."""
+        total = 0
+        chunk: list[dict[str, Any]] = []
+        for row in rows:
+            chunk.append(row)
+            if len(chunk) >= STAGE_CHUNK:
+                total += self._insert(chunk)
+                chunk = []
+        if chunk:
+            total += self._insert(chunk)
+        return total
+
+    def _insert(self, chunk: list[dict[str, Any]]) -> int:
+        with self.store.write() as conn:
+            conn.execute(sa.insert(MESSAGES), chunk)
+        return len(chunk)
+
+    def promote(self, run_id: str, now: float) -> tuple[int, int]:
+        """Queue a run's staged messages in one transaction; returns (queued, skipped as already in the batch).
+
+        A message whose batch already holds the same row (same dedup key) sent,
+        queued, deferred or in flight is skipped, so a re-run with ``--batch``
+        sends only what is missing.
+        """
+        other = MESSAGES.alias("other")
+        duplicate = (
+            sa.select(other.c.id)
+            .where(
+                (other.c.batch == MESSAGES.c.batch)
+                & (other.c.dedup_key == MESSAGES.c.dedup_key)
+                & other.c.state.in_([QUEUED, SENDING, SENT, DEFERRED])
+            )
+            .exists()
+        )
+        with self.store.write() as conn:
+            skipped = conn.execute(
+                sa.delete(MESSAGES).where(
+                    (MESSAGES.c.run_id == run_id)
+                    & (MESSAGES.c.state == STAGED)
+                    & MESSAGES.c.batch.is_not(None)
+                    & duplicate
+                )
+            ).rowcount
+            queued = conn.execute(
+                sa.update(MESSAGES)
+                .where((MESSAGES.c.run_id == run_id) & (MESSAGES.c.state == STAGED))
+                .values(state=QUEUED, due_at=now, updated_at=now)
+            ).rowcount
+        return queued, skipped
+
+    def discard(self, run_id: str) -> int:
+        """Delete a run's staged messages (validation failed or the run was interrupted)."""
+        with self.store.write() as conn:
+            return conn.execute(
+                sa.delete(MESSAGES).where((MESSAGES.c.run_id == run_id) & (MESSAGES.c.state == STAGED))
+            ).rowcount
+
+    def discard_abandoned(self, older_than: float) -> int:
+        """Delete staged rows left by a send that died while validating (they were never queued)."""
+        with self.store.write() as conn:
+            return conn.execute(
+                sa.delete(MESSAGES).where((MESSAGES.c.state == STAGED) & (MESSAGES.c.created_at < older_than))
+            ).rowcount
+
+    # ------------------------------------------------------------ claim
+
+    def claim(self, worker: str, now: float, limit: int, run_id: str | None = None) -> list[QueuedMessage]:
+        """Atomically take up to ``limit`` due messages (or ones whose lease expired) for ``worker``."""
+        due = (MESSAGES.c.state.in_(DUE_STATES) & (MESSAGES.c.due_at <= now)) | (
+            (MESSAGES.c.state == SENDING) & (MESSAGES.c.lease_until < now)
+        )
+        if run_id is not None:
+            due = due & (MESSAGES.c.run_id == run_id)
+        # FOR UPDATE SKIP LOCKED on PostgreSQL; SQLite ignores it (BEGIN IMMEDIATE already serialises).
+        ids = sa.select(MESSAGES.c.id).where(due).order_by(MESSAGES.c.due_at, MESSAGES.c.id).limit(limit)
+        ids = ids.with_for_update(skip_locked=True)
+        with self.store.write() as conn:
+            rows = conn.execute(
+                sa.update(MESSAGES)
+                .where(MESSAGES.c.id.in_(ids.scalar_subquery()))
+                .values(state=SENDING, claimed_by=worker, lease_until=now + self.policy.lease, updated_at=now)
+                .returning(*_CLAIM_COLUMNS)
+            ).all()
+        rows.sort(key=lambda r: r.id)
+        return [QueuedMessage.from_row(r) for r in rows]
+
+    def renew(self, worker: str, ids: list[int], now: float) -> None:
+        """Extend the lease of messages this worker still holds."""
+        if ids:
+            with self.store.write() as conn:
+                conn.execute(
+                    sa.update(MESSAGES)
+                    .where(MESSAGES.c.id.in_(ids) & (MESSAGES.c.claimed_by == worker) & (MESSAGES.c.state == SENDING))
+                    .values(lease_until=now + self.policy.lease)
+                )
+
+    def unclaim(self, worker: str, ids: list[int], now: float) -> int:
+        """Return claimed but unattempted messages to the queue (Ctrl-C, deadline)."""
+        if not ids:
+            return 0
+        with self.store.write() as conn:
+            return conn.execute(
+                sa.update(MESSAGES)
+                .where(MESSAGES.c.id.in_(ids) & (MESSAGES.c.claimed_by == worker) & (MESSAGES.c.state == SENDING))
+                .values(state=QUEUED, claimed_by=None, lease_until=None, updated_at=now)
+            ).rowcount
+
+    # ------------------------------------------------------------ outcomes (inside the caller's write transaction)
+
+    @staticmethod
+    def mark_sent(
+        conn: Connection, msg: QueuedMessage, sender: str, now: float, recipient_status: dict[str, str]
+    ) -> None:
+        """The server accepted the message (refused recipients are recorded in ``recipient_status``)."""
+        conn.execute(
+            sa.update(MESSAGES)
+            .where(MESSAGES.c.id == msg.id)
+            .values(
+                state=SENT,
+                sender=sender,
+                sent_at=now,
+                updated_at=now,
+                lease_until=None,
+                claimed_by=None,
+                attempts=MESSAGES.c.attempts + 1,
+                first_attempt_at=sa.func.coalesce(MESSAGES.c.first_attempt_at, now),
+                recipient_status=json.dumps(recipient_status),
+                reason=None,
+            )
+        )
+
+    @staticmethod
+    def mark_deferred(
+        conn: Connection,
+        msg: QueuedMessage,
+        until: float,
+        reason: str,
+        now: float,
+        *,
+        attempted: bool,
+        sender: str | None = None,
+        recipient_status: dict[str, str] | None = None,
+    ) -> None:
+        """Put the message back to wait until ``until``; ``attempted`` counts a real SMTP try."""
+        values: dict[str, Any] = dict(
+            state=DEFERRED, due_at=until, reason=reason, updated_at=now, lease_until=None, claimed_by=None
+        )
+        if attempted:
+            values["attempts"] = MESSAGES.c.attempts + 1
+            values["first_attempt_at"] = sa.func.coalesce(MESSAGES.c.first_attempt_at, now)
+        if sender:
+            values["sender"] = sender
+        if recipient_status is not None:
+            values["recipient_status"] = json.dumps(recipient_status)
+        conn.execute(sa.update(MESSAGES).where(MESSAGES.c.id == msg.id).values(**values))
+
+    @staticmethod
+    def mark_failed(
+        conn: Connection,
+        msg: QueuedMessage,
+        reason: str,
+        now: float,
+        *,
+        attempted: bool,
+        sender: str | None = None,
+        recipient_status: dict[str, str] | None = None,
+    ) -> None:
+        """Final failure: permanent refusal, or gave up after the retry age."""
+        values: dict[str, Any] = dict(state=FAILED, reason=reason, updated_at=now, lease_until=None, claimed_by=None)
+        if attempted:
+            values["attempts"] = MESSAGES.c.attempts + 1
+            values["first_attempt_at"] = sa.func.coalesce(MESSAGES.c.first_attempt_at, now)
+        if sender:
+            values["sender"] = sender
+        if recipient_status is not None:
+            values["recipient_status"] = json.dumps(recipient_status)
+        conn.execute(sa.update(MESSAGES).where(MESSAGES.c.id == msg.id).values(**values))
+
+    @staticmethod
+    def log(conn: Connection, rows: list[dict[str, Any]] | dict[str, Any]) -> None:
+        """Append attempt rows to the log."""
+        if rows:
+            conn.execute(sa.insert(ATTEMPTS), rows)
+
+    # ------------------------------------------------------------ maintenance (`mailops queue`)
+
+    def list(
+        self,
+        *,
+        state: str | None = None,
+        batch: str | None = None,
+        sender: str | None = None,
+        limit: int = 50,
+    ) -> list[dict[str, Any]]:
+        """Messages newest first, without their MIME body."""
+        cols = [c for c in MESSAGES.c if c.name not in ("mime",)]
+        query = sa.select(*cols).order_by(MESSAGES.c.id.desc()).limit(limit)
+        if state:
+            query = query.where(MESSAGES.c.state == state)
+        if batch:
+            query = query.where(MESSAGES.c.batch == batch)
+        if sender:
+            query = query.where(
+                (MESSAGES.c.sender == sender) | ((MESSAGES.c.sender.is_(None)) & (MESSAGES.c.nominal_sender == sender))
+            )
+        with self.store.read() as conn:
+            return [dict(r._mapping) for r in conn.execute(query)]
+
+    def counts(self) -> dict[str, int]:
+        """Number of messages per state."""
+        with self.store.read() as conn:
+            rows = conn.execute(sa.select(MESSAGES.c.state, sa.func.count()).group_by(MESSAGES.c.state))
+            return {state: n for state, n in rows}
+
+    def get(self, msg_id: int) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+        """One message with its attempts, or None."""
+        with self.store.read() as conn:
+            row = conn.execute(sa.select(MESSAGES).where(MESSAGES.c.id == msg_id)).first()
+            if row is None:
+                return None
+            attempts = conn.execute(
+                sa.select(ATTEMPTS).where(ATTEMPTS.c.message_pk == msg_id).order_by(ATTEMPTS.c.id)
+            ).all()
+        return dict(row._mapping), [dict(a._mapping) for a in attempts]
+
+    def _select(self, msg_id: int | None, batch: str | None, all_: bool) -> Any:
+        if msg_id is not None:
+            return MESSAGES.c.id == msg_id
+        if batch is not None:
+            return MESSAGES.c.batch == batch
+        if all_:
+            return sa.true()
+        raise ValueError("nothing selected")
+
+    def retry(self, now: float, *, msg_id: int | None = None, batch: str | None = None, all_: bool = False) -> int:
+        """Make deferred or failed messages due now (a failed one starts a fresh retry window)."""
+        with self.store.write() as conn:
+            return conn.execute(
+                sa.update(MESSAGES)
+                .where(self._select(msg_id, batch, all_) & MESSAGES.c.state.in_([DEFERRED, FAILED, QUEUED]))
+                .values(state=QUEUED, due_at=now, updated_at=now, first_attempt_at=None, reason=None)
+            ).rowcount
+
+    def cancel(self, now: float, *, msg_id: int | None = None, batch: str | None = None) -> int:
+        """Cancel messages not yet sent or in flight."""
+        with self.store.write() as conn:
+            return conn.execute(
+                sa.update(MESSAGES)
+                .where(self._select(msg_id, batch, False) & MESSAGES.c.state.in_([QUEUED, DEFERRED, STAGED]))
+                .values(state=CANCELLED, updated_at=now, reason="cancelled by operator")
+            ).rowcount
+
+    def purge(self, before: float) -> int:
+        """Delete sent messages (their MIME bodies) last changed before ``before``; the log keeps its rows."""
+        with self.store.write() as conn:
+            return conn.execute(
+                sa.delete(MESSAGES).where((MESSAGES.c.state == SENT) & (MESSAGES.c.updated_at < before))
+            ).rowcount
+
+    def due_summary(self, now: float, run_id: str | None = None) -> dict[str, Any]:
+        """What is left: counts of due, deferred-later and in-flight messages and the next due time."""
+        cond = sa.true() if run_id is None else (MESSAGES.c.run_id == run_id)
+        with self.store.read() as conn:
+            due = conn.execute(
+                sa.select(sa.func.count()).where(cond & MESSAGES.c.state.in_(DUE_STATES) & (MESSAGES.c.due_at <= now))
+            ).scalar_one()
+            later, next_at = conn.execute(
+                sa.select(sa.func.count(), sa.func.min(MESSAGES.c.due_at)).where(
+                    cond & MESSAGES.c.state.in_(DUE_STATES) & (MESSAGES.c.due_at > now)
+                )
+            ).one()
+        return {"due": due, "waiting": later, "next_due_at": next_at}
+
+
+def iter_chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    """Split an iterable into lists of at most ``size``."""
+    chunk: list[Any] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk

@@ -1,0 +1,187 @@
+"""Quotas and pacing, enforced by atomic reservations in the database.
+
+A send first reserves one unit of every limit of its sender with conditional
+UPDATEs (``count = count + 1 WHERE count < limit``) inside the caller's write
+transaction, so concurrent processes can never overspend; a send that did
+not happen gives its reservation back. Periods are keys such as
+``day:2026-11-23`` computed in the config's timezone, so usage rolls over at
+midnight by itself with no cron job.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from .config import Sender
+from .models import SenderState, Usage
+from .store import insert_ignore
+
+USAGE = Usage.__table__
+SENDER_STATE = SenderState.__table__
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """Units taken from a sender's counters for one message."""
+
+    sender: str
+    periods: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Blocked:
+    """A sender may not send now: which limit, and the epoch time it may send again."""
+
+    sender: str
+    kind: str  # day | month | minute | interval
+    reason: str
+    until: float
+
+
+def period_keys(ts: float, tz: ZoneInfo) -> dict[str, str]:
+    """The counter keys for the day, month and minute containing ``ts``."""
+    local = datetime.fromtimestamp(ts, tz)
+    return {
+        "day": f"day:{local:%Y-%m-%d}",
+        "month": f"month:{local:%Y-%m}",
+        "minute": f"minute:{local:%Y-%m-%dT%H:%M}",
+    }
+
+
+def period_end(kind: str, ts: float, tz: ZoneInfo) -> float:
+    """Epoch time at which the period of ``kind`` containing ``ts`` ends (local midnight, month start)."""
+    local = datetime.fromtimestamp(ts, tz)
+    if kind == "minute":
+        start = local.replace(second=0, microsecond=0)
+        return (start + timedelta(minutes=1)).timestamp()
+    if kind == "day":
+        nxt = (local + timedelta(days=1)).date()
+    else:
+        nxt = (local.replace(day=28) + timedelta(days=4)).replace(day=1).date()
+    # Build the wall-clock midnight in the zone (handles DST days of 23 or 25 hours).
+    return datetime(nxt.year, nxt.month, nxt.day, tzinfo=tz).timestamp()
+
+
+def _limits(sender: Sender) -> list[tuple[str, int | None, str]]:
+    return [
+        ("day", sender.daily_limit, "daily limit"),
+        ("month", sender.monthly_limit, "monthly limit"),
+        ("minute", sender.per_minute, "per-minute limit"),
+    ]
+
+
+def _take(conn: Connection, sender: str, period: str, limit: int | None) -> bool:
+    insert_ignore(conn, USAGE, {"sender": sender, "period": period, "count": 0})
+    cond = (USAGE.c.sender == sender) & (USAGE.c.period == period)
+    if limit is not None:
+        cond = cond & (USAGE.c.count < limit)
+    result = conn.execute(sa.update(USAGE).where(cond).values(count=USAGE.c.count + 1))
+    return result.rowcount == 1
+
+
+def _give_back(conn: Connection, sender: str, periods: tuple[str, ...] | list[str]) -> None:
+    if periods:
+        conn.execute(
+            sa.update(USAGE)
+            .where((USAGE.c.sender == sender) & USAGE.c.period.in_(list(periods)) & (USAGE.c.count > 0))
+            .values(count=USAGE.c.count - 1)
+        )
+
+
+def reserve(conn: Connection, sender: Sender, tz: ZoneInfo, now: float) -> Reservation | Blocked:
+    """Atomically take one message from every limit of ``sender``, or say which limit blocks and until when.
+
+    Must run inside a write transaction (``Store.write``).
+    """
+    keys = period_keys(now, tz)
+    taken: list[str] = []
+    for kind, limit, label in _limits(sender):
+        if kind == "minute" and limit is None:
+            continue  # minute counters only matter when limited
+        if not _take(conn, sender.key, keys[kind], limit):
+            _give_back(conn, sender.key, taken)
+            return Blocked(
+                sender=sender.key,
+                kind=kind,
+                reason=f"{label} of {limit} reached for {sender.key}",
+                until=period_end(kind, now, tz),
+            )
+        taken.append(keys[kind])
+    if sender.min_interval > 0:
+        insert_ignore(conn, SENDER_STATE, {"sender": sender.key})
+        result = conn.execute(
+            sa.update(SENDER_STATE)
+            .where(
+                (SENDER_STATE.c.sender == sender.key)
+                & (
+                    SENDER_STATE.c.last_send_at.is_(None)
+                    | (SENDER_STATE.c.last_send_at <= now - sender.min_interval)
+                )
+            )
+            .values(last_send_at=now)
+        )
+        if result.rowcount != 1:
+            _give_back(conn, sender.key, taken)
+            last = conn.execute(
+                sa.select(SENDER_STATE.c.last_send_at).where(SENDER_STATE.c.sender == sender.key)
+            ).scalar_one()
+            return Blocked(
+                sender=sender.key,
+                kind="interval",
+                reason=f"min_interval of {sender.min_interval:g} s for {sender.key}",
+                until=(last or now) + sender.min_interval,
+            )
+    return Reservation(sender=sender.key, periods=tuple(taken))
+
+
+def release(conn: Connection, reservation: Reservation) -> None:
+    """Give back a reservation whose message was not sent (failure before the server accepted it)."""
+    _give_back(conn, reservation.sender, reservation.periods)
+
+
+def usage(conn: Connection, sender_keys: list[str], tz: ZoneInfo, now: float) -> dict[str, dict[str, int]]:
+    """Messages counted today and this month per sender: ``{key: {"day": n, "month": m}}``."""
+    keys = period_keys(now, tz)
+    out = {key: {"day": 0, "month": 0} for key in sender_keys}
+    rows = conn.execute(
+        sa.select(USAGE.c.sender, USAGE.c.period, USAGE.c.count).where(
+            USAGE.c.sender.in_(sender_keys) & USAGE.c.period.in_([keys["day"], keys["month"]])
+        )
+    )
+    for sender, period, count in rows:
+        out[sender]["day" if period.startswith("day:") else "month"] = count
+    return out
+
+
+def headroom(sender: Sender, used: dict[str, int]) -> float:
+    """How many more messages the sender may send in the current day and month (inf when unlimited)."""
+    room = float("inf")
+    if sender.daily_limit is not None:
+        room = min(room, sender.daily_limit - used.get("day", 0))
+    if sender.monthly_limit is not None:
+        room = min(room, sender.monthly_limit - used.get("month", 0))
+    return max(room, 0.0)
+
+
+def reset(
+    conn: Connection, sender_keys: list[str], period: str, tz: ZoneInfo, now: float
+) -> list[tuple[str, str, int]]:
+    """Zero the current counters (``day``, ``month`` or ``all``); returns (sender, period key, old count).
+
+    Log rows are never touched: the reset is recorded as an event by the caller.
+    """
+    keys = period_keys(now, tz)
+    wanted = {"day": [keys["day"], keys["minute"]], "month": [keys["month"]]}
+    chosen = wanted["day"] + wanted["month"] if period == "all" else wanted[period]
+    cond = USAGE.c.sender.in_(sender_keys) & USAGE.c.period.in_(chosen) & (USAGE.c.count > 0)
+    rows = [tuple(r) for r in conn.execute(sa.select(USAGE.c.sender, USAGE.c.period, USAGE.c.count).where(cond))]
+    conn.execute(sa.update(USAGE).where(cond).values(count=0))
+    if period in ("day", "all"):
+        # min_interval pacing is a rate, not a count; a reset lets the next message go at once.
+        conn.execute(sa.update(SENDER_STATE).where(SENDER_STATE.c.sender.in_(sender_keys)).values(last_send_at=None))
+    return [(s, p, c) for s, p, c in rows if not p.startswith("minute:")]

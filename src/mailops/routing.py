@@ -1,0 +1,121 @@
+"""Routes to ordered sender candidates: failover by priority or a pool balanced by strategy."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from . import health, quota
+from .config import Config, Sender
+from .errors import UsageError
+from .models import RouteState
+from .store import insert_ignore
+
+ROUTE_STATE = RouteState.__table__
+DEFAULT_ROUTE = "default"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Where a message may go: the route's name, its candidate sender keys in static order, the strategy."""
+
+    route: str | None
+    candidates: tuple[str, ...]
+    strategy: str
+
+    @property
+    def nominal(self) -> str:
+        """The sender a message is rendered for (the first candidate); failover rewrites From later."""
+        return self.candidates[0]
+
+
+@dataclass(frozen=True)
+class Skip:
+    """A candidate passed over, and why (recorded with the attempt)."""
+
+    sender: str
+    reason: str
+
+
+def resolve(config: Config, route: str | None, sender: str | None) -> Plan:
+    """The plan for ``--route``/``--sender`` (or the ``default`` route); UsageError for unknown names."""
+    if route and sender:
+        raise UsageError("--route and --sender exclude each other; pass one of them")
+    if sender:
+        if sender not in config.senders:
+            raise UsageError(
+                f"--sender {sender!r}: no such sender in {config.path}; known senders: {', '.join(config.senders)}"
+            )
+        return Plan(route=None, candidates=(sender,), strategy="failover")
+    name = route or DEFAULT_ROUTE
+    if name not in config.routes:
+        if route is None:
+            raise UsageError(
+                f"no --route or --sender given and {config.path} has no 'default' route; "
+                "pass --route NAME, --sender NAME, or add a 'default' route"
+            )
+        known = ", ".join(config.routes) or "(none)"
+        raise UsageError(f"--route {route!r}: no such route in {config.path}; known routes: {known}")
+    spec = config.routes[name]
+    keys = list(spec.senders)
+    if spec.strategy == "failover":
+        # Stable sort: equal priorities keep the order written in the route.
+        keys.sort(key=lambda k: config.senders[k].priority)
+    return Plan(route=name, candidates=tuple(keys), strategy=spec.strategy)
+
+
+def _next_turn(conn: Connection, route: str) -> int:
+    insert_ignore(conn, ROUTE_STATE, {"route": route, "counter": 0})
+    return conn.execute(
+        sa.update(ROUTE_STATE)
+        .where(ROUTE_STATE.c.route == route)
+        .values(counter=ROUTE_STATE.c.counter + 1)
+        .returning(ROUTE_STATE.c.counter)
+    ).scalar_one()
+
+
+def order(
+    conn: Connection,
+    config: Config,
+    route: str | None,
+    candidates: list[str],
+    strategy: str,
+    now: float,
+    healths: dict[str, health.Health],
+    has_password: dict[str, bool],
+    rng: random.Random | None = None,
+) -> tuple[list[Sender], list[Skip]]:
+    """Candidates to try, in order, and the ones skipped with a reason (runs in a write transaction)."""
+    keys = list(candidates)
+    if strategy == "round-robin" and len(keys) > 1:
+        turn = _next_turn(conn, route or "+".join(keys)) - 1
+        shift = turn % len(keys)
+        keys = keys[shift:] + keys[:shift]
+    elif strategy == "random":
+        (rng or random).shuffle(keys)
+    elif strategy == "least-used":
+        known = [k for k in keys if k in config.senders]
+        used = quota.usage(conn, known, config.timezone, now)
+        keys.sort(
+            key=lambda k: (-quota.headroom(config.senders[k], used[k]), config.senders[k].priority)
+            if k in config.senders
+            else (0, 0)
+        )
+    chosen: list[Sender] = []
+    skipped: list[Skip] = []
+    for key in keys:
+        sender = config.senders.get(key)
+        if sender is None:
+            skipped.append(Skip(key, "no longer in senders.yaml"))
+        elif not sender.active:
+            skipped.append(Skip(key, "inactive (active: false)"))
+        elif not has_password.get(key, True):
+            skipped.append(Skip(key, f"no password (run 'mailops password set {key}')"))
+        elif health.is_cooling_down(healths.get(key), now):
+            skipped.append(Skip(key, f"unhealthy: {healths[key].last_error or 'last attempt failed'}"))
+        else:
+            chosen.append(sender)
+    return chosen, skipped

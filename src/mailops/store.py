@@ -1,0 +1,177 @@
+"""The database: engine, transactions that are safe across processes, and migrations.
+
+SQLite is the embedded default. pysqlite's deferred transactions take the
+write lock only at the first write, so two processes that both read then
+write get "database is locked" or lose an update. Every writing transaction
+here starts with ``BEGIN IMMEDIATE`` (the write lock up front) and waits up
+to the busy timeout for it; reads use plain deferred transactions, which WAL
+lets run beside a writer.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from . import migrations
+from .errors import StoreError
+
+BUSY_TIMEOUT_SECONDS = float(os.environ.get("MAILOPS_BUSY_TIMEOUT", "60"))
+
+
+def mask_url(url: str) -> str:
+    """The URL with any password replaced by ``***`` (safe to print)."""
+    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+
+
+def _sqlite_path(url: str) -> Path | None:
+    if url.startswith("sqlite:///"):
+        return Path(url[len("sqlite:///") :])
+    return None
+
+
+def _make_engine(url: str) -> Engine:
+    path = _sqlite_path(url)
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(
+                f"cannot create the database folder {path.parent}: {exc.strerror}; "
+                "set 'database:' in senders.yaml to a writable path"
+            ) from None
+        engine = sa.create_engine(
+            url,
+            connect_args={"timeout": BUSY_TIMEOUT_SECONDS, "isolation_level": None, "check_same_thread": False},
+        )
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+            # Autocommit at the driver level: we issue BEGIN ourselves (below), and
+            # PRAGMA journal_mode must run outside any transaction.
+            dbapi_conn.isolation_level = None
+            cur = dbapi_conn.cursor()
+            cur.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_SECONDS * 1000)}")
+            cur.execute("PRAGMA journal_mode=WAL")
+            # NORMAL in WAL mode survives any process crash; only a power cut may
+            # lose the last commits (then a message can be sent twice, never lost
+            # once its enqueue was synced by a checkpoint).
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn: Connection) -> None:
+            mode = conn.get_execution_options().get("sqlite_begin", "IMMEDIATE")
+            conn.exec_driver_sql(f"BEGIN {mode}")
+
+        return engine
+    try:
+        return sa.create_engine(url, pool_pre_ping=True)
+    except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError) as exc:
+        raise StoreError(f"database URL {mask_url(url)!r} is not usable: {exc}; check 'database:' in senders.yaml") from None
+
+
+def _store_error(url: str, exc: Exception) -> StoreError:
+    text = str(getattr(exc, "orig", exc)).splitlines()[0]
+    if "locked" in text or "busy" in text:
+        return StoreError(
+            f"the database {mask_url(url)} stayed locked by another mailops process for {BUSY_TIMEOUT_SECONDS:.0f} s; "
+            "nothing was lost, run the command again"
+        )
+    return StoreError(f"database {mask_url(url)}: {text}; check 'database:' in senders.yaml and that it is reachable")
+
+
+class Store:
+    """One database (SQLite file or server URL) with write/read transactions and migrations."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = _make_engine(url)
+        self.dialect = self.engine.dialect.name
+
+    @classmethod
+    def open(cls, url: str, *, migrate: bool = True) -> Store:
+        """Open the database and bring its schema up to date (run on first use of every command)."""
+        store = cls(url)
+        if migrate:
+            store.migrate()
+        return store
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        """A transaction that holds the write lock from its first statement (``BEGIN IMMEDIATE``)."""
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except OperationalError as exc:
+            raise _store_error(self.url, exc) from None
+        except DBAPIError as exc:
+            if exc.connection_invalidated:
+                raise _store_error(self.url, exc) from None
+            raise
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        """A read-only transaction; in WAL mode it never waits for a writer."""
+        try:
+            with self.engine.connect() as conn:
+                conn.execution_options(sqlite_begin="DEFERRED")
+                with conn.begin():
+                    yield conn
+        except OperationalError as exc:
+            raise _store_error(self.url, exc) from None
+
+    def migrate(self) -> list[str]:
+        """Apply pending migrations; safe when several processes start at once."""
+        with self.read() as conn:
+            if not migrations.pending(conn):
+                return []
+        with self.write() as conn:
+            return migrations.upgrade(conn)
+
+    def pending_migrations(self) -> list[str]:
+        """Names of migrations not applied yet (for doctor and ``db status``)."""
+        with self.read() as conn:
+            return migrations.pending(conn)
+
+    def schema_version(self) -> str | None:
+        """The last applied migration's name."""
+        with self.read() as conn:
+            names = migrations.applied(conn)
+        return names[-1] if names else None
+
+    def row_counts(self) -> dict[str, int]:
+        """Rows per table, for status displays."""
+        out = {}
+        with self.read() as conn:
+            for table in ("messages", "attempts", "usage", "sender_state", "events"):
+                out[table] = conn.execute(sa.text(f"SELECT COUNT(*) FROM {table}")).scalar_one()
+        return out
+
+    def close(self) -> None:
+        """Release pooled connections."""
+        self.engine.dispose()
+
+
+def now() -> float:
+    """Current UTC time as epoch seconds; the single clock the store uses (tests may patch it)."""
+    return time.time()
+
+
+def insert_ignore(conn: Connection, table: sa.Table, rows: list[dict[str, Any]] | dict[str, Any]) -> None:
+    """INSERT that silently skips rows whose primary key exists (SQLite and PostgreSQL)."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    conn.execute(insert(table).on_conflict_do_nothing(), rows)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
-from .errors import DeliveryError, MailopsError, UsageError
+from .errors import InvalidBatchError, MailopsError, UsageError
 
 if TYPE_CHECKING:
     from .config import Config
@@ -689,6 +689,7 @@ def reset_counts(
     """Zero quota usage for the current day and/or month; log rows are kept (the reset is recorded)."""
     from . import quota
     from .history import record_event
+    from .outbox import Outbox
 
     if period not in ("day", "month", "all"):
         raise UsageError(f"--period {period!r}: expected day, month or all")
@@ -702,12 +703,15 @@ def reset_counts(
     now = _now()
     with store.write() as conn:
         cleared = quota.reset(conn, keys, period, config.timezone, now)
+    released = Outbox(store, config.delivery).release_quota_deferred(keys, now)
     detail = "; ".join(f"{s} {p} was {c}" for s, p, c in cleared) or "nothing to reset"
     record_event(store, "reset-counts", f"period={period} senders={','.join(keys)}: {detail}", now)
     if not cleared:
         _out(f"nothing to reset: {', '.join(keys)} had no usage for period {period}")
     for sender, key, count in cleared:
         _out(f"reset {sender} {key.replace(':', ' ')}: {count} -> 0")
+    if released:
+        _out(f"{released} message(s) deferred for quota are due again; 'mailops deliver' sends them")
 
 
 @app.command()
@@ -844,8 +848,11 @@ def main(argv: list[str] | None = None) -> None:
 
             traceback.print_exc()  # plain traceback: no local variables (they may hold passwords)
         _err(f"mailops: error: {exc}")
-        if isinstance(exc, DeliveryError):
-            sys.exit(exc.exit_code)
+        if isinstance(exc, InvalidBatchError) and exc.problem_count > 1:
+            for problem in exc.problems:
+                _err(f"  {problem}")
+            if exc.problem_count > len(exc.problems):
+                _err(f"  ... and {exc.problem_count - len(exc.problems)} more")
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         _err("mailops: interrupted; nothing queued was lost ('mailops deliver' sends what is left)")

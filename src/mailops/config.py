@@ -77,6 +77,17 @@ class SenderFields(_Strict):
     connections: int | None = Field(default=None, ge=1, le=16)
     max_per_connection: int | None = Field(default=None, ge=1)
 
+    @field_validator(
+        "port", "daily_limit", "monthly_limit", "per_minute", "min_interval", "priority", "timeout",
+        "connections", "max_per_connection", mode="before",
+    )
+    @classmethod
+    def _not_a_boolean(cls, value: Any) -> Any:
+        # pydantic's lax mode reads true/yes/on as 1; in YAML that is always a typo
+        if isinstance(value, bool):
+            raise ValueError(f"must be a number (got {str(value).lower()})")
+        return value
+
 
 @dataclass(frozen=True)
 class Sender:
@@ -305,12 +316,14 @@ def _as_mapping(value: Any, path: Path, where: str, what: str) -> dict[str, Any]
     return value
 
 
-def _refuse_password(raw: dict[str, Any], path: Path, where: str, sender_key: str | None) -> None:
+def _refuse_password(raw: dict[str, Any], path: Path, where: str, sender_keys: list[str]) -> None:
+    """Refuse a ``password`` key; ``sender_keys`` are the senders it was meant for (all of them for defaults)."""
     if "password" in raw:
-        target = sender_key or "SENDER"
+        names = [str(key) for key in sender_keys] or ["SENDER"]
+        others = f" (and likewise for {', '.join(names[1:])})" if len(names) > 1 else ""
         raise ConfigError(
             f"{path}: {where}.password: passwords do not belong in senders.yaml; delete the key and run "
-            f"'mailops password set {target}' to keep it in the system keyring"
+            f"'mailops password set {names[0]}'{others} to keep it in the system keyring"
         )
 
 
@@ -403,7 +416,12 @@ def _build_route(name: str, raw: Any, senders: dict[str, Sender], path: Path) ->
         if not isinstance(member, str) or member not in senders:
             close = difflib.get_close_matches(str(member), list(senders), n=1)
             hint = f"did you mean {close[0]!r}?" if close else f"known senders: {', '.join(senders) or '(none)'}"
-            loc = f"{where}[{index}]" if not isinstance(raw, dict) else f"{where}.senders[{index}]"
+            if isinstance(raw, str):
+                loc = where
+            elif isinstance(raw, dict):
+                loc = f"{where}.senders" if isinstance(raw["senders"], str) else f"{where}.senders[{index}]"
+            else:
+                loc = f"{where}[{index}]"
             raise ConfigError(f"{path}: {loc}: unknown sender {member!r}; {hint}")
         if member in seen:
             raise ConfigError(f"{path}: {where}: sender {member!r} is listed twice; list it once")
@@ -463,7 +481,10 @@ def parse_config(data: Any, path: Path) -> Config:
         ) from None
 
     defaults = _as_mapping(top.get("defaults"), path, "defaults", "sender keys")
-    _refuse_password(defaults, path, "defaults", None)
+    raw_senders_for_hint = top.get("senders")
+    _refuse_password(
+        defaults, path, "defaults", list(raw_senders_for_hint) if isinstance(raw_senders_for_hint, dict) else []
+    )
     _validate(SenderFields, defaults, path, ("defaults",))
 
     raw_senders = _as_mapping(top.get("senders"), path, "senders", "sender names to settings")
@@ -476,7 +497,7 @@ def parse_config(data: Any, path: Path) -> Config:
                 f"{path}: senders.{key}: a sender name may hold only letters, digits, '.', '_' and '-'; rename it"
             )
         settings = _as_mapping(raw, path, f"senders.{key}", "sender keys")
-        _refuse_password(settings, path, f"senders.{key}", key)
+        _refuse_password(settings, path, f"senders.{key}", [key])
         senders[key] = _build_sender(key, {**defaults, **settings}, base, path)
 
     routes = {
@@ -489,7 +510,8 @@ def parse_config(data: Any, path: Path) -> Config:
     if not isinstance(templates_raw, str) or not templates_raw.strip():
         raise ConfigError(f"{path}: templates: must be a folder path (got {templates_raw!r})")
 
-    delivery_fields = _validate(_DeliveryModel, top.get("delivery") or {}, path, ("delivery",))
+    raw_delivery = top.get("delivery")
+    delivery_fields = _validate(_DeliveryModel, {} if raw_delivery is None else raw_delivery, path, ("delivery",))
     delivery = DeliveryPolicy(
         **{k: v for k, v in delivery_fields.model_dump().items() if v is not None}
     )

@@ -357,6 +357,16 @@ class Outbox:
                 .values(state=QUEUED, due_at=now, updated_at=now, first_attempt_at=None, reason=None)
             ).rowcount
 
+    def release_quota_deferred(self, sender_keys: list[str], now: float) -> int:
+        """After a counter reset: messages deferred only for quota on these senders become due now."""
+        cond = sa.or_(*[MESSAGES.c.candidates.contains(f'"{key}"', autoescape=True) for key in sender_keys])
+        with self.store.write() as conn:
+            return conn.execute(
+                sa.update(MESSAGES)
+                .where((MESSAGES.c.state == DEFERRED) & MESSAGES.c.reason.startswith("quota:") & cond)
+                .values(due_at=now, updated_at=now)
+            ).rowcount
+
     def cancel(self, now: float, *, msg_id: int | None = None, batch: str | None = None) -> int:
         """Cancel messages not yet sent or in flight."""
         with self.store.write() as conn:

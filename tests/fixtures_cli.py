@@ -1,0 +1,193 @@
+"""Running the real CLI (in-process or as a process) against a workspace of config, templates and data.
+
+``workspace``  a folder with helpers to write senders.yaml (senders may point at
+               a test SMTP server), templates and data files; it sets
+               MAILOPS_CONFIG so every command finds the config.
+``cli``        ``cli("send", "--to", ...) -> CliResult`` runs ``mailops.cli.main``
+               in this process (fast); ``run_mailops`` runs ``python -m mailops``
+               as a real process (for concurrency and crash tests).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.keyring_backend import write_entry
+from tests.smtp_servers import DEFAULT_PASSWORD, DEFAULT_USER, LocalSmtpServer
+
+_SECURITY_FOR_MODE = {"starttls": "starttls", "ssl": "ssl", "plain": "none"}
+
+
+@dataclass
+class CliResult:
+    """Exit code and output of one command."""
+
+    exit_code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        """stdout and stderr together."""
+        return self.stdout + self.stderr
+
+
+class Workspace:
+    """A folder holding senders.yaml, templates/, data files and the SQLite database."""
+
+    def __init__(self, root: Path, keyring_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.root = root
+        self.keyring_file = keyring_file
+        self.config_path = root / "senders.yaml"
+        self.db_path = root / "mailops.db"
+        self._monkeypatch = monkeypatch
+
+    def sender(
+        self, server: LocalSmtpServer | None = None, *, email: str = DEFAULT_USER, password: str | None = DEFAULT_PASSWORD, **keys: Any
+    ) -> dict[str, Any]:
+        """A sender mapping for senders.yaml aimed at ``server``; ``password`` goes to the test keyring, not YAML."""
+        spec: dict[str, Any] = {"email": email, "host": "127.0.0.1", "timeout": 5}
+        if server is not None:
+            spec["port"] = server.port
+            spec["security"] = _SECURITY_FOR_MODE[server.mode]
+            if server.mode != "plain":
+                spec["ca_file"] = str(server.ca_file)
+            if not server.auth:
+                spec["auth"] = False
+        spec.update(keys)
+        spec["__password"] = password
+        return spec
+
+    def write_config(
+        self,
+        senders: dict[str, dict[str, Any]],
+        routes: dict[str, Any] | None = None,
+        groups: dict[str, Any] | None = None,
+        **top: Any,
+    ) -> Path:
+        """Write senders.yaml (database and templates inside the workspace) and seed passwords."""
+        clean = {}
+        for key, spec in senders.items():
+            spec = dict(spec)
+            password = spec.pop("__password", None)
+            if password is not None and spec.get("auth", True):
+                write_entry(self.keyring_file, "mailops", key, password)
+            clean[key] = spec
+        data: dict[str, Any] = {"timezone": "UTC", "database": str(self.db_path), "templates": "templates"}
+        data.update(top)
+        data["senders"] = clean
+        if routes is not None:
+            data["routes"] = routes
+        if groups is not None:
+            data["groups"] = groups
+        self.config_path.write_text(yaml.safe_dump(data, allow_unicode=True, sort_keys=False), encoding="utf-8")
+        self._monkeypatch.setenv("MAILOPS_CONFIG", str(self.config_path))
+        return self.config_path
+
+    def template(self, name: str, subject: str, body: str, html: str | None = None) -> Path:
+        """Write templates/NAME/{subject.txt, body.txt[, body.html]}."""
+        folder = self.root / "templates" / name
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "subject.txt").write_text(subject, encoding="utf-8")
+        (folder / "body.txt").write_text(body, encoding="utf-8")
+        if html is not None:
+            (folder / "body.html").write_text(html, encoding="utf-8")
+        return folder
+
+    def csv(self, name: str, rows: list[dict[str, Any]]) -> Path:
+        """Write a CSV data file with a header row."""
+        path = self.root / name
+        with path.open("w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        return path
+
+    def query(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+        """Read the workspace database directly (what a test checks behind the CLI's back)."""
+        with sqlite3.connect(self.db_path, timeout=30) as conn:
+            return conn.execute(sql, params).fetchall()
+
+    def states(self) -> dict[str, int]:
+        """Messages per outbox state."""
+        return dict(self.query("SELECT state, COUNT(*) FROM messages GROUP BY state"))
+
+
+@pytest.fixture
+def workspace(tmp_path: Path, keyring_file: Path, monkeypatch: pytest.MonkeyPatch) -> Workspace:
+    """An empty workspace; call ``write_config`` to make it usable."""
+    root = tmp_path / "ws"
+    root.mkdir()
+    return Workspace(root, keyring_file, monkeypatch)
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Callable[..., CliResult]:
+    """Run ``mailops ARGS`` in-process and capture exit code, stdout and stderr."""
+    from mailops.cli import main
+
+    def run(*args: str, input: str | None = None) -> CliResult:
+        capsys.readouterr()
+        if input is not None:
+            monkeypatch.setattr(sys, "stdin", io.StringIO(input))
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+
+    return run
+
+
+def run_mailops(*args: str, timeout: float = 120, env: dict[str, str] | None = None, **kwargs: Any) -> CliResult:
+    """Run ``python -m mailops ARGS`` as a separate process (inherits the isolated environment)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "mailops", *[str(a) for a in args]],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        stdin=subprocess.DEVNULL,
+        **kwargs,
+    )
+    return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+def popen_mailops(*args: str, **kwargs: Any) -> subprocess.Popen[str]:
+    """Start ``python -m mailops ARGS`` without waiting (for kill and overlap tests)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "mailops", *[str(a) for a in args]],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        **kwargs,
+    )
+
+
+def log_json(cli: Callable[..., CliResult], *args: str) -> list[dict[str, Any]]:
+    """``mailops log --json`` parsed."""
+    result = cli("log", "--json", "--limit", "100000", *args)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+@pytest.fixture
+def server(smtp_server: Callable[..., LocalSmtpServer]) -> Iterator[LocalSmtpServer]:
+    """One STARTTLS + AUTH server accepting sales@example.com / its default password."""
+    yield smtp_server()

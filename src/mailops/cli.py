@@ -454,6 +454,7 @@ def send(
     preview: Annotated[int, typer.Option("--preview", help="Print the first N rendered messages.", min=0)] = 0,
     limit: Annotated[Optional[int], typer.Option("--limit", help="Send at most N messages (the first N rows).", min=1)] = None,
     skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="Send the valid rows and report the invalid ones.")] = False,
+    queue_only: Annotated[bool, typer.Option("--queue-only", help="Validate and queue, send nothing now; 'mailops deliver' (cron) sends.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors (for cron).")] = False,
 ) -> None:
@@ -518,6 +519,14 @@ def send(
         return
     if result.skipped_duplicates and not json_out and not quiet:
         _out(f"{result.skipped_duplicates} row(s) already sent or queued under batch {batch!r}: skipped")
+    if queue_only:
+        if json_out:
+            _print_json(result.to_dict())
+        elif not quiet:
+            _out(f"queued {result.queued} message(s); 'mailops deliver' sends them")
+        if result.problem_count:
+            raise typer.Exit(1)
+        return
     show_progress = result.queued > 1 and not quiet and not json_out and sys.stderr.isatty()
     report = _deliver(config, store, result.run_id, None, None, show_progress, result.queued)
     _summary(report, config, json_out, quiet, extra=result.to_dict())

@@ -1,0 +1,579 @@
+"""smtplib sessions: TLS, AUTH, timeouts, connection reuse and classification of SMTP failures.
+
+:class:`SmtpSession` owns one SMTP connection for one sender. Every library
+error (smtplib, ssl, socket) becomes a :class:`SmtpFailure` that says at which
+step it happened and what kind of problem it is, so the caller can decide
+between failing over to another sender, retrying later, or giving up.
+
+Safety rules kept here:
+
+* TLS always uses :func:`ssl.create_default_context` (plus the sender's
+  ``ca_file``); verification is off only when the sender says ``tls_verify: false``.
+* The password is sent only over an encrypted connection, unless the sender
+  explicitly allows plaintext AUTH with ``security: none``.
+* Every socket operation is bounded by the sender's ``timeout``.
+* The password never appears in an exception, a repr or a log line.
+* Once the message data was transmitted, a failure is reported and never
+  retried here: a blind retry could deliver the message twice.
+"""
+
+from __future__ import annotations
+
+import re
+import smtplib
+import socket
+import ssl
+import time
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Callable
+
+from .config import Sender
+
+#: Steps after which a failure says nothing about the message, only about the sender's server or account.
+_SESSION_STEPS = frozenset({"connect", "ehlo", "starttls", "tls", "auth", "mail"})
+#: Kinds that point at the sender's configuration or server rather than at one message.
+_SENDER_KINDS = frozenset({"connect", "timeout", "tls", "no-starttls", "auth", "plaintext-refused", "no-auth-offered"})
+#: AUTH mechanisms we can speak, in order of preference (PLAIN is fine inside TLS; CRAM-MD5 last resort).
+_MECHANISMS = ("PLAIN", "LOGIN", "CRAM-MD5")
+#: Failures after which the connection is still in a clean SMTP state, so QUIT is polite.
+_POLITE_AFTER = frozenset({"no-starttls", "plaintext-refused", "no-auth-offered", "auth"})
+_CRLF_RE = re.compile(rb"\r\n|\r|\n")
+#: QUIT is a courtesy: never wait the full sender timeout for it.
+_QUIT_TIMEOUT = 5.0
+
+
+@dataclass(eq=False)
+class SmtpFailure(Exception):
+    """One failed SMTP step, classified; internal to sending (the caller turns it into outcomes or errors)."""
+
+    step: str  # connect | ehlo | starttls | tls | auth | mail | rcpt | data | quit
+    kind: str  # connect | timeout | tls | no-starttls | no-auth-offered | auth | plaintext-refused | temporary | permanent | protocol
+    code: int | None  # SMTP reply code when the server gave one
+    text: str  # server reply text or OS/SSL error, one line, never a password
+    #: recipient -> (code, text) when the failure is "every recipient was refused"
+    refused: dict[str, tuple[int, str]] = field(default_factory=dict)
+    #: True when the connection broke after the message data went out: the server may have accepted it
+    maybe_delivered: bool = False
+
+    def __post_init__(self) -> None:
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        reply = f"{self.code} {self.text}" if self.code is not None else self.text
+        return f"{self.step}: {reply}"
+
+    @property
+    def sender_problem(self) -> bool:
+        """True when another sender may succeed: the server or account failed, not this message.
+
+        Failures before any recipient was named (connect, TLS, login, MAIL FROM)
+        concern the sender; a failure during DATA never does, because the message
+        may already be on its way and a second sender could deliver it twice.
+        """
+        if self.step in ("data", "quit"):
+            return False
+        return self.kind in _SENDER_KINDS or self.step in _SESSION_STEPS
+
+    @property
+    def temporary(self) -> bool:
+        """True when trying again later may work: 4xx replies, timeouts, refused or dropped connections."""
+        if self.kind in ("temporary", "timeout", "connect"):
+            return True
+        return self.code is not None and 400 <= self.code < 500
+
+
+@dataclass
+class SendResult:
+    """What the server did with one message."""
+
+    accepted: list[str]  # envelope recipients the server accepted
+    refused: dict[str, tuple[int, str]]  # recipient -> (code, text) for recipients refused while others were accepted
+    code: int | None  # final reply to DATA
+    text: str
+    seconds: float
+
+
+class _Retry(Exception):
+    """Internal: the reused connection went away before DATA; reconnect once and start the message again."""
+
+    def __init__(self, failure: SmtpFailure) -> None:
+        super().__init__(str(failure))
+        self.failure = failure
+
+
+def _one_line(value: bytes | str | None) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", errors="replace")
+    return " ".join(value.split())
+
+
+def _kind_for_code(code: int | None) -> str:
+    if code is not None and 400 <= code < 500:
+        return "temporary"
+    if code is not None and 500 <= code < 600:
+        return "permanent"
+    return "protocol"
+
+
+def _is_8bit(data: bytes) -> bool:
+    return any(byte > 127 for byte in data)
+
+
+class _BannerMixin:
+    """Keeps the server's greeting, which smtplib's constructor otherwise discards."""
+
+    banner: str | None = None
+
+    def connect(self, host: str = "localhost", port: int = 0, source_address: tuple[str, int] | None = None) -> tuple[int, bytes]:
+        code, message = super().connect(host, port, source_address)  # type: ignore[misc]
+        self.banner = _one_line(message)
+        return code, message
+
+
+class _SMTP(_BannerMixin, smtplib.SMTP):
+    """smtplib.SMTP keeping the greeting."""
+
+
+class _SMTP_SSL(_BannerMixin, smtplib.SMTP_SSL):
+    """smtplib.SMTP_SSL keeping the greeting."""
+
+
+class SmtpSession:
+    """One SMTP connection for one sender, opened lazily and reused for many messages.
+
+    After :meth:`open`, the attributes ``server_banner``, ``tls_version``,
+    ``cipher``, ``auth_mechanism``, ``auth_ok``, ``auth_reply`` and ``timings``
+    describe the session (``steps`` also lists the failed step, for test-smtp).
+    With ``security: ssl`` the TLS handshake is part of the ``connect`` step.
+    """
+
+    def __init__(
+        self,
+        sender: Sender,
+        password: str | None,
+        *,
+        local_hostname: str | None = None,
+        max_per_connection: int | None = None,
+    ) -> None:
+        self.sender = sender
+        self._password = password  # private; never shown by repr or errors
+        self.local_hostname = local_hostname
+        self.max_per_connection = max_per_connection or sender.max_per_connection
+        self._smtp: smtplib.SMTP | None = None
+        self._sent_on_connection = 0  # transactions started on the current connection
+        self._reset_info()
+
+    def __repr__(self) -> str:
+        state = "open" if self._smtp is not None else "closed"
+        return f"SmtpSession(sender={self.sender.key!r}, server={self.address!r}, {state})"
+
+    @property
+    def address(self) -> str:
+        """``host:port`` of the sender's server, for messages."""
+        return f"{self.sender.host}:{self.sender.port}"
+
+    @property
+    def is_open(self) -> bool:
+        """True while a connection is established."""
+        return self._smtp is not None
+
+    def _reset_info(self) -> None:
+        self.server_banner: str | None = None
+        self.tls_version: str | None = None
+        self.cipher: str | None = None
+        self.auth_mechanism: str | None = None
+        self.auth_ok: bool | None = None
+        self.auth_reply: tuple[int, str] | None = None
+        self.steps: list[tuple[str, float, bool]] = []
+
+    @property
+    def timings(self) -> dict[str, float]:
+        """Seconds per completed step of the last :meth:`open` (connect, ehlo, starttls, auth)."""
+        return {name: seconds for name, seconds, ok in self.steps if ok}
+
+    # ------------------------------------------------------------ connection
+
+    def _tls_context(self) -> ssl.SSLContext:
+        cafile = str(self.sender.ca_file) if self.sender.ca_file else None
+        try:
+            context = ssl.create_default_context(cafile=cafile)
+        except (ssl.SSLError, OSError) as exc:
+            reason = getattr(exc, "reason", None) or exc.strerror or str(exc)
+            raise SmtpFailure(
+                "tls", "tls", None, _one_line(f"cannot load ca_file {cafile}: {reason}; it must hold PEM certificates")
+            ) from None
+        if not self.sender.tls_verify:
+            # Only on the sender's explicit request (tls_verify: false); test-smtp warns about it.
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        return context
+
+    def _run_step(self, name: str, action: Callable[[], object]) -> object:
+        """Run one step of opening the session, timing it and classifying any failure."""
+        start = time.monotonic()
+        try:
+            result = action()
+        except SmtpFailure:
+            self.steps.append((name, time.monotonic() - start, False))
+            raise
+        except Exception as exc:  # classified into SmtpFailure, anything unexpected re-raised below
+            self.steps.append((name, time.monotonic() - start, False))
+            failure = self._classify(exc, name)
+        else:
+            self.steps.append((name, time.monotonic() - start, True))
+            return result
+        raise failure
+
+    def open(self) -> None:
+        """Connect, EHLO, STARTTLS or implicit TLS as configured, EHLO again, and log in if the sender needs it."""
+        self.close()
+        self._reset_info()
+        sender = self.sender
+        try:
+            self._open(sender)
+        except SmtpFailure as failure:
+            if failure.code is not None or failure.kind in _POLITE_AFTER:
+                self.close()  # the server answered and still follows the protocol: say goodbye
+            else:
+                self._abort()  # broken, timed out or mid-TLS: a QUIT would only wait for nothing
+            raise
+        except BaseException:
+            self._abort()
+            raise
+        self._sent_on_connection = 0
+
+    def _open(self, sender: Sender) -> None:
+        context: ssl.SSLContext | None = None
+        if sender.security in ("ssl", "starttls"):
+            # Built before connecting, so a bad ca_file fails without touching the network.
+            try:
+                context = self._tls_context()
+            except SmtpFailure:
+                self.steps.append(("tls", 0.0, False))
+                raise
+
+        def connect() -> smtplib.SMTP:
+            # Passing the host to the constructor is what makes smtplib verify it on TLS
+            # (server_hostname); the subclasses keep the greeting for test-smtp.
+            if sender.security == "ssl":
+                return _SMTP_SSL(
+                    sender.host,
+                    sender.port,
+                    local_hostname=self.local_hostname,
+                    timeout=sender.timeout,
+                    context=context,
+                )
+            return _SMTP(sender.host, sender.port, local_hostname=self.local_hostname, timeout=sender.timeout)
+
+        smtp = self._run_step("connect", connect)
+        assert isinstance(smtp, (_SMTP, _SMTP_SSL))
+        self._smtp = smtp
+        self.server_banner = smtp.banner
+        if sender.security == "ssl":
+            self._note_tls(smtp)
+
+        self._run_step("ehlo", lambda: self._ehlo(smtp))
+
+        if sender.security == "starttls":
+            if not smtp.has_extn("starttls"):
+                self.steps.append(("starttls", 0.0, False))
+                raise SmtpFailure(
+                    "starttls", "no-starttls", None, f"{self.address} does not offer STARTTLS"
+                )
+            assert context is not None
+            self._run_step("starttls", lambda: self._starttls(smtp, context))
+            self._note_tls(smtp)
+            self._run_step("ehlo", lambda: self._ehlo(smtp))
+
+        if sender.auth:
+            self._run_step("auth", lambda: self._login(smtp))
+
+    def _ehlo(self, smtp: smtplib.SMTP) -> None:
+        code, reply = smtp.ehlo()
+        if not 200 <= code < 300:
+            # An old server without ESMTP: HELO works, but offers neither STARTTLS nor AUTH.
+            code, reply = smtp.helo()
+            if not 200 <= code < 300:
+                raise SmtpFailure("ehlo", _kind_for_code(code), code, _one_line(reply))
+
+    def _starttls(self, smtp: smtplib.SMTP, context: ssl.SSLContext) -> None:
+        try:
+            smtp.starttls(context=context)
+        except smtplib.SMTPResponseException as exc:
+            raise SmtpFailure("starttls", _kind_for_code(exc.smtp_code), exc.smtp_code, _one_line(exc.smtp_error)) from None
+
+    def _note_tls(self, smtp: smtplib.SMTP) -> None:
+        sock = smtp.sock
+        if isinstance(sock, ssl.SSLSocket):
+            self.tls_version = sock.version()
+            cipher = sock.cipher()
+            self.cipher = cipher[0] if cipher else None
+
+    def _login(self, smtp: smtplib.SMTP) -> None:
+        sender = self.sender
+        encrypted = isinstance(smtp.sock, ssl.SSLSocket)
+        if not encrypted and not (sender.security == "none" and sender.allow_plaintext_auth):
+            raise SmtpFailure(
+                "auth",
+                "plaintext-refused",
+                None,
+                f"refusing to send the password of {sender.key} over an unencrypted connection to {self.address}",
+            )
+        if not smtp.has_extn("auth"):
+            raise SmtpFailure("auth", "no-auth-offered", None, f"{self.address} does not offer AUTH on this connection")
+        if self._password is None:
+            raise SmtpFailure("auth", "auth", None, f"no password available for {sender.key}")
+        offered = smtp.esmtp_features.get("auth", "").upper().split()
+        usable = [mech for mech in _MECHANISMS if mech in offered]
+        if not usable:
+            raise SmtpFailure(
+                "auth",
+                "no-auth-offered",
+                None,
+                f"{self.address} offers AUTH {' '.join(offered) or '(nothing)'} but none of {', '.join(_MECHANISMS)}",
+            )
+        failure: SmtpFailure | None = None
+        encoding_problem = False
+        smtp.user, smtp.password = sender.username, self._password
+        try:
+            for mechanism in usable:
+                self.auth_mechanism = mechanism
+                authobject = getattr(smtp, "auth_" + mechanism.lower().replace("-", "_"))
+                try:
+                    code, reply = smtp.auth(mechanism, authobject)
+                except smtplib.SMTPAuthenticationError as exc:
+                    failure = SmtpFailure("auth", "auth", exc.smtp_code, self._scrub(_one_line(exc.smtp_error)))
+                    self.auth_reply = (exc.smtp_code, failure.text)
+                    # 535 means "wrong credentials": another mechanism will not help and each
+                    # failed attempt counts towards the provider's lockout.
+                    if exc.smtp_code == 535:
+                        break
+                    continue
+                except UnicodeEncodeError:
+                    # smtplib sends AUTH as ASCII; the exception would carry the password, so drop it.
+                    encoding_problem = True
+                    break
+                self.auth_ok = True
+                self.auth_reply = (code, _one_line(reply))
+                return
+        finally:
+            smtp.password = ""  # the session keeps its own copy for reconnects
+        self.auth_ok = False
+        if encoding_problem:
+            raise SmtpFailure(
+                "auth",
+                "auth",
+                None,
+                f"the username or password of {sender.key} has non-ASCII characters, which AUTH "
+                f"{self.auth_mechanism} cannot send",
+            )
+        assert failure is not None
+        raise failure
+
+    def _scrub(self, text: str) -> str:
+        """Remove the password should a server ever echo it back."""
+        if self._password and self._password in text:
+            text = text.replace(self._password, "***")
+        return text
+
+    def _classify(self, exc: BaseException, step: str) -> SmtpFailure:
+        """Turn a library exception into an SmtpFailure for ``step``; re-raise what we do not know."""
+        where = self.address
+        if isinstance(exc, SmtpFailure):
+            return exc
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            reason = exc.verify_message or exc.reason or str(exc)
+            return SmtpFailure("tls", "tls", None, _one_line(f"certificate verification failed: {reason}"))
+        if isinstance(exc, ssl.SSLError):
+            reason = exc.reason or exc.strerror or str(exc)
+            return SmtpFailure("tls", "tls", None, _one_line(f"TLS handshake with {where} failed: {reason}"))
+        if isinstance(exc, smtplib.SMTPAuthenticationError):
+            return SmtpFailure(step, "auth", exc.smtp_code, self._scrub(_one_line(exc.smtp_error)))
+        if isinstance(exc, smtplib.SMTPNotSupportedError):
+            return SmtpFailure(step, "no-auth-offered" if step == "auth" else "protocol", None, _one_line(str(exc)))
+        if isinstance(exc, smtplib.SMTPServerDisconnected):
+            if isinstance(exc.__context__, TimeoutError):
+                # smtplib reports a read timeout as a disconnection; the cause says what happened.
+                return SmtpFailure(step, "timeout", None, f"no answer from {where} within {self.sender.timeout:g} s")
+            detail = _one_line(str(exc)) or "connection closed"
+            return SmtpFailure(step, "temporary", None, f"{where} closed the connection ({detail})")
+        if isinstance(exc, smtplib.SMTPResponseException):
+            return SmtpFailure(step, _kind_for_code(exc.smtp_code), exc.smtp_code, self._scrub(_one_line(exc.smtp_error)))
+        if isinstance(exc, smtplib.SMTPException):
+            return SmtpFailure(step, "protocol", None, self._scrub(_one_line(str(exc))))
+        if isinstance(exc, ConnectionRefusedError):
+            return SmtpFailure(step, "connect", None, f"connection refused by {where}")
+        if isinstance(exc, TimeoutError):  # socket.timeout is TimeoutError since 3.10
+            return SmtpFailure(step, "timeout", None, f"no answer from {where} within {self.sender.timeout:g} s")
+        if isinstance(exc, socket.gaierror):
+            return SmtpFailure(step, "connect", None, f"cannot resolve host {self.sender.host!r}: {exc.strerror}")
+        if isinstance(exc, OSError):
+            if step == "connect" and not isinstance(exc, (ConnectionResetError, BrokenPipeError)):
+                return SmtpFailure(step, "connect", None, f"cannot connect to {where}: {exc.strerror or exc}")
+            return SmtpFailure(step, "temporary", None, f"connection to {where} broke: {exc.strerror or exc}")
+        raise exc
+
+    # --------------------------------------------------------------- sending
+
+    def send(self, mime: bytes, mail_from: str, rcpt_to: list[str]) -> SendResult:
+        """Send one message; returns accepted and refused recipients, raises SmtpFailure if nothing was accepted."""
+        if not rcpt_to:
+            raise ValueError("send() needs at least one recipient")
+        # SMTP requires CRLF; messages rendered with the default policy use bare LF, and smtplib
+        # sends bytes as they are (a stray LF would end up in the body).
+        mime = _CRLF_RE.sub(b"\r\n", mime)
+        start = time.monotonic()
+        if self._smtp is not None and self._sent_on_connection >= self.max_per_connection:
+            # Providers limit messages per connection; rotate before they refuse us.
+            self.close()
+        for attempt in (1, 2):
+            if self._smtp is None:
+                self.open()
+            # Only a connection that already carried a transaction can have been closed while idle.
+            reused = self._sent_on_connection > 0
+            self._sent_on_connection += 1
+            try:
+                result = self._transaction(mime, mail_from, rcpt_to, reused)
+            except _Retry as retry:
+                self._abort()
+                if attempt == 2:
+                    raise retry.failure from None
+                continue
+            result.seconds = time.monotonic() - start
+            return result
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _transaction(self, mime: bytes, mail_from: str, rcpt_to: list[str], reused: bool) -> SendResult:
+        smtp = self._smtp
+        assert smtp is not None
+        step = "mail"
+        try:
+            if reused:
+                # Clears any half-finished transaction and proves the idle connection is still alive.
+                step = "rset"
+                code, reply = smtp.rset()
+                if code == 421 or not 200 <= code < 300:
+                    raise _Retry(SmtpFailure("mail", _kind_for_code(code), code, _one_line(reply)))
+            step = "mail"
+            code, reply = smtp.mail(mail_from, self._mail_options(smtp, mime, mail_from, rcpt_to))
+            if code == 421 and reused:
+                raise _Retry(SmtpFailure("mail", "temporary", code, _one_line(reply)))
+            if not 200 <= code < 300:
+                self._reset(smtp)
+                raise SmtpFailure("mail", _kind_for_code(code), code, self._scrub(_one_line(reply)))
+            step = "rcpt"
+            accepted: list[str] = []
+            refused: dict[str, tuple[int, str]] = {}
+            for recipient in rcpt_to:
+                code, reply = smtp.rcpt(recipient)
+                if 200 <= code < 300:
+                    accepted.append(recipient)
+                    continue
+                if code == 421:
+                    # The server is closing the connection: nothing was sent yet.
+                    failure = SmtpFailure("rcpt", "temporary", code, _one_line(reply))
+                    if reused and not accepted:
+                        raise _Retry(failure)
+                    self._abort()
+                    raise failure
+                refused[recipient] = (code, _one_line(reply))
+        except (smtplib.SMTPServerDisconnected, ConnectionError) as exc:
+            failure = self._classify(exc, "mail" if step == "rset" else step)
+            # A dropped idle connection, not a silent server: waiting out a second timeout helps no one.
+            if reused and failure.kind == "temporary":
+                raise _Retry(failure) from None
+            self._abort()
+            raise failure from None
+        except (smtplib.SMTPException, OSError) as exc:
+            failure = self._classify(exc, "mail" if step == "rset" else step)
+            self._abort()
+            raise failure from None
+
+        if not accepted:
+            self._reset(smtp)
+            codes = [code for code, _ in refused.values()]
+            first_rcpt, (first_code, first_text) = next(iter(refused.items()))
+            kind = "permanent" if all(500 <= c < 600 for c in codes) else "temporary"
+            text = f"all {len(refused)} recipients refused; {first_rcpt}: {first_text}"
+            raise SmtpFailure("rcpt", kind, first_code, text, refused=refused)
+
+        try:
+            code, reply = smtp.data(mime)
+        except smtplib.SMTPDataError as exc:
+            # The server refused the DATA command itself; the payload never went out.
+            self._reset(smtp)
+            raise SmtpFailure("data", _kind_for_code(exc.smtp_code), exc.smtp_code, _one_line(exc.smtp_error)) from None
+        except (smtplib.SMTPException, OSError) as exc:
+            # The payload may have reached the server: report, never retry here.
+            failure = self._classify(exc, "data")
+            failure.maybe_delivered = True
+            if failure.kind not in ("temporary", "timeout"):
+                failure.kind = "temporary"
+            self._abort()
+            raise failure from None
+        if not 200 <= code < 300:
+            raise SmtpFailure("data", _kind_for_code(code), code, _one_line(reply), refused=refused)
+        return SendResult(accepted=accepted, refused=refused, code=code, text=_one_line(reply), seconds=0.0)
+
+    def _mail_options(self, smtp: smtplib.SMTP, mime: bytes, mail_from: str, rcpt_to: list[str]) -> list[str]:
+        options: list[str] = []
+        if smtp.has_extn("size"):
+            options.append(f"SIZE={len(mime)}")  # lets the server refuse an oversized message before DATA
+        if _is_8bit(mime) and smtp.has_extn("8bitmime"):
+            options.append("BODY=8BITMIME")
+        if not all(address.isascii() for address in [mail_from, *rcpt_to]):
+            if not smtp.has_extn("smtputf8"):
+                raise SmtpFailure(
+                    "mail", "permanent", None, f"{self.address} does not support SMTPUTF8, needed for a non-ASCII address"
+                )
+            options.append("SMTPUTF8")
+        return options
+
+    def _reset(self, smtp: smtplib.SMTP) -> None:
+        """RSET after a failed transaction so the connection can carry the next message."""
+        try:
+            smtp.rset()
+        except (smtplib.SMTPException, OSError):
+            self._abort()
+
+    # --------------------------------------------------------------- closing
+
+    def _abort(self) -> None:
+        """Drop the connection without a QUIT (it is already broken or unusable)."""
+        smtp, self._smtp = self._smtp, None
+        if smtp is not None:
+            try:
+                smtp.close()
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        """Say QUIT and close the connection; never raises."""
+        smtp, self._smtp = self._smtp, None
+        if smtp is None:
+            return
+        try:
+            if smtp.sock is not None:
+                smtp.sock.settimeout(min(self.sender.timeout, _QUIT_TIMEOUT))
+            smtp.quit()
+        except (smtplib.SMTPException, OSError):
+            pass
+        finally:
+            try:
+                smtp.close()
+            except OSError:
+                pass
+
+    def __enter__(self) -> SmtpSession:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -1,23 +1,26 @@
 """Delivering claimed messages: routing, quota reservation, SMTP, outcome, log.
 
-For each claimed message: order the route's candidates, reserve quota on the
-first that may send, send over a reused session, and record the outcome and
-the attempt in one transaction. Sender problems (auth, TLS, connection,
-timeout) fail over to the next candidate; a recipient's permanent refusal
-does not; temporary failures are retried later with backoff; a message no
-candidate may send now is deferred until it may.
+One dispatcher (the calling thread) claims due messages, orders each one's
+candidate senders and hands it to that sender's worker. Workers (one thread
+per sender and connection, each with its own reused SMTP session) reserve
+quota, pace, send, and record the outcome and the attempt in one
+transaction. Sender problems (auth, TLS, connection, timeout) and exhausted
+quotas send the message back to the dispatcher for the next candidate; a
+recipient's permanent refusal does not; temporary failures are retried later
+with backoff; a message no candidate may send now is deferred until it may.
 """
 
 from __future__ import annotations
 
-import json
 import os
+import queue
 import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from email.headerregistry import Address
 from typing import Any
 
 from . import health, quota, routing
@@ -27,9 +30,11 @@ from .outbox import Outbox, QueuedMessage, retry_delay
 from .store import Store
 from .transport import SmtpFailure, SmtpSession
 
-CLAIM_SIZE = 20
+CLAIM_SIZE = 50
 #: a rate limit (per_minute, min_interval) that frees up within this many seconds is waited for, not deferred
 MAX_PACING_WAIT = 65.0
+#: how often the dispatcher re-reads sender health written by other processes
+HEALTH_REFRESH = 5.0
 
 
 @dataclass
@@ -41,6 +46,7 @@ class DeliveryReport:
     failed: Counter[str] = field(default_factory=Counter)
     next_due_at: float | None = None
     interrupted: bool = False
+    returned: int = 0  # claimed but not attempted, put back in the queue (stop or deadline)
     problems: list[str] = field(default_factory=list)  # one line per deferral/failure reason (deduplicated)
 
     @property
@@ -60,7 +66,7 @@ class DeliveryReport:
 
     def note(self, text: str) -> None:
         """Remember a reason once."""
-        if text not in self.problems and len(self.problems) < 50:
+        if text and text not in self.problems and len(self.problems) < 50:
             self.problems.append(text)
 
     def to_dict(self) -> dict[str, Any]:
@@ -70,6 +76,7 @@ class DeliveryReport:
             "sent": self.total_sent,
             "deferred": self.total_deferred,
             "failed": self.total_failed,
+            "returned_to_queue": self.returned,
             "next_due_at": self.next_due_at,
             "interrupted": self.interrupted,
             "per_sender": {
@@ -88,8 +95,57 @@ def _default_password(sender: Sender) -> str:
     return secrets.get_password(sender)
 
 
+@dataclass
+class _Job:
+    """One claimed message on its way through the candidates."""
+
+    msg: QueuedMessage
+    order: list[Sender] | None = None
+    skips: list[str] = field(default_factory=list)
+    next_index: int = 0
+    blocked: list[quota.Blocked] = field(default_factory=list)
+    failures: list[tuple[Sender, SmtpFailure]] = field(default_factory=list)
+
+
+@dataclass
+class _Result:
+    """What a worker tells the dispatcher about a job."""
+
+    job: _Job
+    outcome: str  # sent | deferred | failed | next | returned
+    sender: str | None = None
+    note: str | None = None
+
+
+class _Worker(threading.Thread):
+    """Sends jobs for one sender over one reused SMTP session."""
+
+    def __init__(self, deliverer: Deliverer, sender: Sender, password: str | None, jobs: queue.Queue[_Job | None]) -> None:
+        super().__init__(name=f"mailops-{sender.key}", daemon=True)
+        self.d = deliverer
+        self.sender = sender
+        self.jobs = jobs
+        self.session = SmtpSession(sender, password, max_per_connection=sender.max_per_connection)
+
+    def run(self) -> None:
+        try:
+            while True:
+                job = self.jobs.get()
+                if job is None:
+                    return
+                if self.d.stopping():
+                    self.d.results.put(_Result(job, "returned"))
+                    continue
+                try:
+                    self.d.results.put(self.d._attempt(job, self.sender, self.session))
+                except BaseException as exc:  # a bug must not strand the dispatcher; the lease brings it back
+                    self.d.results.put(_Result(job, "returned", note=f"internal error: {exc!r}"))
+        finally:
+            self.session.close()
+
+
 class Deliverer:
-    """One delivery worker: claims due messages and sends them, reusing one SMTP session per sender."""
+    """Claims due messages and sends them with one worker per sender connection."""
 
     def __init__(
         self,
@@ -103,18 +159,28 @@ class Deliverer:
         self.config = config
         self.store = store
         self.outbox = Outbox(store, config.delivery)
-        self.worker = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.worker_id = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.clock = clock
         self.stop_event = threading.Event()
-        # Waiting on the stop event lets Ctrl-C / a stop request cut a pacing wait short.
+        # Waiting on the stop event lets Ctrl-C / SIGTERM cut a pacing wait short.
         self.sleep = sleep or self.stop_event.wait
+        self.results: queue.Queue[_Result] = queue.Queue()
         self._password_lookup = password_lookup
         self._passwords: dict[str, str | None] = {}
         self._password_errors: dict[str, str] = {}
-        self._sessions: dict[str, SmtpSession] = {}
+        self._queues: dict[str, queue.Queue[_Job | None]] = {}
+        self._workers: list[_Worker] = []
+        self._healths: dict[str, health.Health] = {}
+        self._healths_at = 0.0
+        self._exhausted: dict[str, quota.Blocked] = {}  # day/month quota reached: skip until it rolls over
         self._known_healthy: set[str] = set()
+        self._deadline: float | None = None
 
-    # ------------------------------------------------------------ run loop
+    # ------------------------------------------------------------ dispatcher
+
+    def stopping(self) -> bool:
+        """True once a stop was requested or the deadline passed: no new attempts start."""
+        return self.stop_event.is_set() or (self._deadline is not None and self.clock() >= self._deadline)
 
     def run(
         self,
@@ -126,50 +192,85 @@ class Deliverer:
     ) -> DeliveryReport:
         """Deliver due messages (of one ``run_id`` when given) until none is due, ``limit`` or the deadline."""
         report = DeliveryReport()
-        start = self.clock()
-        deadline = start + max_seconds if max_seconds is not None else None
-        done = 0
+        self._deadline = self.clock() + max_seconds if max_seconds is not None else None
+        claimed_total = 0
+        in_flight: dict[int, _Job] = {}
+        max_in_flight = CLAIM_SIZE
+        exhausted_claims = False
+        renew_at = self.clock() + self.config.delivery.lease / 3
         try:
-            while not self.stop_event.is_set():
-                if limit is not None and done >= limit:
-                    break
-                if deadline is not None and self.clock() >= deadline:
-                    break
-                want = CLAIM_SIZE if limit is None else min(CLAIM_SIZE, limit - done)
-                claimed = self.outbox.claim(self.worker, self.clock(), want, run_id=run_id)
-                if not claimed:
-                    break
-                lease_renew_at = self.clock() + self.config.delivery.lease / 2
-                for index, msg in enumerate(claimed):
-                    out_of_time = deadline is not None and self.clock() >= deadline
-                    if self.stop_event.is_set() or out_of_time:
-                        self.outbox.unclaim(self.worker, [m.id for m in claimed[index:]], self.clock())
-                        report.interrupted = self.stop_event.is_set()
-                        break
-                    if self.clock() >= lease_renew_at:
-                        self.outbox.renew(self.worker, [m.id for m in claimed[index:]], self.clock())
-                        lease_renew_at = self.clock() + self.config.delivery.lease / 2
-                    outcome, sender = self._deliver_one(msg, report, deadline)
-                    done += 1
-                    getattr(report, outcome)[sender or "-"] += 1
-                    if progress:
-                        progress(outcome)
-        except KeyboardInterrupt:
-            report.interrupted = True
-            raise
+            while True:
+                try:
+                    can_claim = not exhausted_claims and not self.stopping()
+                    if can_claim and len(in_flight) < max_in_flight // 2 and (limit is None or claimed_total < limit):
+                        want = max_in_flight - len(in_flight)
+                        if limit is not None:
+                            want = min(want, limit - claimed_total)
+                        batch = self.outbox.claim(self.worker_id, self.clock(), want, run_id=run_id)
+                        if len(batch) < want:
+                            exhausted_claims = True
+                        claimed_total += len(batch)
+                        for msg in batch:
+                            job = _Job(msg)
+                            in_flight[msg.id] = job
+                            self._dispatch(job, report, in_flight, progress)
+                    if not in_flight:
+                        if exhausted_claims or self.stopping() or (limit is not None and claimed_total >= limit):
+                            break
+                        continue
+                    try:
+                        result = self.results.get(timeout=0.2)
+                    except queue.Empty:
+                        result = None
+                    if result is not None:
+                        self._handle(result, report, in_flight, progress)
+                    if self.clock() >= renew_at and in_flight:
+                        self.outbox.renew(self.worker_id, list(in_flight), self.clock())
+                        renew_at = self.clock() + self.config.delivery.lease / 3
+                except KeyboardInterrupt:
+                    if self.stop_event.is_set():
+                        raise  # second Ctrl-C: leave now; leases bring the rest back
+                    self.stop_event.set()
+                    report.interrupted = True
         finally:
-            self.close()
+            self._shutdown()
+        if self.stop_event.is_set():
+            report.interrupted = True
         summary = self.outbox.due_summary(self.clock(), run_id)
         report.next_due_at = summary["next_due_at"]
         return report
 
-    def close(self) -> None:
-        """Close every open SMTP session."""
-        for session in self._sessions.values():
-            session.close()
-        self._sessions.clear()
+    def _shutdown(self) -> None:
+        for jobs in self._queues.values():
+            for _ in range(64):
+                jobs.put(None)
+        for worker in self._workers:
+            worker.join(timeout=max(worker.sender.timeout * 2, 5))
+        self._workers.clear()
+        self._queues.clear()
 
-    # ------------------------------------------------------------ one message
+    def _handle(self, result: _Result, report: DeliveryReport, in_flight: dict[int, _Job], progress: Any) -> None:
+        job = result.job
+        if result.note:
+            report.note(result.note)
+        if result.outcome == "next":
+            self._dispatch(job, report, in_flight, progress)
+            return
+        in_flight.pop(job.msg.id, None)
+        if result.outcome == "returned":
+            self.outbox.unclaim(self.worker_id, [job.msg.id], self.clock())
+            report.returned += 1
+            return
+        getattr(report, result.outcome)[result.sender or "-"] += 1
+        if progress:
+            progress(result.outcome)
+
+    def _refresh_health(self) -> None:
+        now = self.clock()
+        if now - self._healths_at >= HEALTH_REFRESH:
+            with self.store.read() as conn:
+                self._healths = health.load(conn)
+            self._healths_at = now
 
     def _password(self, sender: Sender) -> str | None:
         if not sender.auth:
@@ -189,17 +290,55 @@ class Deliverer:
                 out[key] = (not sender.auth) or self._password(sender) is not None
         return out
 
-    def _session(self, sender: Sender, password: str | None) -> SmtpSession:
-        session = self._sessions.get(sender.key)
-        if session is None:
-            session = SmtpSession(sender, password, max_per_connection=sender.max_per_connection)
-            self._sessions[sender.key] = session
-        return session
+    def _order(self, job: _Job) -> None:
+        msg = job.msg
+        self._refresh_health()
+        route = self.config.routes.get(msg.route or "")
+        strategy = route.strategy if route else msg.strategy
+        args = (self.config, msg.route, msg.candidates, strategy, self.clock(), self._healths,
+                self._has_password(msg.candidates))
+        if strategy in ("round-robin", "least-used"):
+            with self.store.write() as conn:  # the shared turn counter / usage must be read under the lock
+                order, skips = routing.order(conn, *args)
+        else:
+            order, skips = routing.order(None, *args)
+        job.order = order
+        job.skips = [f"skipped {s.sender}: {s.reason}" for s in skips]
 
-    def _drop_session(self, key: str) -> None:
-        session = self._sessions.pop(key, None)
-        if session is not None:
-            session.close()
+    def _dispatch(self, job: _Job, report: DeliveryReport, in_flight: dict[int, _Job], progress: Any) -> None:
+        """Hand the job to its next usable candidate's worker, or settle it when none is left."""
+        if job.order is None:
+            self._order(job)
+        assert job.order is not None
+        now = self.clock()
+        while job.next_index < len(job.order):
+            sender = job.order[job.next_index]
+            job.next_index += 1
+            blocked = self._exhausted.get(sender.key)
+            if blocked is not None and blocked.until > now:
+                job.blocked.append(blocked)
+                continue
+            self._queue_for(sender).put(job)
+            return
+        if self.stopping() and not job.failures and not job.blocked:
+            self._handle(_Result(job, "returned"), report, in_flight, progress)
+            return
+        outcome, sender_key, note = self._settle(job)
+        self._handle(_Result(job, outcome, sender_key, note), report, in_flight, progress)
+
+    def _queue_for(self, sender: Sender) -> queue.Queue[_Job | None]:
+        jobs = self._queues.get(sender.key)
+        if jobs is None:
+            jobs = queue.Queue()
+            self._queues[sender.key] = jobs
+            password = self._password(sender)
+            for _ in range(sender.connections):
+                worker = _Worker(self, sender, password, jobs)
+                self._workers.append(worker)
+                worker.start()
+        return jobs
+
+    # ------------------------------------------------------------ worker side
 
     def _attempt_row(self, msg: QueuedMessage, sender: Sender | None, outcome: str, **extra: Any) -> dict[str, Any]:
         row = {
@@ -225,15 +364,11 @@ class Deliverer:
     def _mime_for(self, msg: QueuedMessage, sender: Sender) -> bytes:
         if sender.key == msg.nominal_sender:
             return msg.mime
-        from .compose import rewrite_sender
+        from .compose import parse_address, rewrite_sender
 
         reply_to = None
         if sender.reply_to:
-            from .compose import parse_address
-
             reply_to = [parse_address(sender.reply_to, where=f"senders.{sender.key}.reply_to")]
-        from email.headerregistry import Address
-
         return rewrite_sender(
             msg.mime,
             from_addr=Address(display_name=sender.display_name or "", addr_spec=sender.email),
@@ -241,92 +376,60 @@ class Deliverer:
             envelope_from=sender.email,
         )
 
-    def _deliver_one(
-        self, msg: QueuedMessage, report: DeliveryReport, deadline: float | None
-    ) -> tuple[str, str | None]:
-        """Try the candidates in order; returns (outcome, sender key) with outcome sent|deferred|failed."""
-        tz = self.config.timezone
-        skip_notes: list[str] = []
-        failures: list[tuple[Sender, SmtpFailure]] = []
-        for _round in range(5):  # bounded: pacing waits retry the whole candidate list a few times
-            now = self.clock()
+    def _reserve(self, job: _Job, sender: Sender) -> quota.Reservation | quota.Blocked | None:
+        """Reserve quota, sleeping through short pacing waits; None when stopped while waiting."""
+        for _ in range(1000):  # bounded: each pass either reserves, blocks for long, or waits for pacing
             with self.store.write() as conn:
-                healths = health.load(conn)
-                senders, skips = routing.order(
-                    conn,
-                    self.config,
-                    msg.route,
-                    msg.candidates,
-                    self._strategy(msg),
-                    now,
-                    healths,
-                    self._has_password(msg.candidates),
-                )
-            skip_notes = [f"skipped {s.sender}: {s.reason}" for s in skips]
-            blocked: list[quota.Blocked] = []
-            for sender in senders:
-                if any(f[0].key == sender.key for f in failures):
-                    continue
-                with self.store.write() as conn:
-                    held = quota.reserve(conn, sender, tz, self.clock())
-                if isinstance(held, quota.Blocked):
-                    blocked.append(held)
-                    continue
-                result = self._try_send(msg, sender, held, report)
-                if isinstance(result, SmtpFailure):  # sender problem: fail over to the next candidate
-                    failures.append((sender, result))
-                    continue
-                return result, sender.key
-            if not blocked:
-                break
-            soonest = min(b.until for b in blocked)
-            wait = soonest - self.clock()
-            pacing = all(b.kind in ("minute", "interval") for b in blocked)
-            fits = deadline is None or self.clock() + wait < deadline
-            if pacing and wait <= MAX_PACING_WAIT and fits and not self.stop_event.is_set():
-                self.sleep(max(wait, 0.0))
-                continue
-            return self._defer_blocked(msg, blocked, failures, skip_notes, report), blocked[0].sender
-        return self._no_sender(msg, failures, skip_notes, report)
+                held = quota.reserve(conn, sender, self.config.timezone, self.clock())
+            if isinstance(held, quota.Reservation):
+                return held
+            wait = held.until - self.clock()
+            short = held.kind in ("minute", "interval") and wait <= MAX_PACING_WAIT
+            fits = self._deadline is None or self.clock() + wait < self._deadline
+            if not (short and fits) or self.stop_event.is_set():
+                return held
+            self.sleep(max(wait, 0.0))
+            if self.stopping():
+                return None
+        return None
 
-    def _strategy(self, msg: QueuedMessage) -> str:
-        route = self.config.routes.get(msg.route or "")
-        return route.strategy if route else msg.strategy
-
-    def _try_send(
-        self, msg: QueuedMessage, sender: Sender, held: quota.Reservation, report: DeliveryReport
-    ) -> str | SmtpFailure:
-        """Send via ``sender``; returns the outcome, or the failure when the next sender should try."""
-        password = self._password(sender)
-        recipients = msg.pending_recipients
-        started = self.clock()
+    def _attempt(self, job: _Job, sender: Sender, session: SmtpSession) -> _Result:
+        """Reserve, send and record one job on ``sender`` (runs in the sender's worker thread)."""
+        msg = job.msg
+        held = self._reserve(job, sender)
+        if held is None:
+            return _Result(job, "returned")
+        if isinstance(held, quota.Blocked):
+            job.blocked.append(held)
+            if held.kind in ("day", "month"):
+                self._exhausted[sender.key] = held
+            return _Result(job, "next")
+        started = time.monotonic()
         try:
             mime = self._mime_for(msg, sender)
-            session = self._session(sender, password)
-            result = session.send(mime, sender.email, recipients)
+            result = session.send(mime, sender.email, msg.pending_recipients)
         except SmtpFailure as failure:
-            duration = self.clock() - started
-            return self._record_failure(msg, sender, held, failure, duration, report)
-        duration = self.clock() - started
+            return self._record_failure(job, sender, held, failure, time.monotonic() - started)
+        duration = time.monotonic() - started
         now = self.clock()
         status = dict(msg.recipient_status)
         for rcpt in result.accepted:
             status[rcpt] = "sent"
-        temp_refused = {}
+        temp_refused = 0
         for rcpt, (code, text) in result.refused.items():
             if 500 <= code < 600:
                 status[rcpt] = f"failed: {code} {text}"
             else:
-                temp_refused[rcpt] = (code, text)
+                temp_refused += 1
         refused_note = "; ".join(f"{r}: {c} {t}" for r, (c, t) in result.refused.items()) or None
-        outcome_row = "sent" if not result.refused else "partial"
+        note = None
         with self.store.write() as conn:
             self.outbox.log(
                 conn,
                 self._attempt_row(
                     msg,
                     sender,
-                    outcome_row,
+                    "partial" if result.refused else "sent",
                     smtp_code=result.code,
                     smtp_text=result.text,
                     detail=refused_note,
@@ -335,39 +438,29 @@ class Deliverer:
             )
             if temp_refused:
                 # Accepted ones are done; only the temporarily refused recipients wait for a retry.
-                self._defer_temporary(
-                    conn, msg, sender, f"{len(temp_refused)} recipient(s) temporarily refused", now, report, status
+                outcome, note = self._defer_temporary(
+                    conn, msg, sender, f"{temp_refused} recipient(s) temporarily refused", now, status
                 )
-                outcome = "deferred"
             else:
                 self.outbox.mark_sent(conn, msg, sender.key, now, status)
                 outcome = "sent"
-            self._mark_healthy(conn, sender, now)
-        return outcome
-
-    def _mark_healthy(self, conn: Any, sender: Sender, now: float) -> None:
-        # One write per run and sender, not per message.
-        if sender.key not in self._known_healthy:
-            health.record(conn, sender.key, True, now)
-            self._known_healthy.add(sender.key)
+            if sender.key not in self._known_healthy:  # one health write per run and sender
+                health.record(conn, sender.key, True, now)
+                self._known_healthy.add(sender.key)
+        return _Result(job, outcome, sender.key, note)
 
     def _record_failure(
-        self,
-        msg: QueuedMessage,
-        sender: Sender,
-        held: quota.Reservation,
-        failure: SmtpFailure,
-        duration: float,
-        report: DeliveryReport,
-    ) -> str | SmtpFailure:
+        self, job: _Job, sender: Sender, held: quota.Reservation, failure: SmtpFailure, duration: float
+    ) -> _Result:
+        msg = job.msg
         now = self.clock()
         text = f"{failure.step}: {failure.code or ''} {failure.text}".replace("  ", " ")
         with self.store.write() as conn:
             quota.release(conn, held)
             if failure.sender_problem:
-                self._drop_session(sender.key)
                 health.record(conn, sender.key, False, now, text)
                 self._known_healthy.discard(sender.key)
+                self._healths[sender.key] = health.Health(False, now, text)
                 self.outbox.log(
                     conn,
                     self._attempt_row(
@@ -380,42 +473,36 @@ class Deliverer:
                         duration=duration,
                     ),
                 )
-                report.note(f"{sender.key}: {failure.kind}: {failure.text}")
-                return failure
-            if failure.temporary:
-                self._drop_session(sender.key)
-                self.outbox.log(
-                    conn,
-                    self._attempt_row(
-                        msg,
-                        sender,
-                        "deferred",
-                        smtp_code=failure.code,
-                        smtp_text=failure.text,
-                        detail=f"temporary failure at {failure.step}",
-                        duration=duration,
-                    ),
-                )
-                return self._defer_temporary(conn, msg, sender, text, now, report, None)
-            # Permanent: the recipients (or the message) are refused; another sender would not help.
+                job.failures.append((sender, failure))
+                return _Result(job, "next", note=f"{sender.key}: {failure.kind}: {failure.text}")
             status = dict(msg.recipient_status)
-            for rcpt in msg.pending_recipients:
-                status[rcpt] = f"failed: {failure.code} {failure.text}"
+            if failure.refused:
+                for rcpt, (code, rtext) in failure.refused.items():
+                    if 500 <= code < 600:
+                        status[rcpt] = f"failed: {code} {rtext}"
+            permanent = not failure.temporary and not (
+                failure.refused and any(code < 500 for code, _ in failure.refused.values())
+            )
             self.outbox.log(
                 conn,
                 self._attempt_row(
                     msg,
                     sender,
-                    "failed",
+                    "failed" if permanent else "deferred",
                     smtp_code=failure.code,
                     smtp_text=failure.text,
-                    detail=f"permanent failure at {failure.step}",
+                    detail=f"{'permanent' if permanent else 'temporary'} failure at {failure.step}",
                     duration=duration,
                 ),
             )
+            if not permanent:
+                outcome, note = self._defer_temporary(conn, msg, sender, text, now, status)
+                return _Result(job, outcome, sender.key, note)
+            # Permanent: the recipients (or the message) are refused; another sender would not help.
+            for rcpt in msg.pending_recipients:
+                status.setdefault(rcpt, f"failed: {failure.code} {failure.text}")
             self.outbox.mark_failed(conn, msg, text, now, attempted=True, sender=sender.key, recipient_status=status)
-            report.note(f"{msg.subject!r} to {', '.join(msg.pending_recipients)}: {text}")
-            return "failed"
+        return _Result(job, "failed", sender.key, f"{msg.subject!r} to {', '.join(msg.pending_recipients)}: {text}")
 
     def _defer_temporary(
         self,
@@ -424,76 +511,46 @@ class Deliverer:
         sender: Sender | None,
         reason: str,
         now: float,
-        report: DeliveryReport,
         status: dict[str, str] | None,
-    ) -> str:
+    ) -> tuple[str, str]:
+        """Defer with backoff, or fail once the give-up age has passed; returns (outcome, note)."""
         policy = self.config.delivery
         failures = msg.attempts + 1
         first = msg.first_attempt_at or now
+        key = sender.key if sender else None
         if now - first >= policy.give_up_after:
             final = f"gave up after {failures} attempts over {(now - first) / 3600:.1f} h: {reason}"
-            self.outbox.mark_failed(
-                conn, msg, final, now, attempted=True, sender=sender.key if sender else None, recipient_status=status
-            )
+            self.outbox.mark_failed(conn, msg, final, now, attempted=True, sender=key, recipient_status=status)
             self.outbox.log(conn, self._attempt_row(msg, sender, "failed", detail=final))
-            report.note(final)
-            return "failed"
+            return "failed", final
         until = now + retry_delay(failures, policy)
         self.outbox.mark_deferred(
-            conn,
-            msg,
-            until,
-            f"temporary failure: {reason}",
-            now,
-            attempted=True,
-            sender=sender.key if sender else None,
-            recipient_status=status,
+            conn, msg, until, f"temporary failure: {reason}", now, attempted=True, sender=key, recipient_status=status
         )
-        report.note(f"temporary failure: {reason}")
-        return "deferred"
+        return "deferred", f"temporary failure: {reason}"
 
-    def _defer_blocked(
-        self,
-        msg: QueuedMessage,
-        blocked: list[quota.Blocked],
-        failures: list[tuple[Sender, SmtpFailure]],
-        skip_notes: list[str],
-        report: DeliveryReport,
-    ) -> str:
-        now = self.clock()
-        until = min(b.until for b in blocked)
-        reasons = [b.reason for b in blocked] + skip_notes
-        reason = "quota: " + "; ".join(reasons)
-        with self.store.write() as conn:
-            self.outbox.mark_deferred(conn, msg, until, reason, now, attempted=bool(failures))
-            self.outbox.log(conn, self._attempt_row(msg, None, "deferred", detail=reason))
-        report.note(reason)
-        return "deferred"
+    # ------------------------------------------------------------ no candidate left (dispatcher side)
 
-    def _no_sender(
-        self,
-        msg: QueuedMessage,
-        failures: list[tuple[Sender, SmtpFailure]],
-        skip_notes: list[str],
-        report: DeliveryReport,
-    ) -> tuple[str, str | None]:
-        """Every candidate failed or was skipped: retry later (nothing is dropped)."""
+    def _settle(self, job: _Job) -> tuple[str, str | None, str]:
+        """Every candidate was tried, blocked or skipped: defer (nothing is dropped)."""
+        msg = job.msg
         now = self.clock()
-        parts = [f"{s.key}: {f.kind} {f.code or ''} {f.text}".replace("  ", " ") for s, f in failures] + skip_notes
-        reason = "no sender could take it: " + ("; ".join(parts) or "route has no usable sender")
-        last = failures[-1][0] if failures else None
+        if job.blocked and not any(b.until <= now for b in job.blocked):
+            until = min(b.until for b in job.blocked)
+            reason = "quota: " + "; ".join(dict.fromkeys([b.reason for b in job.blocked] + job.skips))
+            with self.store.write() as conn:
+                self.outbox.mark_deferred(conn, msg, until, reason, now, attempted=bool(job.failures))
+                self.outbox.log(conn, self._attempt_row(msg, None, "deferred", detail=reason))
+            return "deferred", job.blocked[0].sender, reason
+        parts = [f"{s.key}: {f.kind} {f.code or ''} {f.text}".replace("  ", " ") for s, f in job.failures]
+        reason = "no sender could take it: " + ("; ".join(parts + job.skips) or "the route has no usable sender")
+        last = job.failures[-1][0] if job.failures else None
         with self.store.write() as conn:
-            if failures:
-                outcome = self._defer_temporary(conn, msg, last, reason, now, report, None)
+            if job.failures:
+                outcome, note = self._defer_temporary(conn, msg, last, reason, now, None)
             else:
                 until = now + self.config.delivery.retry_initial
                 self.outbox.mark_deferred(conn, msg, until, reason, now, attempted=False)
                 self.outbox.log(conn, self._attempt_row(msg, None, "deferred", detail=reason))
-                report.note(reason)
-                outcome = "deferred"
-        return outcome, last.key if last else (msg.candidates[0] if msg.candidates else None)
-
-
-def encode_recipients(recipients: list[str]) -> str:
-    """JSON for the ``recipients`` column."""
-    return json.dumps(recipients)
+                outcome, note = "deferred", reason
+        return outcome, last.key if last else (msg.candidates[0] if msg.candidates else None), note

@@ -78,7 +78,7 @@ def _next_turn(conn: Connection, route: str) -> int:
 
 
 def order(
-    conn: Connection,
+    conn: Connection | None,
     config: Config,
     route: str | None,
     candidates: list[str],
@@ -88,15 +88,21 @@ def order(
     has_password: dict[str, bool],
     rng: random.Random | None = None,
 ) -> tuple[list[Sender], list[Skip]]:
-    """Candidates to try, in order, and the ones skipped with a reason (runs in a write transaction)."""
+    """Candidates to try, in order, and the ones skipped with a reason.
+
+    ``conn`` (a write transaction) is needed only by round-robin (the shared
+    turn counter) and least-used (current usage); other strategies pass None.
+    """
     keys = list(candidates)
     if strategy == "round-robin" and len(keys) > 1:
+        assert conn is not None
         turn = _next_turn(conn, route or "+".join(keys)) - 1
         shift = turn % len(keys)
         keys = keys[shift:] + keys[:shift]
     elif strategy == "random":
         (rng or random).shuffle(keys)
     elif strategy == "least-used":
+        assert conn is not None
         known = [k for k in keys if k in config.senders]
         used = quota.usage(conn, known, config.timezone, now)
         keys.sort(

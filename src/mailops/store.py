@@ -21,7 +21,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DatabaseError, DBAPIError, OperationalError
 
 from . import migrations
 from .errors import StoreError
@@ -30,8 +30,10 @@ BUSY_TIMEOUT_SECONDS = float(os.environ.get("MAILOPS_BUSY_TIMEOUT", "60"))
 
 
 def mask_url(url: str) -> str:
-    """The URL with any password replaced by ``***`` (safe to print)."""
-    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+    """The URL with any password replaced by ``***`` (safe to print), in the user part or the query string."""
+    url = re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+    # libpq also takes the password as a query parameter: postgresql://host/db?password=...
+    return re.sub(r"([?&]password=)[^&]*", r"\1***", url, flags=re.IGNORECASE)
 
 
 def _sqlite_path(url: str) -> Path | None:
@@ -53,6 +55,9 @@ def _make_engine(url: str) -> Engine:
         engine = sa.create_engine(
             url,
             connect_args={"timeout": BUSY_TIMEOUT_SECONDS, "isolation_level": None, "check_same_thread": False},
+            # one connection per delivery worker thread (senders x connections) plus the dispatcher
+            pool_size=20,
+            max_overflow=20,
         )
 
         @event.listens_for(engine, "connect")
@@ -83,6 +88,11 @@ def _make_engine(url: str) -> Engine:
 
 def _store_error(url: str, exc: Exception) -> StoreError:
     text = str(getattr(exc, "orig", exc)).splitlines()[0]
+    if "not a database" in text:
+        return StoreError(
+            f"database {mask_url(url)}: file is not a database; point 'database:' in senders.yaml "
+            "at a mailops database or at a new file"
+        )
     if "locked" in text or "busy" in text:
         return StoreError(
             f"the database {mask_url(url)} stayed locked by another mailops process for {BUSY_TIMEOUT_SECONDS:.0f} s; "
@@ -116,7 +126,8 @@ class Store:
         except OperationalError as exc:
             raise _store_error(self.url, exc) from None
         except DBAPIError as exc:
-            if exc.connection_invalidated:
+            # the plain DatabaseError class (not IntegrityError & co.): "file is not a database", corruption
+            if exc.connection_invalidated or type(exc) is DatabaseError:
                 raise _store_error(self.url, exc) from None
             raise
 
@@ -130,6 +141,10 @@ class Store:
                     yield conn
         except OperationalError as exc:
             raise _store_error(self.url, exc) from None
+        except DatabaseError as exc:
+            if type(exc) is DatabaseError:  # "file is not a database", corruption; not programming errors
+                raise _store_error(self.url, exc) from None
+            raise
 
     def migrate(self) -> list[str]:
         """Apply pending migrations; safe when several processes start at once."""

@@ -1,0 +1,88 @@
+"""A loopback SMTP sink for the benchmark: STARTTLS + AUTH (any password), optional per-message delay.
+
+Run as its own process so the server does not share a GIL with the client being measured:
+
+    python bench/sink.py --port 0 --delay-ms 20 --ready-file /tmp/sink.json
+
+It writes ``{"port": ..., "ca_file": ...}`` to the ready file once listening, and
+counts messages in ``--count-file`` on exit (SIGTERM).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import ssl
+import tempfile
+import threading
+from pathlib import Path
+
+import trustme
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult
+
+
+class Sink:
+    """Accept every message after an optional delay."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.count = 0
+
+    async def handle_DATA(self, server, session, envelope) -> str:  # noqa: ANN001 - aiosmtpd hook
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        self.count += 1
+        return "250 2.0.0 OK"
+
+
+def _accept_any(server, session, envelope, mechanism, auth_data) -> AuthResult:  # noqa: ANN001
+    return AuthResult(success=True)
+
+
+def main() -> None:
+    """Serve until SIGTERM."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--delay-ms", type=float, default=0.0)
+    parser.add_argument("--ready-file", type=Path, required=True)
+    parser.add_argument("--count-file", type=Path)
+    args = parser.parse_args()
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    folder = Path(tempfile.mkdtemp(prefix="mailops-bench-"))
+    ca_file = folder / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(context)
+
+    logging.getLogger("mail.log").setLevel(logging.ERROR)  # aiosmtpd's own deprecation chatter
+    sink = Sink(args.delay_ms / 1000)
+    controller = Controller(
+        sink,
+        hostname="127.0.0.1",
+        port=args.port,
+        tls_context=context,
+        require_starttls=True,
+        authenticator=_accept_any,
+        auth_require_tls=True,
+        decode_data=False,
+        data_size_limit=None,
+    )
+    controller.start()
+    args.ready_file.write_text(json.dumps({"port": controller.port, "ca_file": str(ca_file)}))
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    signal.signal(signal.SIGINT, lambda *_: done.set())
+    done.wait()
+    controller.stop()
+    if args.count_file:
+        args.count_file.write_text(str(sink.count))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,370 @@
+"""From a send request to prepared messages: recipients, variables, rendering, attachments.
+
+No routing and no database here: the caller picks the sender, and this module
+turns the request into ``PreparedMessage`` objects (or ``RowProblem`` for a bad
+row) one at a time, so a 100,000-row data file streams through without being
+held in memory. Problems with the request as a whole raise at once; problems
+with one row are yielded so the caller can list every bad row before sending.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import itertools
+import json
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from email.headerregistry import Address
+from pathlib import Path
+from typing import Any
+
+from .compose import (
+    PreparedEmail,
+    build_message,
+    check_header_text,
+    make_address,
+    make_message_id,
+    parse_address,
+)
+from .config import Config, Sender
+from .datafiles import DataRow, read_rows
+from .errors import InputError, UsageError
+from .templates import (
+    MessageTemplate,
+    inline_template,
+    list_templates,
+    load_template,
+    render,
+    render_string,
+    unknown_template_message,
+)
+
+NAME_COLUMN = "name"
+ATTACHMENTS_COLUMN = "attachments"
+SINGLE_LABEL = "message"
+
+# compose(to, subject, text, html, attachments, where): everything else is fixed for the whole request
+_Compose = Callable[[list[Address], str, str, "str | None", list[Path], str], PreparedEmail]
+
+
+@dataclass
+class SendRequest:
+    """What the operator asked ``mailops send`` for, before any checking."""
+
+    to: list[str] = field(default_factory=list)
+    cc: list[str] = field(default_factory=list)
+    bcc: list[str] = field(default_factory=list)
+    groups: list[str] = field(default_factory=list)
+    data_file: Path | None = None
+    to_column: str = "email"
+    template: str | None = None
+    subject: str | None = None
+    body: str | None = None
+    body_file: Path | None = None
+    variables: dict[str, str] = field(default_factory=dict)
+    attachments: list[Path] = field(default_factory=list)
+    reply_to: str | None = None
+    limit: int | None = None
+
+
+@dataclass
+class PreparedMessage:
+    """One message ready to queue: the composed email plus where it came from."""
+
+    row: int | None  # data row number, None without --data
+    label: str  # "customers.csv row 3" or "message"
+    email: PreparedEmail
+    template: str | None
+    dedup_key: str  # sha256 of recipients + row values: the same row in a re-run --batch is recognised
+
+
+@dataclass
+class RowProblem:
+    """A row that cannot become a message; ``message`` is one line: label, field, problem and fix."""
+
+    row: int | None
+    label: str
+    message: str
+
+
+def parse_vars(items: list[str]) -> dict[str, str]:
+    """``--var KEY=VALUE`` items as a dict (later wins); UsageError for an item that is not KEY=VALUE."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise UsageError(f"--var {item!r}: expected KEY=VALUE")
+        if not key.isidentifier():
+            raise UsageError(
+                f"--var {item!r}: KEY must be a name of letters, digits and '_' that a template can use "
+                f"(got {key!r})"
+            )
+        out[key] = value
+    return out
+
+
+def _hint(name: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=1)
+    return f"did you mean {close[0]!r}? " if close else ""
+
+
+def check_request(request: SendRequest, config: Config) -> None:
+    """UsageError if the options contradict each other or name something unknown; nothing is read or sent."""
+    has_direct = bool(request.to or request.groups)
+    if request.data_file is not None and has_direct:
+        raise UsageError(
+            "--data cannot be combined with --to or --group: the data file names the recipients "
+            "(use --cc/--bcc for copies to every message)"
+        )
+    if request.data_file is None and not has_direct:
+        raise UsageError("no recipients: pass --to ADDR, --group NAME or --data FILE")
+    if request.data_file is None and request.to_column != "email":
+        raise UsageError("--to-column needs --data FILE; remove it or add --data")
+    if request.template and request.subject is not None:
+        raise UsageError("--template and --subject cannot be used together: the template has its own subject.txt")
+    if request.template and (request.body is not None or request.body_file is not None):
+        raise UsageError("--template and --body/--body-file cannot be used together: the template has its own body")
+    if request.body is not None and request.body_file is not None:
+        raise UsageError("--body and --body-file cannot be used together; pick one")
+    if not request.template:
+        if request.subject is None:
+            if request.body is not None or request.body_file is not None:
+                raise UsageError("--body/--body-file needs --subject TEXT")
+            raise UsageError("no message content: pass --template NAME, or --subject TEXT with --body or --body-file")
+        if request.body is None and request.body_file is None:
+            raise UsageError("--subject needs --body TEXT or --body-file FILE")
+    if request.limit is not None and request.limit < 1:
+        raise UsageError(f"--limit must be at least 1 (got {request.limit})")
+    known_groups = list(config.groups)
+    for group in request.groups:
+        if group not in config.groups:
+            raise UsageError(
+                f"unknown group {group!r}; {_hint(group, known_groups)}known groups: "
+                f"{', '.join(known_groups) or '(none)'} (add it under 'groups:' in {config.path})"
+            )
+    if request.template and request.template not in list_templates(config.templates_dir):
+        raise UsageError(unknown_template_message(config.templates_dir, request.template))
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _load(request: SendRequest, config: Config) -> MessageTemplate:
+    if request.template:
+        return load_template(config.templates_dir, request.template)
+    subject = request.subject or ""
+    if request.body_file is not None:
+        path = Path(request.body_file)
+        try:
+            body = path.read_text(encoding="utf-8-sig")
+        except FileNotFoundError:
+            raise InputError(f"--body-file {path}: no such file; check the path") from None
+        except UnicodeDecodeError:
+            raise InputError(f"--body-file {path}: not UTF-8 text; save the file as UTF-8") from None
+        except OSError as exc:
+            raise InputError(f"--body-file {path}: cannot read: {exc.strerror or exc}; check the file") from None
+        return inline_template(subject, body, body_source=str(path))
+    return inline_template(subject, request.body or "")
+
+
+def _addresses(values: list[str], where: str) -> list[Address]:
+    return [parse_address(value, where=where) for value in values]
+
+
+def _dedup(addresses: list[Address]) -> list[Address]:
+    seen: set[str] = set()
+    out: list[Address] = []
+    for addr in addresses:
+        key = addr.addr_spec.casefold()
+        if key not in seen:
+            seen.add(key)
+            out.append(addr)
+    return out
+
+
+def _dedup_key(envelope_to: list[str], values: Mapping[str, Any]) -> str:
+    payload = json.dumps(
+        {"recipients": sorted(envelope_to), "values": values}, sort_keys=True, default=str, ensure_ascii=False
+    )
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+def _check_fixed_attachments(paths: list[Path]) -> list[Path]:
+    for path in paths:
+        if not Path(path).is_file():
+            what = "is a folder, not a file" if Path(path).is_dir() else "no such file"
+            raise InputError(f"--attach {path}: {what}; check the path")
+    return [Path(p) for p in paths]
+
+
+def _row_attachments(cell: Any, variables: Mapping[str, Any], row: DataRow, base: Path) -> list[Path]:
+    """Paths from the ``attachments`` cell: ';'-separated (or a list in JSON/YAML), each a Jinja string."""
+    if cell is None:
+        return []
+    items = [str(item) for item in cell] if isinstance(cell, list) else str(cell).split(";")
+    paths: list[Path] = []
+    for item in items:
+        item = item.strip()
+        if not item:
+            continue
+        rendered = render_string(
+            item, variables, where=row.label, source=f"column {ATTACHMENTS_COLUMN!r}"
+        ).strip()
+        path = Path(rendered).expanduser()
+        paths.append(path if path.is_absolute() else base / path)
+    return paths
+
+
+# ---------------------------------------------------------------- main entry
+
+
+def prepare_messages(
+    request: SendRequest, config: Config, sender: Sender, *, now: datetime
+) -> Iterator[PreparedMessage | RowProblem]:
+    """Yield one PreparedMessage per message (or a RowProblem per bad row), streaming, up to ``request.limit``.
+
+    Raises UsageError/InputError for problems with the request as a whole
+    (contradicting options, unknown template, unreadable data file, no email
+    column, bad --to/--cc/--bcc/--reply-to/--attach) before the first message.
+    """
+    check_request(request, config)
+    if now.tzinfo is None:
+        now = now.replace(tzinfo=timezone.utc)
+    template = _load(request, config)
+    cc = _addresses(request.cc, "--cc")
+    bcc = _addresses(request.bcc, "--bcc")
+    if request.reply_to:
+        reply_to = [parse_address(request.reply_to, where="--reply-to")]
+    elif sender.reply_to:
+        reply_to = [parse_address(sender.reply_to, where=f"{config.path}: senders.{sender.key}.reply_to")]
+    else:
+        reply_to = None
+    from_addr = make_address(sender.display_name or "", sender.email)
+    fixed_attachments = _check_fixed_attachments(request.attachments)
+
+    local_now = now.astimezone(config.timezone)
+    builtins: dict[str, Any] = {
+        "sender": {"key": sender.key, "email": sender.email, "name": sender.display_name or ""},
+        "now": local_now,
+        "today": local_now.date().isoformat(),
+    }
+
+    def compose(
+        to: list[Address], subject: str, text: str, html: str | None, attachments: list[Path], where: str
+    ) -> PreparedEmail:
+        return build_message(
+            from_addr=from_addr,
+            reply_to=reply_to,
+            to=to,
+            cc=cc,
+            bcc=bcc,
+            subject=subject,
+            text=text,
+            html=html,
+            attachments=attachments,
+            message_id=make_message_id(sender.domain),
+            date=now,
+            where=where,
+        )
+
+    if request.data_file is None:
+        yield from _single(request, config, template, builtins, compose, fixed_attachments)
+        return
+
+    data_file = Path(request.data_file)
+    rows = read_rows(data_file)
+    first = next(rows)  # read_rows raised already if there are no rows
+    if request.to_column not in first.values:
+        columns = ", ".join(first.values) or "(none)"
+        raise InputError(
+            f"{data_file}: no {request.to_column!r} column (columns: {columns}); use --to-column to pick another"
+        )
+    base = data_file.resolve().parent
+    prepared = 0
+    for row in itertools.chain([first], rows):
+        try:
+            message = _prepare_row(row, request, template, builtins, compose, fixed_attachments, base)
+        except InputError as exc:
+            yield RowProblem(row=row.number, label=row.label, message=str(exc))
+            continue
+        yield message
+        prepared += 1
+        if request.limit is not None and prepared >= request.limit:
+            return
+
+
+def _single(
+    request: SendRequest,
+    config: Config,
+    template: MessageTemplate,
+    builtins: dict[str, Any],
+    compose: _Compose,
+    attachments: list[Path],
+) -> Iterator[PreparedMessage | RowProblem]:
+    """The one message of a request without --data: every --to and --group member in To."""
+    to = _addresses(request.to, "--to")
+    for group in request.groups:
+        to.extend(_addresses(list(config.groups[group]), f"{config.path}: groups.{group}"))
+    to = _dedup(to)
+    variables = {
+        **builtins,
+        "recipient": to[0].addr_spec,
+        "name": to[0].display_name,
+        **request.variables,
+    }
+    try:
+        content = render(template, variables, where=SINGLE_LABEL, from_data=False)
+        prepared = compose(to, content.subject, content.text, content.html, attachments, SINGLE_LABEL)
+    except InputError as exc:
+        yield RowProblem(row=None, label=SINGLE_LABEL, message=str(exc))
+        return
+    yield PreparedMessage(
+        row=None,
+        label=SINGLE_LABEL,
+        email=prepared,
+        template=request.template,
+        dedup_key=_dedup_key(prepared.envelope_to, {}),
+    )
+
+
+def _prepare_row(
+    row: DataRow,
+    request: SendRequest,
+    template: MessageTemplate,
+    builtins: dict[str, Any],
+    compose: _Compose,
+    fixed_attachments: list[Path],
+    base: Path,
+) -> PreparedMessage:
+    """One data row to one message; InputError (naming the row and field) if the row is bad."""
+    column = request.to_column
+    cell = row.values.get(column)
+    if cell is None or not str(cell).strip():
+        raise InputError(f"{row.label}: column {column!r} is empty; fill in the recipient's address or remove the row")
+    recipient = parse_address(str(cell), where=f"{row.label}: column {column!r}")
+
+    name_cell = row.values.get(NAME_COLUMN)
+    if name_cell is not None and str(name_cell).strip():
+        display = check_header_text(str(name_cell).strip(), where=f"{row.label}: column {NAME_COLUMN!r}")
+        recipient = make_address(display, recipient.addr_spec)
+
+    variables = {
+        **builtins,
+        "recipient": recipient.addr_spec,
+        "name": recipient.display_name,
+        **request.variables,
+        **row.values,
+    }
+    content = render(template, variables, where=row.label)
+    attachments = fixed_attachments + _row_attachments(row.values.get(ATTACHMENTS_COLUMN), variables, row, base)
+    prepared = compose([recipient], content.subject, content.text, content.html, attachments, row.label)
+    return PreparedMessage(
+        row=row.number,
+        label=row.label,
+        email=prepared,
+        template=request.template,
+        dedup_key=_dedup_key(prepared.envelope_to, row.values),
+    )

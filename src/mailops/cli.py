@@ -158,10 +158,8 @@ def dev_server(
     with server:
         where = f" storing in {maildir}" if maildir else ""
         _err(f"capturing mail on {host}:{port}{where}; point a sender at it with security: none and auth: false")
-        try:
-            serve_forever(server)
-        except KeyboardInterrupt:
-            _err("stopped")
+        serve_forever(server)  # returns on Ctrl-C (it handles KeyboardInterrupt itself)
+    _err(f"stopped after capturing {server.count} message(s)")
 
 
 @app.command()
@@ -226,7 +224,8 @@ def password_status(json_out: Annotated[bool, typer.Option("--json", help="Print
         _print_json({"backend": backend.name, "backend_usable": backend.usable, "problem": backend.problem, "senders": rows})
         return
     _table(None, ["sender", "email", "active", "password"], [[r["sender"], r["email"], r["active"], r["source"]] for r in rows])
-    _out(f"keyring backend: {backend.name}" + ("" if backend.usable else f" (refused: {backend.problem})"))
+    # the problem text names the backend itself
+    _out(f"keyring backend: {backend.name}" if backend.usable else f"keyring backend refused: {backend.problem}")
 
 
 # ---------------------------------------------------------------- test-smtp / doctor
@@ -244,9 +243,10 @@ def _run_checks(config: Config, keys: list[str], send_to: str | None) -> list[An
         try:
             password = secrets.get_password(sender) if sender.auth else None
         except SecretError as exc:
+            # the message already names the fix, which differs by cause: 'password set' would fail
+            # on a machine without a usable keyring, where the env variable is the way
             result = CheckResult(sender=key, host=sender.host, port=sender.port, security=sender.security)
             result.error = str(exc)
-            result.hint = f"run 'mailops password set {key}'"
             results.append(result)
             continue
         result = check_sender(sender, password, send_to)

@@ -297,7 +297,7 @@ class Deliverer:
         strategy = route.strategy if route else msg.strategy
         args = (self.config, msg.route, msg.candidates, strategy, self.clock(), self._healths,
                 self._has_password(msg.candidates))
-        if strategy in ("round-robin", "least-used"):
+        if strategy in ("round-robin", "least-used") and len(msg.candidates) > 1:
             with self.store.write() as conn:  # the shared turn counter / usage must be read under the lock
                 order, skips = routing.order(conn, *args)
         else:

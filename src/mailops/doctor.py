@@ -75,12 +75,15 @@ def run_doctor(config: Config) -> DoctorReport:
                 f"{secrets.password_env_var(sender.key)} or password_command for this sender"
             )
     if not backend.usable and needs_keyring:
-        report.problems.append(f"keyring backend {backend.name}: {backend.problem}")
+        report.problems.append(str(backend.problem))  # it names the backend and the way around it
 
     try:
         store = Store(config.database_url)
         pending = store.pending_migrations()
-        if pending:
+        if store.schema_version() is None:
+            # never used yet: every command creates the schema on first use, nothing to fix
+            report.ok.append(f"database {mask_url(config.database_url)}: reachable, empty (schema created on first use)")
+        elif pending:
             report.problems.append(
                 f"database {mask_url(config.database_url)}: schema not up to date (pending: {', '.join(pending)}); "
                 "run 'mailops db upgrade'"

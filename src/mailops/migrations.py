@@ -132,7 +132,9 @@ def applied(conn: Connection) -> list[str]:
     if not sa.inspect(conn).has_table(MIGRATIONS_TABLE):
         return []
     table = _migrations_table()
-    return [row[0] for row in conn.execute(sa.select(table.c.name))]
+    # step names are numbered (001_, 002_...), so name order is application order on every database;
+    # without ORDER BY, PostgreSQL may return them in any order and schema_version() would be wrong
+    return [row[0] for row in conn.execute(sa.select(table.c.name).order_by(table.c.name))]
 
 
 def pending(conn: Connection) -> list[str]:

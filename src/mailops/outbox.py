@@ -12,7 +12,7 @@ same Message-ID).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +37,25 @@ from .store import Store
 MESSAGES = Message.__table__
 ATTEMPTS = Attempt.__table__
 STAGE_CHUNK = 500  # rows per staging transaction: bounded memory, short write locks
+
+# Hot-path statements, built once (constructing them costs more than running them).
+_INSERT_ATTEMPT = sa.insert(ATTEMPTS)
+_MARK_SENT = (
+    sa.update(MESSAGES)
+    .where(MESSAGES.c.id == sa.bindparam("b_id"))
+    .values(
+        state=SENT,
+        sender=sa.bindparam("b_sender"),
+        sent_at=sa.bindparam("b_now"),
+        updated_at=sa.bindparam("b_now"),
+        lease_until=None,
+        claimed_by=None,
+        attempts=MESSAGES.c.attempts + 1,
+        first_attempt_at=sa.func.coalesce(MESSAGES.c.first_attempt_at, sa.bindparam("b_now")),
+        recipient_status=sa.bindparam("b_status"),
+        reason=None,
+    )
+)
 
 
 @dataclass
@@ -229,20 +248,8 @@ class Outbox:
     ) -> None:
         """The server accepted the message (refused recipients are recorded in ``recipient_status``)."""
         conn.execute(
-            sa.update(MESSAGES)
-            .where(MESSAGES.c.id == msg.id)
-            .values(
-                state=SENT,
-                sender=sender,
-                sent_at=now,
-                updated_at=now,
-                lease_until=None,
-                claimed_by=None,
-                attempts=MESSAGES.c.attempts + 1,
-                first_attempt_at=sa.func.coalesce(MESSAGES.c.first_attempt_at, now),
-                recipient_status=json.dumps(recipient_status),
-                reason=None,
-            )
+            _MARK_SENT,
+            {"b_id": msg.id, "b_sender": sender, "b_now": now, "b_status": json.dumps(recipient_status)},
         )
 
     @staticmethod
@@ -296,7 +303,7 @@ class Outbox:
     def log(conn: Connection, rows: list[dict[str, Any]] | dict[str, Any]) -> None:
         """Append attempt rows to the log."""
         if rows:
-            conn.execute(sa.insert(ATTEMPTS), rows)
+            conn.execute(_INSERT_ATTEMPT, rows)
 
     # ------------------------------------------------------------ maintenance (`mailops queue`)
 
@@ -397,14 +404,3 @@ class Outbox:
             ).one()
         return {"due": due, "waiting": later, "next_due_at": next_at}
 
-
-def iter_chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
-    """Split an iterable into lists of at most ``size``."""
-    chunk: list[Any] = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) >= size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk

@@ -75,22 +75,39 @@ def _limits(sender: Sender) -> list[tuple[str, int | None, str]]:
     ]
 
 
+# Built once: statement construction costs more than executing it on the hot path.
+_INCREMENT = (
+    sa.update(USAGE)
+    .where((USAGE.c.sender == sa.bindparam("b_sender")) & (USAGE.c.period == sa.bindparam("b_period")))
+    .values(count=USAGE.c.count + 1)
+)
+_INCREMENT_BELOW = _INCREMENT.where(USAGE.c.count < sa.bindparam("b_limit"))
+_GIVE_BACK = (
+    sa.update(USAGE)
+    .where(
+        (USAGE.c.sender == sa.bindparam("b_sender"))
+        & USAGE.c.period.in_(sa.bindparam("b_periods", expanding=True))
+        & (USAGE.c.count > 0)
+    )
+    .values(count=USAGE.c.count - 1)
+)
+
+
 def _take(conn: Connection, sender: str, period: str, limit: int | None) -> bool:
-    insert_ignore(conn, USAGE, {"sender": sender, "period": period, "count": 0})
-    cond = (USAGE.c.sender == sender) & (USAGE.c.period == period)
+    params: dict[str, object] = {"b_sender": sender, "b_period": period}
+    stmt = _INCREMENT
     if limit is not None:
-        cond = cond & (USAGE.c.count < limit)
-    result = conn.execute(sa.update(USAGE).where(cond).values(count=USAGE.c.count + 1))
-    return result.rowcount == 1
+        stmt, params["b_limit"] = _INCREMENT_BELOW, limit
+    if conn.execute(stmt, params).rowcount == 1:
+        return True
+    # First message of the period (no row yet), or the limit is reached: tell them apart.
+    insert_ignore(conn, USAGE, {"sender": sender, "period": period, "count": 0})
+    return conn.execute(stmt, params).rowcount == 1
 
 
 def _give_back(conn: Connection, sender: str, periods: tuple[str, ...] | list[str]) -> None:
     if periods:
-        conn.execute(
-            sa.update(USAGE)
-            .where((USAGE.c.sender == sender) & USAGE.c.period.in_(list(periods)) & (USAGE.c.count > 0))
-            .values(count=USAGE.c.count - 1)
-        )
+        conn.execute(_GIVE_BACK, {"b_sender": sender, "b_periods": list(periods)})
 
 
 def reserve(conn: Connection, sender: Sender, tz: ZoneInfo, now: float) -> Reservation | Blocked:

@@ -10,8 +10,10 @@ lets run beside a writer.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -42,6 +44,22 @@ def _sqlite_path(url: str) -> Path | None:
     return None
 
 
+def _enable_wal(cur: Any) -> None:
+    """Switch to WAL; retried because the switch can fail with "locked" without waiting on the busy handler
+    (e.g. while another process is creating the same new database)."""
+    import sqlite3
+
+    deadline = time.monotonic() + BUSY_TIMEOUT_SECONDS
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.05)
+
+
 def _make_engine(url: str) -> Engine:
     path = _sqlite_path(url)
     if path is not None:
@@ -67,7 +85,7 @@ def _make_engine(url: str) -> Engine:
             dbapi_conn.isolation_level = None
             cur = dbapi_conn.cursor()
             cur.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_SECONDS * 1000)}")
-            cur.execute("PRAGMA journal_mode=WAL")
+            _enable_wal(cur)
             # NORMAL in WAL mode survives any process crash; only a power cut may
             # lose the last commits (then a message can be sent twice, never lost
             # once its enqueue was synced by a checkpoint).
@@ -108,6 +126,9 @@ class Store:
         self.url = url
         self.engine = _make_engine(url)
         self.dialect = self.engine.dialect.name
+        # SQLite has one writer at a time. Threads of this process queue on a Python lock
+        # (woken at once) instead of SQLite's busy handler, which polls with growing sleeps.
+        self._write_lock: threading.Lock | None = threading.Lock() if self.dialect == "sqlite" else None
 
     @classmethod
     def open(cls, url: str, *, migrate: bool = True) -> Store:
@@ -120,8 +141,9 @@ class Store:
     @contextmanager
     def write(self) -> Iterator[Connection]:
         """A transaction that holds the write lock from its first statement (``BEGIN IMMEDIATE``)."""
+        lock = self._write_lock or contextlib.nullcontext()
         try:
-            with self.engine.begin() as conn:
+            with lock, self.engine.begin() as conn:
                 yield conn
         except OperationalError as exc:
             raise _store_error(self.url, exc) from None
@@ -183,10 +205,17 @@ def now() -> float:
     return time.time()
 
 
+_INSERT_IGNORE: dict[tuple[str, str], Any] = {}
+
+
 def insert_ignore(conn: Connection, table: sa.Table, rows: list[dict[str, Any]] | dict[str, Any]) -> None:
     """INSERT that silently skips rows whose primary key exists (SQLite and PostgreSQL)."""
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    conn.execute(insert(table).on_conflict_do_nothing(), rows)
+    key = (conn.dialect.name, table.name)
+    stmt = _INSERT_IGNORE.get(key)
+    if stmt is None:
+        if conn.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        stmt = _INSERT_IGNORE[key] = insert(table).on_conflict_do_nothing()
+    conn.execute(stmt, rows)

@@ -35,6 +35,8 @@ CLAIM_SIZE = 50
 MAX_PACING_WAIT = 65.0
 #: how often the dispatcher re-reads sender health written by other processes
 HEALTH_REFRESH = 5.0
+#: a pacing wait longer than this closes the SMTP session first (servers drop idle clients after ~30-60 s)
+IDLE_CLOSE_AFTER = 15.0
 
 
 @dataclass
@@ -376,7 +378,7 @@ class Deliverer:
             envelope_from=sender.email,
         )
 
-    def _reserve(self, job: _Job, sender: Sender) -> quota.Reservation | quota.Blocked | None:
+    def _reserve(self, job: _Job, sender: Sender, session: SmtpSession) -> quota.Reservation | quota.Blocked | None:
         """Reserve quota, sleeping through short pacing waits; None when stopped while waiting."""
         for _ in range(1000):  # bounded: each pass either reserves, blocks for long, or waits for pacing
             with self.store.write() as conn:
@@ -388,6 +390,8 @@ class Deliverer:
             fits = self._deadline is None or self.clock() + wait < self._deadline
             if not (short and fits) or self.stop_event.is_set():
                 return held
+            if wait > IDLE_CLOSE_AFTER:
+                session.close()  # reopened on the next send rather than failing on a connection the server dropped
             self.sleep(max(wait, 0.0))
             if self.stopping():
                 return None
@@ -396,7 +400,7 @@ class Deliverer:
     def _attempt(self, job: _Job, sender: Sender, session: SmtpSession) -> _Result:
         """Reserve, send and record one job on ``sender`` (runs in the sender's worker thread)."""
         msg = job.msg
-        held = self._reserve(job, sender)
+        held = self._reserve(job, sender, session)
         if held is None:
             return _Result(job, "returned")
         if isinstance(held, quota.Blocked):

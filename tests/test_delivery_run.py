@@ -1,0 +1,97 @@
+"""Delivery runs: interruption, pacing, parallel senders, start-up imports."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.fixtures_cli import log_json, popen_mailops
+
+PASSWORD = "s3cret-pass"
+
+
+@pytest.fixture
+def srv(smtp_server):
+    return smtp_server(users={f"{k}@example.com": PASSWORD for k in ("sales", "a", "b", "c", "d")})
+
+
+def test_ctrl_c_stops_cleanly_prints_the_summary_and_loses_nothing(workspace, srv, cli):
+    workspace.write_config(
+        {"sales": workspace.sender(srv, email="sales@example.com", password=PASSWORD, min_interval=0.25)},
+        routes={"default": "sales"},
+    )
+    data = workspace.csv("c.csv", [{"email": f"u{i}@example.org"} for i in range(40)])
+    proc = popen_mailops("send", "--data", data, "--subject", "S", "--body", "B")
+    for _ in range(100):  # bounded wait until sending has started
+        if len(srv.messages) >= 3:
+            break
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+
+    assert proc.returncode == 1, err
+    assert "Traceback" not in err
+    assert "sent " in out and "summary" in out  # the summary still prints
+    sent = len(srv.messages)
+    assert 3 <= sent < 40
+    states = workspace.states()
+    assert states.get("sent") == sent
+    assert states.get("sending", 0) == 0  # nothing left claimed: returned to the queue
+    assert sum(states.values()) == 40
+    finish = cli("deliver")
+    assert finish.exit_code == 0, finish.output
+    assert sorted(m.rcpt_tos[0] for m in srv.messages) == sorted(f"u{i}@example.org" for i in range(40))
+
+
+def test_min_interval_paces_sends_without_deferring(workspace, srv, cli):
+    workspace.write_config(
+        {"sales": workspace.sender(srv, email="sales@example.com", password=PASSWORD, min_interval=0.3)},
+        routes={"default": "sales"},
+    )
+    data = workspace.csv("c.csv", [{"email": f"u{i}@example.org"} for i in range(4)])
+    start = time.monotonic()
+    result = cli("send", "--data", data, "--subject", "S", "--body", "B")
+    elapsed = time.monotonic() - start
+    assert result.exit_code == 0, result.output
+    assert len(srv.messages) == 4
+    assert elapsed >= 0.9  # three waits of 0.3 s between four sends: paced, not bunched (a lower bound only)
+    times = sorted(r["at"] for r in log_json(cli))
+    assert all(b - a >= 0.2 for a, b in zip(times, times[1:]))  # spaced by the interval, less send-time jitter
+
+
+def test_senders_work_in_parallel_each_over_one_reused_connection(workspace, srv, cli):
+    workspace.write_config(
+        {k: workspace.sender(srv, email=f"{k}@example.com", password=PASSWORD) for k in ("a", "b", "c", "d")},
+        routes={"pool": {"senders": ["a", "b", "c", "d"], "strategy": "round-robin"}},
+    )
+    data = workspace.csv("c.csv", [{"email": f"u{i}@example.org"} for i in range(40)])
+
+    result = cli("send", "--route", "pool", "--data", data, "--subject", "S", "--body", "B", "--json")
+
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert {k: v["sent"] for k, v in summary["per_sender"].items()} == {"a": 10, "b": 10, "c": 10, "d": 10}
+    assert srv.connections == 4 and srv.logins == 4  # one session per sender, reused for its 10 messages
+
+
+@pytest.mark.parametrize("args", [["--help"], ["--version"], ["password", "status"]])
+def test_fast_commands_do_not_import_the_database_templating_or_smtp_stack(workspace, srv, args):
+    workspace.write_config({"sales": workspace.sender(srv, email="sales@example.com", password=PASSWORD)})
+    heavy = ["sqlalchemy", "sqlmodel", "jinja2", "smtplib", "aiosmtpd", "mailops.store", "mailops.transport"]
+    code = (
+        "import sys\n"
+        "from mailops.cli import main\n"
+        "try:\n"
+        f"    main({args!r})\n"
+        "except SystemExit as exc:\n"
+        "    code = exc.code\n"
+        f"print('LOADED=' + ','.join(m for m in {heavy!r} if m in sys.modules), 'EXIT=' + str(code), file=sys.stderr)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert "EXIT=0" in proc.stderr, proc.stderr
+    assert "LOADED= " in proc.stderr, proc.stderr

@@ -274,3 +274,51 @@ def test_group_and_cc_bcc(workspace, srv, cli):
     assert received.message["To"] == "Fin One <fin1@example.org>, fin2@example.org"
     assert received.message["Cc"] == "cc@example.org"
     assert "hidden" not in received.data.decode()
+
+
+def test_least_used_pool_prefers_the_sender_with_most_headroom(workspace, srv, cli):
+    workspace.write_config(
+        {
+            "a": workspace.sender(srv, email="a@example.com", password=PASSWORD, daily_limit=10),
+            "b": workspace.sender(srv, email="b@example.com", password=PASSWORD, daily_limit=100),
+        },
+        routes={"pool": {"senders": ["a", "b"], "strategy": "least-used"}},
+    )
+    data = workspace.csv("c.csv", [{"email": f"u{i}@example.org"} for i in range(6)])
+
+    result = cli("send", "--route", "pool", "--data", data, "--subject", "S", "--body", "B")
+
+    assert result.exit_code == 0, result.output
+    assert Counter(m.mail_from for m in srv.messages) == {"b@example.com": 6}
+
+
+def test_random_pool_uses_every_sender(workspace, srv, cli):
+    workspace.write_config(
+        {k: workspace.sender(srv, email=f"{k}@example.com", password=PASSWORD) for k in ("a", "b")},
+        routes={"pool": {"senders": ["a", "b"], "strategy": "random"}},
+    )
+    data = workspace.csv("c.csv", [{"email": f"u{i}@example.org"} for i in range(40)])
+
+    assert cli("send", "--route", "pool", "--data", data, "--subject", "S", "--body", "B").exit_code == 0
+
+    counts = Counter(m.mail_from for m in srv.messages)
+    assert sum(counts.values()) == 40 and len(counts) == 2  # 2**-39 chance of a false failure
+
+
+def test_queued_message_is_sent_as_rendered_after_its_sources_disappear(workspace, srv, cli):
+    workspace.write_config(
+        {"sales": workspace.sender(srv, email="sales@example.com", password=PASSWORD)}, routes={"default": "sales"}
+    )
+    folder = workspace.template("t", "Subject {{ n }}\n", "Body {{ n }}\n")
+    invoice = _pdf(workspace.root / "inv.pdf", "original")
+    data = workspace.csv("c.csv", [{"email": "a@example.org", "n": "1", "attachments": "inv.pdf"}])
+    assert cli("send", "--template", "t", "--data", data, "--queue-only").exit_code == 0
+    for path in (invoice, data, *folder.iterdir()):
+        path.unlink()
+
+    assert cli("deliver").exit_code == 0
+
+    [received] = srv.messages
+    assert received.message["Subject"] == "Subject 1"
+    [attachment] = list(received.message.iter_attachments())
+    assert b"original" in attachment.get_content()

@@ -170,7 +170,7 @@ def table(title: str, header: list[str], body: list[list[Any]]) -> None:
         print("  ".join(str(x).ljust(w) for x, w in zip(line, widths)))
 
 
-def section_send(n: int) -> None:
+def section_send(n: int, small: int) -> None:
     data = rows(n)
     results = []
     with sink(0) as info:
@@ -180,7 +180,6 @@ def section_send(n: int) -> None:
     results.append(["smtplib, one connection (ceiling)", "1", "0", f"{reuse:.0f}", "1.00"])
     results.append(["smtplib, reconnect per message", "1", "0", f"{reconnect:.0f}", f"{reconnect / reuse:.2f}"])
     results.append(["mailops send (render+outbox+log)", "1", "0", f"{mailops_1:.0f}", f"{mailops_1 / reuse:.2f}"])
-    small = max(200, n // 5)
     data = rows(small)
     with sink(20) as info:
         reuse20 = small / loop_reuse(info, data)
@@ -268,7 +267,8 @@ def section_log(n: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, default=2000)
+    parser.add_argument("--rows", type=int, default=2000, help="rows for the zero-delay runs")
+    parser.add_argument("--delayed-rows", type=int, default=1000, help="rows for the 20 ms runs")
     parser.add_argument("--memory-rows", type=int, nargs=2, default=[1000, 100000])
     parser.add_argument("--log-rows", type=int, default=1_000_000)
     parser.add_argument("--only", choices=["send", "memory", "startup", "log"], action="append")
@@ -278,7 +278,7 @@ def main() -> None:
     if "startup" in only:
         section_startup()
     if "send" in only:
-        section_send(args.rows)
+        section_send(args.rows, args.delayed_rows)
     if "memory" in only:
         section_memory(*args.memory_rows)
     if "log" in only:

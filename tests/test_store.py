@@ -84,29 +84,31 @@ def test_upgrade_from_the_first_schema_applies_a_new_step_once_and_keeps_the_dat
 
     calls: list[str] = []
 
-    def _m002_event_actor(conn: Connection) -> None:
-        calls.append("002")
+    def _m999_event_actor(conn: Connection) -> None:
+        calls.append("999")
         conn.execute(sa.text("ALTER TABLE events ADD COLUMN actor TEXT"))
 
-    monkeypatch.setattr(migrations, "MIGRATIONS", [*migrations.MIGRATIONS, ("002_event_actor", _m002_event_actor)])
+    released_later = [name for name, _ in migrations.MIGRATIONS[1:]]  # real steps after the first
+    monkeypatch.setattr(migrations, "MIGRATIONS", [*migrations.MIGRATIONS, ("999_event_actor", _m999_event_actor)])
 
     store = Store(url_for(path))
-    assert store.pending_migrations() == ["002_event_actor"]
-    assert store.migrate() == ["002_event_actor"]
+    assert store.pending_migrations() == [*released_later, "999_event_actor"]
+    assert store.migrate() == [*released_later, "999_event_actor"]
     store.close()
-    assert calls == ["002"]
-    assert [n for (n,) in raw_rows(path, "SELECT name FROM schema_migrations ORDER BY applied_at")] == [
+    assert calls == ["999"]
+    assert [n for (n,) in raw_rows(path, "SELECT name FROM schema_migrations ORDER BY applied_at, name")] == [
         "001_initial",
-        "002_event_actor",
+        *released_later,
+        "999_event_actor",
     ]
     assert "actor" in {row[1] for row in raw_rows(path, "PRAGMA table_info(events)")}
     assert raw_rows(path, "SELECT at, kind, detail, actor FROM events") == [(1.5, "purge", "kept across upgrades", None)]
     assert raw_rows(path, "SELECT sender, period, count FROM usage") == [("sales", "day:2026-11-23", 7)]
 
     reopened = Store.open(url_for(path))  # every command opens the store: the step must not run again
-    assert reopened.schema_version() == "002_event_actor"
+    assert reopened.schema_version() == "999_event_actor"
     reopened.close()
-    assert calls == ["002"]
+    assert calls == ["999"]
 
 
 def test_a_failing_migration_step_is_rolled_back_and_not_recorded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -117,11 +119,12 @@ def test_a_failing_migration_step_is_rolled_back_and_not_recorded(tmp_path: Path
         conn.execute(sa.text("ALTER TABLE events ADD COLUMN half_done TEXT"))
         raise RuntimeError("step crashed half-way")
 
-    monkeypatch.setattr(migrations, "MIGRATIONS", [*migrations.MIGRATIONS, ("002_broken", _m002_broken)])
+    released = [name for name, _ in migrations.MIGRATIONS]
+    monkeypatch.setattr(migrations, "MIGRATIONS", [*migrations.MIGRATIONS, ("999_broken", _m002_broken)])
     with pytest.raises(RuntimeError, match="half-way"):
         Store.open(url_for(path))
 
-    assert [n for (n,) in raw_rows(path, "SELECT name FROM schema_migrations")] == ["001_initial"]
+    assert sorted(n for (n,) in raw_rows(path, "SELECT name FROM schema_migrations")) == released
     assert "half_done" not in {row[1] for row in raw_rows(path, "PRAGMA table_info(events)")}
 
 

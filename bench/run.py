@@ -115,6 +115,20 @@ def loop_reconnect(info: dict[str, Any], data: list[dict[str, str]]) -> float:
     return time.perf_counter() - start
 
 
+def threaded_reuse(info: dict[str, Any], data: list[dict[str, str]], threads: int) -> float:
+    """``threads`` plain smtplib loops in parallel, one connection each: what this machine and sink allow."""
+    import threading
+
+    chunks = [data[i::threads] for i in range(threads)]
+    start = time.perf_counter()
+    workers = [threading.Thread(target=loop_reuse, args=(info, chunk)) for chunk in chunks]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return time.perf_counter() - start
+
+
 def workdir(info: dict[str, Any], senders: int, connections: int, strategy: str = "round-robin") -> Path:
     folder = Path(tempfile.mkdtemp(prefix="mailops-bench-"))
     (folder / "templates" / "renewal").mkdir(parents=True)
@@ -184,15 +198,22 @@ def section_send(n: int, small: int) -> None:
     with sink(20) as info:
         reuse20 = small / loop_reuse(info, data)
         reconnect20 = small / loop_reconnect(info, data)
+        reuse20x4 = small / threaded_reuse(info, data, 4)
+        reuse20x16 = small / threaded_reuse(info, data, 16)
     one20 = bench_send(small, 20, 1, 1)
     four20 = bench_send(small, 20, 4, 1)
     four4_20 = bench_send(small, 20, 4, 4)
     results.append(["smtplib, one connection", "1", "20", f"{reuse20:.0f}", "1.00"])
     results.append(["smtplib, reconnect per message", "1", "20", f"{reconnect20:.0f}", f"{reconnect20 / reuse20:.2f}"])
     results.append(["mailops send", "1", "20", f"{one20:.0f}", f"{one20 / reuse20:.2f}"])
-    results.append(["mailops send, 4 senders", "4", "20", f"{four20:.0f}", f"{four20 / one20:.2f}x one sender"])
+    results.append(["smtplib, 4 threads x one connection", "4", "20", f"{reuse20x4:.0f}",
+                    f"{reuse20x4 / reuse20:.2f}x one connection"])
+    results.append(["mailops send, 4 senders", "4", "20", f"{four20:.0f}",
+                    f"{four20 / one20:.2f}x one sender, {four20 / reuse20x4:.2f} of 4 threads"])
+    results.append(["smtplib, 16 threads x one connection", "16", "20", f"{reuse20x16:.0f}",
+                    f"{reuse20x16 / reuse20:.2f}x one connection"])
     results.append(["mailops send, 4 senders x connections: 4", "4x4", "20", f"{four4_20:.0f}",
-                    f"{four4_20 / reconnect20:.1f}x reconnect loop"])
+                    f"{four4_20 / reconnect20:.1f}x reconnect loop, {four4_20 / reuse20x16:.2f} of 16 threads"])
     table(f"sending ({n} rows at 0 ms, {small} rows at 20 ms per message)",
           ["client", "senders", "delay ms", "msgs/s", "ratio"], results)
 

@@ -67,14 +67,24 @@ def resolve(config: Config, route: str | None, sender: str | None) -> Plan:
     return Plan(route=name, candidates=tuple(keys), strategy=spec.strategy)
 
 
-def _next_turn(conn: Connection, route: str) -> int:
-    insert_ignore(conn, ROUTE_STATE, {"route": route, "counter": 0})
-    return conn.execute(
+def take_turns(conn: Connection, route_key: str, count: int) -> int:
+    """Reserve ``count`` consecutive round-robin turns of a route in one statement; returns the first.
+
+    One write per claimed chunk instead of one per message; turns stay shared by every process.
+    """
+    insert_ignore(conn, ROUTE_STATE, {"route": route_key, "counter": 0})
+    last = conn.execute(
         sa.update(ROUTE_STATE)
-        .where(ROUTE_STATE.c.route == route)
-        .values(counter=ROUTE_STATE.c.counter + 1)
+        .where(ROUTE_STATE.c.route == route_key)
+        .values(counter=ROUTE_STATE.c.counter + count)
         .returning(ROUTE_STATE.c.counter)
     ).scalar_one()
+    return last - count
+
+
+def turn_key(route: str | None, candidates: list[str]) -> str:
+    """The shared counter a round-robin message advances (its route, or its sender list without one)."""
+    return route or "+".join(candidates)
 
 
 def order(
@@ -87,16 +97,19 @@ def order(
     healths: dict[str, health.Health],
     has_password: dict[str, bool],
     rng: random.Random | None = None,
+    turn: int | None = None,
 ) -> tuple[list[Sender], list[Skip]]:
     """Candidates to try, in order, and the ones skipped with a reason.
 
     ``conn`` (a write transaction) is needed only by round-robin (the shared
-    turn counter) and least-used (current usage); other strategies pass None.
+    turn counter, unless ``turn`` was taken beforehand with :func:`take_turns`) and
+    least-used (current usage); other strategies pass None.
     """
     keys = list(candidates)
     if strategy == "round-robin" and len(keys) > 1:
-        assert conn is not None
-        turn = _next_turn(conn, route or "+".join(keys)) - 1
+        if turn is None:
+            assert conn is not None
+            turn = take_turns(conn, turn_key(route, keys), 1)
         shift = turn % len(keys)
         keys = keys[shift:] + keys[:shift]
     elif strategy == "random":

@@ -9,7 +9,6 @@ turned into one line on stderr and its exit code in :func:`main`.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -636,9 +635,12 @@ def queue_show(
         _out(f"  attempt {local_time(a['at'], tz)} {a['sender'] or '-'}: {a['outcome']} {code}{a['smtp_text'] or ''} {a['detail'] or ''}".rstrip())
 
 
-def _one_target(message: int | None, batch: str | None, all_: bool = False) -> None:
-    if sum(x is not None and x is not False for x in (message, batch, all_ or None)) != 1:
-        raise UsageError("name exactly one of: a message id, --batch KEY" + (", --all" if all_ is not None else ""))
+def _one_target(message: int | None, batch: str | None, all_: bool | None = None) -> None:
+    """Exactly one of: a message id, --batch, or (where offered, ``all_`` not None) --all."""
+    chosen = [message is not None, batch is not None, bool(all_)]
+    if sum(chosen) != 1:
+        options = "a message id, --batch KEY" + (" or --all" if all_ is not None else "")
+        raise UsageError(f"name exactly one of: {options}")
 
 
 @queue_app.command("retry")

@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.fixtures_home",
     "tests.fixtures_smtp",
     "tests.fixtures_cli",
+    "tests.fixtures_pg",
 ]

@@ -46,14 +46,19 @@ class CliResult:
 
 
 class Workspace:
-    """A folder holding senders.yaml, templates/, data files and the SQLite database."""
+    """A folder holding senders.yaml, templates/, data files and the SQLite database (or a database URL)."""
 
     def __init__(self, root: Path, keyring_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         self.root = root
         self.keyring_file = keyring_file
         self.config_path = root / "senders.yaml"
         self.db_path = root / "mailops.db"
+        self.database_url: str | None = None  # set by use_database(); None: the SQLite file db_path
         self._monkeypatch = monkeypatch
+
+    def use_database(self, url: str) -> None:
+        """Point the workspace (senders.yaml's ``database:`` and query()) at ``url``, e.g. a PostgreSQL database."""
+        self.database_url = url
 
     def sender(
         self, server: LocalSmtpServer | None = None, *, email: str = DEFAULT_USER, password: str | None = DEFAULT_PASSWORD, **keys: Any
@@ -86,7 +91,7 @@ class Workspace:
             if password is not None and spec.get("auth", True):
                 write_entry(self.keyring_file, "mailops", key, password)
             clean[key] = spec
-        data: dict[str, Any] = {"timezone": "UTC", "database": str(self.db_path), "templates": "templates"}
+        data: dict[str, Any] = {"timezone": "UTC", "database": self.database_url or str(self.db_path), "templates": "templates"}
         data.update(top)
         data["senders"] = clean
         if routes is not None:
@@ -117,9 +122,25 @@ class Workspace:
         return path
 
     def query(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
-        """Read the workspace database directly (what a test checks behind the CLI's back)."""
-        with sqlite3.connect(self.db_path, timeout=30) as conn:
-            return conn.execute(sql, params).fetchall()
+        """Read the workspace database directly (what a test checks behind the CLI's back); ``?`` placeholders."""
+        if self.database_url is None:
+            with sqlite3.connect(self.db_path, timeout=30) as conn:
+                return conn.execute(sql, params).fetchall()
+        import sqlalchemy as sa
+        from sqlalchemy.pool import NullPool
+
+        # Any backend through SQLAlchemy: ``?`` becomes :p0, :p1... (no pooled connection outlives the call).
+        parts = sql.split("?")
+        named = parts[0] + "".join(f":p{i}{part}" for i, part in enumerate(parts[1:]))
+        url = sa.engine.make_url(self.database_url)
+        if url.drivername == "postgresql":  # mailops reads plain postgresql:// as psycopg 3; so do we
+            url = url.set(drivername="postgresql+psycopg")
+        engine = sa.create_engine(url, poolclass=NullPool)
+        try:
+            with engine.connect() as conn:
+                return [tuple(row) for row in conn.execute(sa.text(named), {f"p{i}": v for i, v in enumerate(params)})]
+        finally:
+            engine.dispose()
 
     def states(self) -> dict[str, int]:
         """Messages per outbox state."""

@@ -16,6 +16,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 MIGRATIONS_TABLE = "schema_migrations"
+#: pg_advisory_xact_lock key that serialises migrations on PostgreSQL ("mailops" in ASCII)
+MIGRATION_LOCK_KEY = int.from_bytes(b"mailops", "big")
 
 
 def _m001_initial(conn: Connection) -> None:
@@ -158,9 +160,14 @@ def pending(conn: Connection) -> list[str]:
 def upgrade(conn: Connection, steps: list[tuple[str, Callable[[Connection], None]]] | None = None) -> list[str]:
     """Apply every pending step inside the caller's write transaction; returns what was applied.
 
-    The caller holds the write lock (``BEGIN IMMEDIATE``), so two processes
-    opening a blank database at once cannot both run a step.
+    On SQLite the caller holds the write lock (``BEGIN IMMEDIATE``); on
+    PostgreSQL a transaction-scoped advisory lock is taken first. Either way
+    two processes (or hosts) opening a blank database at once cannot both run
+    a step: the second waits, then finds the steps applied.
     """
+    if conn.dialect.name == "postgresql":
+        # Without it both would CREATE TABLE at once and one would fail on a duplicate catalog entry.
+        conn.execute(sa.select(sa.func.pg_advisory_xact_lock(MIGRATION_LOCK_KEY)))
     table = _migrations_table()
     table.create(conn, checkfirst=True)
     done = set(applied(conn))

@@ -32,7 +32,7 @@ from .models import (
     Attempt,
     Message,
 )
-from .store import Store
+from .store import Store, serialize
 
 MESSAGES = Message.__table__
 ATTEMPTS = Attempt.__table__
@@ -168,6 +168,9 @@ class Outbox:
             .exists()
         )
         with self.store.write() as conn:
+            # Two hosts queueing the same batch at once must not both miss the other's rows: on PostgreSQL
+            # (READ COMMITTED) the EXISTS below sees only committed rows, so promotions take turns.
+            serialize(conn, "promote")
             skipped = conn.execute(
                 sa.delete(MESSAGES).where(
                     (MESSAGES.c.run_id == run_id)
@@ -222,10 +225,18 @@ class Outbox:
     def renew(self, worker: str, ids: list[int], now: float) -> None:
         """Extend the lease of messages this worker still holds."""
         if ids:
+            # SKIP LOCKED (PostgreSQL): a row locked right now is being settled by its worker's outcome
+            # transaction; waiting for it could close a lock cycle with that worker, and its lease no longer
+            # matters. The next renewal (a third of the lease later) covers any row skipped for another reason.
+            held = (
+                sa.select(MESSAGES.c.id)
+                .where(MESSAGES.c.id.in_(ids) & (MESSAGES.c.claimed_by == worker) & (MESSAGES.c.state == SENDING))
+                .with_for_update(skip_locked=True)
+            )
             with self.store.write() as conn:
                 conn.execute(
                     sa.update(MESSAGES)
-                    .where(MESSAGES.c.id.in_(ids) & (MESSAGES.c.claimed_by == worker) & (MESSAGES.c.state == SENDING))
+                    .where(MESSAGES.c.id.in_(held.scalar_subquery()))
                     .values(lease_until=now + self.policy.lease)
                 )
 

@@ -3,7 +3,11 @@
 A send first reserves one unit of every limit of its sender with conditional
 UPDATEs (``count = count + 1 WHERE count < limit``) inside the caller's write
 transaction, so concurrent processes can never overspend; a send that did
-not happen gives its reservation back. Periods are keys such as
+not happen gives its reservation back. On PostgreSQL the UPDATE waits for a
+concurrent reservation of the same counter and re-checks ``count < limit`` on
+the committed row, so READ COMMITTED is enough; a transaction that takes
+several of a sender's counters takes the day row first, so two of them never
+wait on each other in a cycle. Periods are keys such as
 ``day:2026-11-23`` computed in the config's timezone, so usage rolls over at
 midnight by itself with no cron job.
 """
@@ -86,7 +90,7 @@ _GIVE_BACK = (
     sa.update(USAGE)
     .where(
         (USAGE.c.sender == sa.bindparam("b_sender"))
-        & USAGE.c.period.in_(sa.bindparam("b_periods", expanding=True))
+        & (USAGE.c.period == sa.bindparam("b_period"))
         & (USAGE.c.count > 0)
     )
     .values(count=USAGE.c.count - 1)
@@ -106,8 +110,10 @@ def _take(conn: Connection, sender: str, period: str, limit: int | None) -> bool
 
 
 def _give_back(conn: Connection, sender: str, periods: tuple[str, ...] | list[str]) -> None:
-    if periods:
-        conn.execute(_GIVE_BACK, {"b_sender": sender, "b_periods": list(periods)})
+    # One row at a time, in the order reserve() took them (day first): one UPDATE over several rows
+    # would lock them in whatever order the table is scanned, and could deadlock with a reservation.
+    for period in periods:
+        conn.execute(_GIVE_BACK, {"b_sender": sender, "b_period": period})
 
 
 def reserve(conn: Connection, sender: Sender, tz: ZoneInfo, now: float) -> Reservation | Blocked:
@@ -195,9 +201,13 @@ def reset(
     keys = period_keys(now, tz)
     wanted = {"day": [keys["day"], keys["minute"]], "month": [keys["month"]]}
     chosen = wanted["day"] + wanted["month"] if period == "all" else wanted[period]
-    cond = USAGE.c.sender.in_(sender_keys) & USAGE.c.period.in_(chosen) & (USAGE.c.count > 0)
-    rows = [tuple(r) for r in conn.execute(sa.select(USAGE.c.sender, USAGE.c.period, USAGE.c.count).where(cond))]
-    conn.execute(sa.update(USAGE).where(cond).values(count=0))
+    cond = USAGE.c.sender.in_(sender_keys) & USAGE.c.period.in_(chosen)
+    # Lock the counters first (PostgreSQL; SQLite's BEGIN IMMEDIATE already excludes writers), in key order:
+    # "day:" sorts first, as reserve() takes it, and the old counts reported are the ones really zeroed.
+    locked = sa.select(USAGE.c.sender, USAGE.c.period, USAGE.c.count).where(cond)
+    locked = locked.order_by(USAGE.c.sender, USAGE.c.period).with_for_update()
+    rows = [tuple(r) for r in conn.execute(locked) if r.count > 0]
+    conn.execute(sa.update(USAGE).where(cond & (USAGE.c.count > 0)).values(count=0))
     if period in ("day", "all"):
         # min_interval pacing is a rate, not a count; a reset lets the next message go at once.
         conn.execute(sa.update(SENDER_STATE).where(SENDER_STATE.c.sender.in_(sender_keys)).values(last_send_at=None))

@@ -6,11 +6,20 @@ write get "database is locked" or lose an update. Every writing transaction
 here starts with ``BEGIN IMMEDIATE`` (the write lock up front) and waits up
 to the busy timeout for it; reads use plain deferred transactions, which WAL
 lets run beside a writer.
+
+PostgreSQL (``database: postgresql+psycopg://...``) is the shared store of
+several hosts. Transactions there are plain READ COMMITTED ones: every write
+mailops makes is a single conditional statement (``UPDATE ... WHERE count <
+limit``, ``INSERT ... ON CONFLICT DO NOTHING``, claims with ``FOR UPDATE
+SKIP LOCKED``) that PostgreSQL re-checks on the locked row, and the few steps
+that must not interleave (migrations, queueing a batch) take a
+transaction-scoped advisory lock (:func:`serialize`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import threading
@@ -29,6 +38,10 @@ from . import migrations
 from .errors import StoreError
 
 BUSY_TIMEOUT_SECONDS = float(os.environ.get("MAILOPS_BUSY_TIMEOUT", "60"))
+#: seconds to wait for a database server to accept a connection (a URL's own ?connect_timeout= wins)
+CONNECT_TIMEOUT_SECONDS = 10
+#: pooled connections per process: one per delivery worker thread (senders x connections) plus the dispatcher
+POOL_SIZE, POOL_OVERFLOW = 20, 20
 
 
 def mask_url(url: str) -> str:
@@ -73,9 +86,8 @@ def _make_engine(url: str) -> Engine:
         engine = sa.create_engine(
             url,
             connect_args={"timeout": BUSY_TIMEOUT_SECONDS, "isolation_level": None, "check_same_thread": False},
-            # one connection per delivery worker thread (senders x connections) plus the dispatcher
-            pool_size=20,
-            max_overflow=20,
+            pool_size=POOL_SIZE,
+            max_overflow=POOL_OVERFLOW,
         )
 
         @event.listens_for(engine, "connect")
@@ -99,24 +111,90 @@ def _make_engine(url: str) -> Engine:
 
         return engine
     try:
-        return sa.create_engine(url, pool_pre_ping=True)
-    except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError) as exc:
+        parsed = sa.engine.make_url(url)
+    except sa.exc.ArgumentError:
+        raise StoreError(
+            f"database URL {mask_url(url)!r} is not a valid URL; check 'database:' in senders.yaml "
+            "(e.g. postgresql+psycopg://mailops@db.internal/mailops)"
+        ) from None
+    if parsed.drivername in ("postgresql", "postgres"):
+        # libpq-style postgresql:// (or postgres://) would pick psycopg2 in SQLAlchemy; mailops uses psycopg 3
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    options: dict[str, Any] = {"pool_pre_ping": True}
+    if parsed.get_backend_name() == "postgresql":
+        # Every network wait is bounded; libpq parameters written in the URL's query string win.
+        defaults: dict[str, Any] = {
+            "connect_timeout": CONNECT_TIMEOUT_SECONDS,
+            # a server or network that vanishes mid-statement is noticed in about a minute, not hours
+            "keepalives_idle": 30,
+            "keepalives_interval": 10,
+            "keepalives_count": 3,
+            # like SQLite's busy timeout: a row lock held by a stuck process ends in a clear error
+            "options": f"-c lock_timeout={int(BUSY_TIMEOUT_SECONDS * 1000)}",
+            "application_name": "mailops",  # tells a DBA's pg_stat_activity who is connected
+        }
+        options["connect_args"] = {k: v for k, v in defaults.items() if k not in parsed.query}
+        options.update(pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW)
+    try:
+        return sa.create_engine(parsed, **options)
+    except ImportError as exc:
+        postgres = parsed.get_backend_name() == "postgresql"
+        hint = "pip install 'mailops[postgres]' (or '.[postgres]' in the checkout)" if postgres else "install its driver"
+        raise StoreError(
+            f"database URL {mask_url(url)!r} needs the driver module {exc.name or exc}, which is not installed; "
+            f"run: {hint}"
+        ) from None
+    except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError) as exc:
         raise StoreError(f"database URL {mask_url(url)!r} is not usable: {exc}; check 'database:' in senders.yaml") from None
 
 
+def _connect_failure(text: str) -> str | None:
+    """The reason from a server connection failure (``Connection refused``...), or None for other errors."""
+    # psycopg: 'connection failed: connection to server at "h", port 5432 failed: FATAL:  database "x" does not exist'
+    # or "failed to resolve host 'h': ..." or "connection timeout expired"
+    if not (text.startswith(("connection failed", "connection timeout", "failed to resolve host", "connection is bad"))):
+        return None
+    reason = re.sub(r"^connection failed:\s*", "", text)
+    reason = re.sub(r'^connection to server at "[^"]*", port \d+ failed:\s*', "", reason)
+    reason = re.sub(r'^connection to server on socket "[^"]*" failed:\s*', "", reason)
+    return re.sub(r"^(FATAL|ERROR):\s+", "", reason).strip() or text
+
+
 def _store_error(url: str, exc: Exception) -> StoreError:
-    text = str(getattr(exc, "orig", exc)).splitlines()[0]
+    text = (str(getattr(exc, "orig", exc)).splitlines() or [type(exc).__name__])[0]
+    reason = _connect_failure(text)
+    if reason is not None:
+        if "does not exist" in reason:
+            fix = "create it (createdb -O USER NAME on the server) or fix 'database:' in senders.yaml"
+        elif "authentication failed" in reason or "no password supplied" in reason:
+            fix = "put the password in ~/.pgpass or PGPASSWORD for this user, or fix the user in 'database:'"
+        else:
+            fix = "check that the server is running and reachable from this host and 'database:' in senders.yaml"
+        return StoreError(
+            f"cannot connect to the database {mask_url(url)}: {reason}; {fix} "
+            "(or MAILOPS_DATABASE_URL); nothing was sent and queued messages stay in the outbox"
+        )
+    sqlstate = getattr(getattr(exc, "orig", None), "sqlstate", None)
+    if sqlstate == "42501":  # insufficient_privilege
+        return StoreError(
+            f"database {mask_url(url)}: {text}; the database user must own the database "
+            "(createdb -O USER NAME, or ALTER DATABASE NAME OWNER TO USER)"
+        )
     if "not a database" in text:
         return StoreError(
             f"database {mask_url(url)}: file is not a database; point 'database:' in senders.yaml "
             "at a mailops database or at a new file"
         )
-    if "locked" in text or "busy" in text:
+    if "locked" in text or "busy" in text or sqlstate == "55P03":  # 55P03: PostgreSQL's lock_timeout
         return StoreError(
             f"the database {mask_url(url)} stayed locked by another mailops process for {BUSY_TIMEOUT_SECONDS:.0f} s; "
             "nothing was lost, run the command again"
         )
     return StoreError(f"database {mask_url(url)}: {text}; check 'database:' in senders.yaml and that it is reachable")
+
+
+def _is_privilege_error(exc: DBAPIError) -> bool:
+    return getattr(exc.orig, "sqlstate", None) == "42501"
 
 
 class Store:
@@ -148,8 +226,9 @@ class Store:
         except OperationalError as exc:
             raise _store_error(self.url, exc) from None
         except DBAPIError as exc:
-            # the plain DatabaseError class (not IntegrityError & co.): "file is not a database", corruption
-            if exc.connection_invalidated or type(exc) is DatabaseError:
+            # the plain DatabaseError class (not IntegrityError & co.): "file is not a database", corruption;
+            # a lost server connection; a database user without rights on PostgreSQL
+            if exc.connection_invalidated or type(exc) is DatabaseError or _is_privilege_error(exc):
                 raise _store_error(self.url, exc) from None
             raise
 
@@ -163,8 +242,9 @@ class Store:
                     yield conn
         except OperationalError as exc:
             raise _store_error(self.url, exc) from None
-        except DatabaseError as exc:
-            if type(exc) is DatabaseError:  # "file is not a database", corruption; not programming errors
+        except DBAPIError as exc:
+            # "file is not a database", corruption, a lost connection, missing rights; not programming errors
+            if exc.connection_invalidated or type(exc) is DatabaseError or _is_privilege_error(exc):
                 raise _store_error(self.url, exc) from None
             raise
 
@@ -191,8 +271,8 @@ class Store:
         """Rows per table, for status displays."""
         out = {}
         with self.read() as conn:
-            for table in ("messages", "attempts", "usage", "sender_state", "events"):
-                out[table] = conn.execute(sa.text(f"SELECT COUNT(*) FROM {table}")).scalar_one()
+            for table in ("messages", "attempts", "usage", "sender_state", "route_state", "events"):
+                out[table] = conn.execute(sa.select(sa.func.count()).select_from(sa.table(table))).scalar_one()
         return out
 
     def close(self) -> None:
@@ -203,6 +283,21 @@ class Store:
 def now() -> float:
     """Current UTC time as epoch seconds; the single clock the store uses (tests may patch it)."""
     return time.time()
+
+
+def serialize(conn: Connection, name: str) -> None:
+    """Hold the lock ``name`` until the transaction ends, so steps under one name never interleave.
+
+    PostgreSQL: a transaction-scoped advisory lock (other hosts wait for it).
+    SQLite needs nothing: ``BEGIN IMMEDIATE`` already lets one writer at a time in.
+    """
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.select(sa.func.pg_advisory_xact_lock(advisory_key(name))))
+
+
+def advisory_key(name: str) -> int:
+    """A stable signed 64-bit key for ``pg_advisory_xact_lock`` from a lock name."""
+    return int.from_bytes(hashlib.blake2b(f"mailops:{name}".encode(), digest_size=8).digest(), "big", signed=True)
 
 
 _INSERT_IGNORE: dict[tuple[str, str], Any] = {}

@@ -70,10 +70,15 @@ def _load_config() -> Config:
     return load_config(STATE.config_path)
 
 
+_OPEN_STORES: list[Store] = []
+
+
 def _open_store(config: Config) -> Store:
     from .store import Store
 
-    return Store.open(config.database_url)
+    store = Store.open(config.database_url)
+    _OPEN_STORES.append(store)  # closed by main(): a server database should not keep idle connections
+    return store
 
 
 def _print_json(data: Any) -> None:
@@ -820,7 +825,8 @@ def db_status(json_out: Annotated[bool, typer.Option("--json", help="Print JSON.
     from .store import Store, mask_url
 
     config = _load_config()
-    store = Store(config.database_url)
+    store = Store(config.database_url)  # no automatic migration: status reports what is pending
+    _OPEN_STORES.append(store)
     info = {
         "url": mask_url(config.database_url),
         "schema": store.schema_version(),
@@ -842,7 +848,9 @@ def db_upgrade() -> None:
     from .store import Store
 
     config = _load_config()
-    applied = Store(config.database_url).migrate()
+    store = Store(config.database_url)
+    _OPEN_STORES.append(store)
+    applied = store.migrate()
     _out(f"applied: {', '.join(applied)}" if applied else "the schema is up to date")
 
 
@@ -868,6 +876,9 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         _err("mailops: interrupted; nothing queued was lost ('mailops deliver' sends what is left)")
         sys.exit(130)
+    finally:
+        while _OPEN_STORES:
+            _OPEN_STORES.pop().close()
 
 
 if __name__ == "__main__":  # pragma: no cover

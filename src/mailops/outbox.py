@@ -264,6 +264,26 @@ class Outbox:
         )
 
     @staticmethod
+    def _settle(
+        conn: Connection,
+        msg: QueuedMessage,
+        values: dict[str, Any],
+        now: float,
+        attempted: bool,
+        sender: str | None,
+        recipient_status: dict[str, str] | None,
+    ) -> None:
+        values.update(updated_at=now, lease_until=None, claimed_by=None)
+        if attempted:
+            values["attempts"] = MESSAGES.c.attempts + 1
+            values["first_attempt_at"] = sa.func.coalesce(MESSAGES.c.first_attempt_at, now)
+        if sender:
+            values["sender"] = sender
+        if recipient_status is not None:
+            values["recipient_status"] = json.dumps(recipient_status)
+        conn.execute(sa.update(MESSAGES).where(MESSAGES.c.id == msg.id).values(**values))
+
+    @staticmethod
     def mark_deferred(
         conn: Connection,
         msg: QueuedMessage,
@@ -276,17 +296,8 @@ class Outbox:
         recipient_status: dict[str, str] | None = None,
     ) -> None:
         """Put the message back to wait until ``until``; ``attempted`` counts a real SMTP try."""
-        values: dict[str, Any] = dict(
-            state=DEFERRED, due_at=until, reason=reason, updated_at=now, lease_until=None, claimed_by=None
-        )
-        if attempted:
-            values["attempts"] = MESSAGES.c.attempts + 1
-            values["first_attempt_at"] = sa.func.coalesce(MESSAGES.c.first_attempt_at, now)
-        if sender:
-            values["sender"] = sender
-        if recipient_status is not None:
-            values["recipient_status"] = json.dumps(recipient_status)
-        conn.execute(sa.update(MESSAGES).where(MESSAGES.c.id == msg.id).values(**values))
+        values = {"state": DEFERRED, "due_at": until, "reason": reason}
+        Outbox._settle(conn, msg, values, now, attempted, sender, recipient_status)
 
     @staticmethod
     def mark_failed(
@@ -300,15 +311,7 @@ class Outbox:
         recipient_status: dict[str, str] | None = None,
     ) -> None:
         """Final failure: permanent refusal, or gave up after the retry age."""
-        values: dict[str, Any] = dict(state=FAILED, reason=reason, updated_at=now, lease_until=None, claimed_by=None)
-        if attempted:
-            values["attempts"] = MESSAGES.c.attempts + 1
-            values["first_attempt_at"] = sa.func.coalesce(MESSAGES.c.first_attempt_at, now)
-        if sender:
-            values["sender"] = sender
-        if recipient_status is not None:
-            values["recipient_status"] = json.dumps(recipient_status)
-        conn.execute(sa.update(MESSAGES).where(MESSAGES.c.id == msg.id).values(**values))
+        Outbox._settle(conn, msg, {"state": FAILED, "reason": reason}, now, attempted, sender, recipient_status)
 
     @staticmethod
     def log(conn: Connection, rows: list[dict[str, Any]] | dict[str, Any]) -> None:

@@ -2,7 +2,9 @@
 
 Exit codes are a contract with cron: 0 everything requested was done, 1 some
 messages failed or were deferred (or a check found a problem), 2 usage,
-config or input error (nothing was sent).
+config or input error (nothing was sent). Every class here is an exit-2
+error; exit 1 is not an error but an outcome, which the commands report
+from their delivery or check results.
 """
 
 from __future__ import annotations
@@ -40,12 +42,6 @@ class SecretError(MailopsError):
 
 class StoreError(MailopsError):
     """The database cannot be opened, migrated or reached; nothing was sent."""
-
-
-class DeliveryError(MailopsError):
-    """Something was attempted and did not fully succeed (test-smtp failure, deferred or failed mail)."""
-
-    exit_code = 1
 
 
 class InvalidBatchError(InputError):

@@ -280,11 +280,6 @@ class Store:
         self.engine.dispose()
 
 
-def now() -> float:
-    """Current UTC time as epoch seconds; the single clock the store uses (tests may patch it)."""
-    return time.time()
-
-
 def serialize(conn: Connection, name: str) -> None:
     """Hold the lock ``name`` until the transaction ends, so steps under one name never interleave.
 

@@ -403,3 +403,49 @@ def test_rewrite_sender_adds_reply_to_and_sender_when_missing() -> None:
     assert parsed.get_all("From") == ["x@example.net"]
     assert parsed.get_all("Reply-To") == ["y@example.net"]
     assert parsed["Sender"] is None
+
+
+# ---------------------------------------------------------------- text-only fast path
+
+_PIECES = ["Hello", "Grüße", "สวัสดี", "😀", " ", "  ", "\t", "\n", "\r\n", "\r", "\n\n", "From me", ".", "=",
+           "=?utf-8?q?x?=", "x" * 77, "y" * 79, "é" * 40, "trailing  \n", "\x0b", "\x0c", "\u2028", "a=b\n", "-- \n"]
+
+
+def _random_texts(count: int, seed: int) -> list[str]:
+    import random
+
+    rng = random.Random(seed)
+    texts = ["", "\n", "plain ascii\n", "no newline at end", "x" * 500, "ü" * 500, "line\n" * 30, "é\n" * 30]
+    for _ in range(count):
+        texts.append("".join(rng.choice(_PIECES) for _ in range(rng.randint(1, 40))))
+    return texts
+
+
+def test_text_only_fast_path_writes_exactly_what_the_email_package_writes() -> None:
+    from mailops import compose
+
+    checked = 0
+    for index, text in enumerate(_random_texts(400, seed=20261123)):
+        extra: dict[str, Any] = {}
+        if index % 3 == 1:
+            extra = {"reply_to": [addr("Zoë Müller <zoe@example.com>")], "cc": [addr("cc@example.com")]}
+        fast = build(text=text, subject=TRICKY_SUBJECTS[index % len(TRICKY_SUBJECTS)], **extra)
+        fields = unfolded_fields(fast.mime)
+        headers = [(line.split(": ", 1)[0], compose._Folded(line.split(": ", 1)[1].replace("\r\n", "\n")))
+                   for line in fields[: fields.index('Content-Type: text/plain; charset="utf-8"')]]
+        reference = compose._mime_message(headers, text, None, [], "test")
+        assert fast.mime == reference, text
+        checked += 1
+    assert checked > 400
+
+
+def unfolded_fields(mime: bytes) -> list[str]:
+    """Header fields with their continuation lines kept (CRLF inside), in order."""
+    head = mime.split(b"\r\n\r\n", 1)[0].decode("ascii")
+    fields: list[str] = []
+    for line in head.split("\r\n"):
+        if line[:1] in (" ", "\t"):
+            fields[-1] += "\r\n" + line
+        else:
+            fields.append(line)
+    return fields

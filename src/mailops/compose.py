@@ -19,8 +19,10 @@ for a mail merge of thousands of rows.
 
 from __future__ import annotations
 
+import binascii
 import email.charset
 import email.policy
+import email.quoprimime as quoprimime
 import functools
 import itertools
 import mimetypes
@@ -313,26 +315,46 @@ def build_message(
     if date.tzinfo is None:  # a naive time would serialize as "-0000" (unknown zone)
         date = date.replace(tzinfo=timezone.utc)
 
-    msg = EmailMessage(policy=_POLICY)
-    msg["From"] = _cached_address_value("From", _key([from_addr]))
+    headers: list[tuple[str, _Folded]] = [("From", _cached_address_value("From", _key([from_addr])))]
     if reply_to:
-        msg["Reply-To"] = _cached_address_value("Reply-To", _key(reply_to))
+        headers.append(("Reply-To", _cached_address_value("Reply-To", _key(reply_to))))
     if to:
-        msg["To"] = _address_value("To", to)
+        headers.append(("To", _address_value("To", to)))
         to_header = ", ".join(str(a) for a in to)
     elif not cc:
         # Bcc-only mail: an empty group keeps the header RFC-correct without revealing anyone.
         to_header = "undisclosed-recipients:;"
-        msg["To"] = _Folded(to_header)
+        headers.append(("To", _Folded(to_header)))
     else:
         to_header = ""
     if cc:
-        msg["Cc"] = _cached_address_value("Cc", _key(cc))
-    msg["Subject"] = _subject_value(subject)
+        headers.append(("Cc", _cached_address_value("Cc", _key(cc))))
+    headers.append(("Subject", _subject_value(subject)))
     # ASCII without line breaks and shorter than a line: nothing to encode or fold.
-    msg["Date"] = _Folded(format_datetime(date))
-    msg["Message-ID"] = _Folded(check_header_text(message_id, where=f"{where}: Message-ID"))
+    headers.append(("Date", _Folded(format_datetime(date))))
+    headers.append(("Message-ID", _Folded(check_header_text(message_id, where=f"{where}: Message-ID"))))
 
+    if html is None and not attachments:
+        mime = _plain_text_message(headers, text)
+    else:
+        mime = _mime_message(headers, text, html, attachments, where)
+    return PreparedEmail(
+        mime=mime,
+        envelope_from=from_addr.addr_spec,
+        envelope_to=_unique([a.addr_spec for a in (*to, *cc, *bcc)]),
+        subject=subject,
+        message_id=message_id,
+        to_header=to_header,
+    )
+
+
+def _mime_message(
+    headers: list[tuple[str, _Folded]], text: str, html: str | None, attachments: Sequence[Path], where: str
+) -> bytes:
+    """A multipart (or any) message built by the email package."""
+    msg = EmailMessage(policy=_POLICY)
+    for name, value in headers:
+        msg[name] = value
     msg.set_content(text)
     if html is not None:
         msg.add_alternative(html, subtype="html")
@@ -346,15 +368,54 @@ def build_message(
         for part in msg.walk():
             if part is not msg:
                 del part["MIME-Version"]
+    return msg.as_bytes(policy=_SMTP)
 
-    return PreparedEmail(
-        mime=msg.as_bytes(policy=_SMTP),
-        envelope_from=from_addr.addr_spec,
-        envelope_to=_unique([a.addr_spec for a in (*to, *cc, *bcc)]),
-        subject=subject,
-        message_id=message_id,
-        to_header=to_header,
-    )
+
+_LINE_END_RE = re.compile(r"\r\n|\r|\n")
+
+
+def _plain_text_message(headers: list[tuple[str, _Folded]], text: str) -> bytes:
+    """The bytes ``_mime_message`` gives for a text-only message, written directly.
+
+    A mail merge is mostly plain-text messages, and the email package spends
+    about 0.3 ms on each (header objects, content manager, generator): as
+    much as sending it. This writes the same bytes (the headers are already
+    folded; the body is chosen and encoded as ``set_content`` does under a
+    7-bit policy), which tests check byte for byte against the email package.
+    """
+    cte, body = _encode_text_body(text)
+    out = [name + ": " + value.replace("\n", "\r\n") + "\r\n" for name, value in headers]
+    out.append(f'Content-Type: text/plain; charset="utf-8"\r\nContent-Transfer-Encoding: {cte}\r\n')
+    out.append("MIME-Version: 1.0\r\n\r\n")
+    lines = _LINE_END_RE.split(body)
+    out.append("\r\n".join(lines))
+    return "".join(out).encode("ascii")
+
+
+_MAX_BODY_LINE = _POLICY.max_line_length
+
+
+def _encode_text_body(text: str) -> tuple[str, str]:
+    """(Content-Transfer-Encoding, body) as ``EmailMessage.set_content(text)`` chooses them for UTF-8 under cte_type 7bit.
+
+    7bit when the text is ASCII with short lines; otherwise quoted-printable or
+    base64, whichever the first ten lines say is shorter.
+    """
+    lines = text.encode("utf-8").splitlines()
+    if max((len(x) for x in lines), default=0) <= _MAX_BODY_LINE:
+        try:
+            return "7bit", (b"\n".join(lines) + b"\n").decode("ascii")
+        except UnicodeDecodeError:
+            pass
+    sniff = b"\n".join(lines[:10]) + b"\n"
+    sniff_qp = quoprimime.body_encode(sniff.decode("latin-1"), _MAX_BODY_LINE)
+    if len(sniff_qp) > len(binascii.b2a_base64(sniff)):
+        data = b"\n".join(lines) + b"\n"
+        step = _MAX_BODY_LINE // 4 * 3
+        return "base64", "".join(binascii.b2a_base64(data[i : i + step]).decode("ascii") for i in range(0, len(data), step))
+    if len(lines) <= 10:
+        return "quoted-printable", sniff_qp
+    return "quoted-printable", quoprimime.body_encode((b"\n".join(lines) + b"\n").decode("latin-1"), _MAX_BODY_LINE)
 
 
 # ---------------------------------------------------------------- failover rewrite

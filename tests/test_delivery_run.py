@@ -48,6 +48,40 @@ def test_ctrl_c_stops_cleanly_prints_the_summary_and_loses_nothing(workspace, sr
     assert sorted(m.rcpt_tos[0] for m in srv.messages) == sorted(f"u{i}@example.org" for i in range(40))
 
 
+def test_a_stop_gives_back_the_quota_reserved_ahead_for_the_next_message(workspace, srv, cli, monkeypatch):
+    # Without pacing, a worker reserves quota for its next message in the transaction that records the
+    # last one. A stop landing in that instant (too short to hit with a signal, so it is forced here)
+    # must give the reservation back: the day's count stays equal to what the server received.
+    from mailops import delivery, quota
+
+    workspace.write_config(
+        {"sales": workspace.sender(srv, email="sales@example.com", password=PASSWORD, daily_limit=1000)},
+        routes={"default": "sales"},
+    )
+    data = workspace.csv("c.csv", [{"email": f"u{i}@example.org"} for i in range(5)])
+    real_reserve, real_stopping = quota.reserve, delivery.Deliverer.stopping
+    state = {"reservations": 0, "stop": False}
+
+    def reserve(*args, **kwargs):
+        held = real_reserve(*args, **kwargs)
+        state["reservations"] += 1
+        state["stop"] = state["reservations"] == 2  # the one taken ahead while message 1 is recorded
+        return held
+
+    monkeypatch.setattr(quota, "reserve", reserve)
+    monkeypatch.setattr(delivery.Deliverer, "stopping", lambda self: state["stop"] or real_stopping(self))
+
+    result = cli("send", "--data", data, "--subject", "S", "--body", "B", "--json")
+
+    assert state["reservations"] == 2
+    assert len(srv.messages) == 1
+    assert json.loads(result.stdout)["returned_to_queue"] == 4
+    assert workspace.states() == {"sent": 1, "queued": 4}
+    monkeypatch.setattr(delivery.Deliverer, "stopping", real_stopping)
+    stats = json.loads(cli("stats", "--json").stdout)
+    assert stats[0]["sent_today"] == 1
+
+
 def test_min_interval_paces_sends_without_deferring(workspace, srv, cli):
     workspace.write_config(
         {"sales": workspace.sender(srv, email="sales@example.com", password=PASSWORD, min_interval=0.3)},

@@ -131,20 +131,45 @@ class _Worker(threading.Thread):
         self.jobs = jobs
         self.session = SmtpSession(sender, password, max_per_connection=sender.max_per_connection)
 
+        # The job taken from the queue while the previous outcome was written, and the quota
+        # reserved for it in that same transaction (None: reserve as usual).
+        self.next_job: tuple[_Job | None, quota.Reservation | None] | None = None
+
+    def take_next(self) -> _Job | None:
+        """The next queued job if one is waiting (kept for the next turn of the loop), else None."""
+        try:
+            job = self.jobs.get_nowait()
+        except queue.Empty:
+            return None
+        self.next_job = (job, None)
+        return job
+
     def run(self) -> None:
         try:
             while True:
-                job = self.jobs.get()
+                if self.next_job is not None:
+                    job, held = self.next_job
+                    self.next_job = None
+                else:
+                    job, held = self.jobs.get(), None
                 if job is None:
                     return
                 if self.d.stopping():
+                    if held is not None:
+                        self.d._release(held)
                     self.d.results.put(_Result(job, "returned"))
                     continue
                 try:
-                    self.d.results.put(self.d._attempt(job, self.sender, self.session))
+                    self.d.results.put(self.d._attempt(job, self.sender, self.session, held, self))
                 except BaseException as exc:  # a bug must not strand the dispatcher; the lease brings it back
                     self.d.results.put(_Result(job, "returned", note=f"internal error: {exc!r}"))
         finally:
+            if self.next_job is not None:  # only after an internal error: hand it back, give its quota back
+                job, held = self.next_job
+                if held is not None:
+                    self.d._release(held)
+                if job is not None:
+                    self.d.results.put(_Result(job, "returned"))
             self.session.close()
 
 
@@ -420,10 +445,26 @@ class Deliverer:
                 return None
         return None
 
-    def _attempt(self, job: _Job, sender: Sender, session: SmtpSession) -> _Result:
-        """Reserve, send and record one job on ``sender`` (runs in the sender's worker thread)."""
+    def _release(self, held: quota.Reservation) -> None:
+        with self.store.write() as conn:
+            quota.release(conn, held)
+
+    def _attempt(
+        self,
+        job: _Job,
+        sender: Sender,
+        session: SmtpSession,
+        reserved: quota.Reservation | None = None,
+        worker: _Worker | None = None,
+    ) -> _Result:
+        """Reserve (unless ``reserved``), send and record one job on ``sender`` (in the sender's worker thread).
+
+        After a success, the worker's next queued job gets its quota reserved in
+        the same transaction that records this outcome: one write per message
+        instead of two, and the next MAIL FROM follows sooner.
+        """
         msg = job.msg
-        held = self._reserve(job, sender, session)
+        held = reserved if reserved is not None else self._reserve(job, sender, session)
         if held is None:
             return _Result(job, "returned")
         if isinstance(held, quota.Blocked):
@@ -474,6 +515,11 @@ class Deliverer:
             if sender.key not in self._known_healthy:  # one health write per run and sender
                 health.record(conn, sender.key, True, now)
                 self._known_healthy.add(sender.key)
+            upcoming = worker.take_next() if worker is not None and not self.stopping() else None
+            if worker is not None and upcoming is not None:
+                ahead = quota.reserve(conn, sender, self.config.timezone, now)
+                if isinstance(ahead, quota.Reservation):  # blocked: the next turn reserves (and paces) as usual
+                    worker.next_job = (upcoming, ahead)
         return _Result(job, outcome, sender.key, note)
 
     def _record_failure(

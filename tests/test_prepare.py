@@ -390,8 +390,8 @@ def test_row_problems_are_yielded_and_good_rows_still_prepared(config: Config, t
         5: "customers.json row 5: template renewal/subject.txt: variable 'due_date' is not defined; "
         "add a 'due_date' column or pass --var due_date=...",
         6: f"customers.json row 6: column 'name': {name_break}",
-        7: "customers.json row 7: template renewal/subject.txt: the subject must be one line but renders with a "
-        "line break; remove line breaks from the subject template and from the values it uses",
+        7: "customers.json row 7: 'due_date' holds a line break and the subject (renewal/subject.txt) uses it; "
+        "a subject must be one line: remove the line break from 'due_date'",
         8: f"customers.json row 8: column 'name': {name_break}",
         9: f"customers.json row 9: attachment {str(tmp_path / 'inv' / 'Gus.pdf')!r}: no such file; check the path",
     }

@@ -49,7 +49,7 @@ CASES = {
     "line break in a subject value": (
         'email,name,date\na@example.com,Ann,"1\nBcc: x@evil.example"\n',
         ["--template", "renewal"],
-        "c.csv row 1: template renewal/subject.txt: the subject must be one line but renders with a line break; remove line breaks from the subject template and from the values it uses (nothing was sent)",
+        "c.csv row 1: 'date' holds a line break and the subject (renewal/subject.txt) uses it; a subject must be one line: remove the line break from 'date' (nothing was sent)",
     ),
     "missing attachment": (
         "email,name,date,attachments\na@example.com,Ann,1,invoices/none.pdf\n",

@@ -220,9 +220,15 @@ def test_subject_must_be_one_line() -> None:
         with pytest.raises(InputError) as info:
             render(template, {"name": bad}, where="customers.csv row 5")
         assert str(info.value) == (
-            "customers.csv row 5: template --subject: the subject must be one line but renders with a line break; "
-            "remove line breaks from the subject template and from the values it uses"
+            "customers.csv row 5: 'name' holds a line break and the subject (--subject) uses it; "
+            "a subject must be one line: remove the line break from 'name'"
         )
+    with pytest.raises(InputError) as info:  # the template's own line break: no value to blame
+        render(inline_template("Hello\n{{ name }}", "b"), {"name": "Jo"}, where="customers.csv row 5")
+    assert str(info.value) == (
+        "customers.csv row 5: template --subject: the subject must be one line but renders with a line break; "
+        "remove line breaks from the subject template and from the values it uses"
+    )
 
 
 def test_none_renders_empty() -> None:

@@ -206,6 +206,14 @@ def _render_one(template: Template, variables: Mapping[str, Any], *, where: str,
         raise _render_error(exc, where=where, source=source, from_data=from_data) from None
 
 
+def _value_breaking_line(subject: str, variables: Mapping[str, Any]) -> str | None:
+    """The name of a variable (a data column, usually) whose line-broken text is in ``subject``, if any."""
+    for key, value in variables.items():
+        if isinstance(value, str) and _LINE_BREAK_RE.search(value.strip()) and value.strip() in subject:
+            return str(key)
+    return None
+
+
 def render(
     template: MessageTemplate,
     variables: Mapping[str, Any],
@@ -222,6 +230,12 @@ def render(
         template._subject, variables, where=where, source=template.subject_source, from_data=from_data
     ).strip()
     if _LINE_BREAK_RE.search(subject):
+        culprit = _value_breaking_line(subject, variables)
+        if culprit is not None:
+            raise InputError(
+                f"{where}: {culprit!r} holds a line break and the subject ({template.subject_source}) uses it; "
+                f"a subject must be one line: remove the line break from {culprit!r}"
+            )
         raise InputError(
             f"{where}: template {template.subject_source}: the subject must be one line but renders with a line "
             "break; remove line breaks from the subject template and from the values it uses"

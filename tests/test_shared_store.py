@@ -25,10 +25,11 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy import event
 
-from mailops import health, history, migrations, models, quota
+from mailops import counters, health, history, migrations, models, quota
 from mailops.config import DeliveryPolicy, parse_config
 from mailops.errors import StoreError
 from mailops.outbox import Outbox
+from mailops.reader import Reader, open_reader
 from mailops.store import Store, mask_url
 from tests.fixtures_cli import popen_mailops, run_mailops
 from tests.smtp_servers import closed_port
@@ -317,11 +318,18 @@ def test_quota_health_and_history_round_trip(database_url: str, tmp_path: Path) 
         ])
     history.record_event(store, "reset-counts", "period=all", now)
 
-    found = history.query_log(store, history.LogFilter(to="ann@example.org"))
+    reader = open_reader(database_url)
+    assert reader is not None  # the schema is current: log and stats read without SQLAlchemy, on both backends
+    found = history.query_log(reader, history.LogFilter(to="ann@example.org"))
     assert [(r["recipients"], r["outcome"]) for r in found] == [("Ann@Example.org", "sent")]
-    assert [r["outcome"] for r in history.query_log(store, history.LogFilter(since=now - 1))] == ["failed", "sent"]
-    [stats] = history.sender_stats(store, config, now - 60, now)
+    assert [r["outcome"] for r in history.query_log(reader, history.LogFilter(since=now - 1))] == ["failed", "sent"]
+    [stats] = history.sender_stats(reader, config, now - 60, now)
     assert (stats["attempts"], stats["success_rate"], stats["avg_response_s"], stats["health"]) == (2, 50.0, 0.5, "healthy")
+    # the same queries inside a Store transaction (as routing and delivery run them) give the same rows and types
+    with store.read() as conn:
+        assert history.query_log(Reader.over(conn), history.LogFilter()) == history.query_log(reader, history.LogFilter())
+        assert history.sender_stats(Reader.over(conn), config, now - 60, now) == [stats]
+    reader.close()
     assert store.row_counts()["events"] == 1
     store.close()
 
@@ -361,6 +369,8 @@ def test_a_blank_database_gets_every_migration_and_the_models_match(database_url
     for name, table in model_tables.items():
         assert [c["name"] for c in inspector.get_columns(name)] == [c.name for c in table.columns], name
         assert inspector.get_pk_constraint(name)["constrained_columns"] == [c.name for c in table.primary_key], name
+    # `mailops log` names its columns in SQL text (no SQLAlchemy): every column of the log, in table order
+    assert list(history.LOG_COLUMNS) == [c.name for c in model_tables["attempts"].columns]
     store.close()
 
 
@@ -447,6 +457,89 @@ def test_db_status_and_upgrade_show_the_masked_url_version_and_rows(shared, srv,
     assert "hunter2" not in blank.output + upgrade.output + status.output
 
 
+# ---------------------------------------------------------------- log and stats: the light read path
+
+#: runs mailops in a fresh interpreter and reports which heavy modules the command loaded
+LIGHT_COMMAND = textwrap.dedent(
+    """
+    import sys
+    from mailops.cli import main
+
+    heavy = ["sqlalchemy", "sqlmodel", "jinja2", "smtplib", "aiosmtpd", "mailops.store", "mailops.models", "mailops.transport"]
+    try:
+        main(sys.argv[1:])
+    except SystemExit as exc:
+        code = exc.code
+    print("LOADED=" + ",".join(m for m in heavy if m in sys.modules), "EXIT=" + str(code), file=sys.stderr)
+    """
+)
+
+
+def _light(*args: str) -> tuple[str, str]:
+    """stdout of ``mailops ARGS`` in a fresh process, and the heavy modules it imported (comma-separated)."""
+    proc = subprocess.run([sys.executable, "-c", LIGHT_COMMAND, *args], check=False, capture_output=True, text=True, timeout=60)
+    assert proc.stderr.rstrip().endswith("EXIT=0"), proc.stderr
+    return proc.stdout, proc.stderr.rstrip().rpartition("LOADED=")[2].split(" EXIT=")[0]
+
+
+def test_log_and_stats_read_without_sqlalchemy_on_both_backends(shared, srv, cli):
+    shared.use_database(_with_password(shared.database_url))  # a plain postgresql:// URL with a password, too
+    shared.write_config(
+        {"sales": shared.sender(srv, email="sales@example.com", password=PASSWORD, daily_limit=10)},
+        routes={"default": "sales"},
+    )
+    data = shared.csv("c.csv", [{"email": "U1@Example.org"}, {"email": "u_2@example.org"}])
+    assert cli("send", "--data", data, "--subject", "S", "--body", "B").exit_code == 0
+
+    out, loaded = _light("log", "--json")
+    assert loaded == ""
+    rows = json.loads(out)
+    assert [(r["recipients"], r["outcome"], r["sender"]) for r in rows] == [
+        ("u_2@example.org", "sent", "sales"), ("U1@example.org", "sent", "sales"),
+    ]
+    assert list(rows[0]) == list(history.LOG_COLUMNS)
+    assert rows[0]["at"] >= rows[1]["at"] and isinstance(rows[0]["at"], float) and rows[0]["smtp_code"] == 250
+    # --to: a case-insensitive substring whose % and _ are literal characters
+    assert [r["recipients"] for r in json.loads(_light("log", "--to", "u1@EXAMPLE", "--json")[0])] == ["U1@example.org"]
+    assert [r["recipients"] for r in json.loads(_light("log", "--to", "u_", "--json")[0])] == ["u_2@example.org"]
+    assert json.loads(_light("log", "--to", "%", "--json")[0]) == []
+    assert json.loads(_light("log", "--sender", "sales", "--status", "failed", "--json")[0]) == []
+
+    out, loaded = _light("stats", "--json")
+    assert loaded == ""
+    [stats] = json.loads(out)
+    assert {k: stats[k] for k in ("sent_today", "daily_limit", "daily_usage_pct", "sent_this_month", "attempts", "success_rate")} == {
+        "sent_today": 2, "daily_limit": 10, "daily_usage_pct": 20.0, "sent_this_month": 2, "attempts": 2, "success_rate": 100.0,
+    }
+    assert stats["health"] == "healthy"
+    for args in (["log"], ["stats"]):  # the tables: rich, still no database stack
+        out, loaded = _light(*args)
+        assert loaded == "" and "sales" in out, args
+
+
+def test_log_and_stats_on_a_blank_or_older_database_bring_it_up_to_date_first(database_url: str, workspace) -> None:
+    workspace.use_database(database_url)
+    workspace.write_config({"sales": workspace.sender(None, port=2525, auth=False)})
+    names = [name for name, _ in migrations.MIGRATIONS]
+
+    out, loaded = _light("stats", "--json")  # a blank database: created by the Store, as by any command
+    assert json.loads(out)[0]["attempts"] == 0 and "sqlalchemy" in loaded
+    store = Store(database_url)
+    assert store.pending_migrations() == []
+
+    with store.write() as conn:  # back to a database of an older mailops: the last step not applied yet
+        conn.execute(sa.text("DELETE FROM schema_migrations WHERE name = :name"), {"name": names[-1]})
+        conn.execute(sa.text("DROP INDEX ix_attempts_sender_outcome_at"))
+    assert open_reader(database_url) is None
+    out, loaded = _light("log", "--json")
+    assert json.loads(out) == [] and "sqlalchemy" in loaded
+    assert store.pending_migrations() == []
+    reader = open_reader(database_url)
+    assert reader is not None and counters.usage(reader, [], UTC, time.time()) == {}  # IN () matches nothing
+    reader.close()
+    store.close()
+
+
 # ---------------------------------------------------------------- an unreachable server
 
 
@@ -462,7 +555,8 @@ def test_an_unreachable_database_is_one_line_exit_2_nothing_sent_nothing_lost(wo
         "senders.yaml (or MAILOPS_DATABASE_URL); nothing was sent and queued messages stay in the outbox\n"
     )
 
-    for args in (["deliver"], ["send", "--to", "x@example.org", "--subject", "S", "--body", "B"], ["db", "status"]):
+    commands = (["deliver"], ["send", "--to", "x@example.org", "--subject", "S", "--body", "B"], ["db", "status"], ["log"], ["stats"])
+    for args in commands:
         result = run_mailops(*args, env={"MAILOPS_DATABASE_URL": down}, timeout=60)
         assert (result.exit_code, result.stdout, result.stderr) == (2, "", expected), args
     assert srv.messages == [] and srv.connections == 0

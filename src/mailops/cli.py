@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
@@ -20,6 +22,7 @@ from .errors import InvalidBatchError, MailopsError, UsageError
 
 if TYPE_CHECKING:
     from .config import Config
+    from .reader import Reader
     from .store import Store
 
 app = typer.Typer(
@@ -79,6 +82,23 @@ def _open_store(config: Config) -> Store:
     store = Store.open(config.database_url)
     _OPEN_STORES.append(store)  # closed by main(): a server database should not keep idle connections
     return store
+
+
+@contextmanager
+def _reading(config: Config) -> Iterator[Reader]:
+    """A reader for ``log`` and ``stats``: a light connection of its own (no SQLAlchemy) when the schema is
+    current, else a read transaction of the Store, which first creates or migrates the database."""
+    from .reader import Reader, open_reader
+
+    reader = open_reader(config.database_url)
+    if reader is None:
+        with _open_store(config).read() as conn:
+            yield Reader.over(conn)
+        return
+    try:
+        yield reader
+    finally:
+        reader.close()
 
 
 def _print_json(data: Any) -> None:
@@ -347,7 +367,6 @@ def doctor(
 
 def _progress_runner(total: int, enabled: bool) -> Any:
     """A context manager yielding a callback that advances a progress bar (or does nothing)."""
-    from contextlib import contextmanager
 
     @contextmanager
     def runner() -> Any:
@@ -754,7 +773,8 @@ def log(
         since=parse_since(since, config.timezone, _now()) if since else None,
         limit=limit,
     )
-    rows = query_log(_open_store(config), flt)
+    with _reading(config) as db:
+        rows = query_log(db, flt)
     if json_out:
         _print_json(rows)
         return
@@ -790,7 +810,9 @@ def stats(
 
     config = _load_config()
     now = _now()
-    rows = sender_stats(_open_store(config), config, parse_since(since, config.timezone, now), now)
+    start = parse_since(since, config.timezone, now)
+    with _reading(config) as db:
+        rows = sender_stats(db, config, start, now)
     if json_out:
         _print_json(rows)
         return

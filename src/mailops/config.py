@@ -49,7 +49,8 @@ def parse_duration(value: Any) -> float:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # built by _build_models() below, once every model is declared
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 class SenderFields(_Strict):
@@ -158,6 +159,28 @@ class _DeliveryModel(_Strict):
     @classmethod
     def _duration(cls, value: Any) -> Any:
         return None if value is None else parse_duration(value)
+
+
+def _build_models(*models: type[BaseModel]) -> None:
+    """Build the validators of ``models`` without pydantic's plugin lookup.
+
+    The lookup reads the metadata of every installed package, a cost in the
+    start of every command; these models use no plugin (typer builds its own
+    validators the same way).
+    """
+    previous = os.environ.get("PYDANTIC_DISABLE_PLUGINS")
+    os.environ["PYDANTIC_DISABLE_PLUGINS"] = "__all__"
+    try:
+        for model in models:
+            model.model_rebuild(force=True)
+    finally:
+        if previous is None:
+            del os.environ["PYDANTIC_DISABLE_PLUGINS"]
+        else:
+            os.environ["PYDANTIC_DISABLE_PLUGINS"] = previous
+
+
+_build_models(SenderFields, _DeliveryModel)
 
 
 @dataclass(frozen=True)

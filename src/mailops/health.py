@@ -1,16 +1,19 @@
-"""Sender health: recorded by test-smtp and by delivery, read by routing."""
+"""Sender health: recorded by test-smtp and by delivery, read by routing and ``mailops stats``.
+
+Reading needs no SQLAlchemy (``stats`` runs :func:`load` through its light
+:class:`~mailops.reader.Reader`); recording, which runs in the Store's write
+transactions, imports the table and SQLAlchemy when first used.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import sqlalchemy as sa
-from sqlalchemy.engine import Connection
+from .reader import Reader
 
-from .models import SenderState
-from .store import insert_ignore
-
-SENDER_STATE = SenderState.__table__
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
 
 #: how long a sender that failed (auth, TLS, connection) is skipped before it is tried again
 UNHEALTHY_COOLDOWN = 600.0
@@ -27,19 +30,27 @@ class Health:
 
 def record(conn: Connection, sender: str, ok: bool, now: float, error: str | None = None) -> None:
     """Store the outcome of a check or a delivery attempt as the sender's health."""
-    insert_ignore(conn, SENDER_STATE, {"sender": sender})
+    import sqlalchemy as sa
+
+    from .models import SenderState
+    from .store import insert_ignore
+
+    table = SenderState.__table__
+    insert_ignore(conn, table, {"sender": sender})
     values: dict[str, object] = {"healthy": ok, "checked_at": now}
     if error is not None:
         values["last_error"] = error
-    conn.execute(sa.update(SENDER_STATE).where(SENDER_STATE.c.sender == sender).values(**values))
+    conn.execute(sa.update(table).where(table.c.sender == sender).values(**values))
 
 
-def load(conn: Connection) -> dict[str, Health]:
+def load(conn: Reader | Connection) -> dict[str, Health]:
     """Health of every sender that has a record."""
-    rows = conn.execute(
-        sa.select(SENDER_STATE.c.sender, SENDER_STATE.c.healthy, SENDER_STATE.c.checked_at, SENDER_STATE.c.last_error)
-    )
-    return {s: Health(h, c, e) for s, h, c, e in rows}
+    rows = Reader.over(conn).all("SELECT sender, healthy, checked_at, last_error FROM sender_state")
+    # SQLite keeps booleans as 0 and 1
+    return {
+        r["sender"]: Health(None if r["healthy"] is None else bool(r["healthy"]), r["checked_at"], r["last_error"])
+        for r in rows
+    }
 
 
 def is_cooling_down(health: Health | None, now: float) -> bool:

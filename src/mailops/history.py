@@ -1,23 +1,25 @@
-"""Reading the log: filtered attempt rows, per-sender statistics, and time filters."""
+"""Reading the log: filtered attempt rows, per-sender statistics, and time filters.
+
+The queries are SQL text run by a :class:`~mailops.reader.Reader`, so
+``mailops log`` and ``stats`` never import SQLAlchemy (see :mod:`mailops.reader`).
+"""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
-import sqlalchemy as sa
-
-from . import health, quota
-from .config import Config
+from . import counters, health
 from .errors import UsageError
-from .models import Attempt, Event
-from .store import Store
 
-ATTEMPTS = Attempt.__table__
-EVENTS = Event.__table__
+if TYPE_CHECKING:
+    from .config import Config
+    from .reader import Reader
+    from .store import Store
+
 _RELATIVE = re.compile(r"^\s*(\d+)\s*([mhdw])\s*$")
 _UNITS = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
@@ -52,51 +54,72 @@ class LogFilter:
 
 
 OUTCOMES = ("sent", "partial", "deferred", "failed", "skipped")
+#: what ``stats`` counts: successes (sent, partial) among tries (and failed, deferred)
+_STATS_OUTCOMES = ("sent", "partial", "failed", "deferred")
 
 
-def query_log(store: Store, flt: LogFilter) -> list[dict[str, Any]]:
+#: the columns of ``mailops log --json``, in this order
+LOG_COLUMNS = (
+    "id", "at", "message_pk", "batch", "route", "sender", "from_addr", "recipients", "subject", "template",
+    "message_id", "smtp_code", "smtp_text", "outcome", "detail", "duration",
+)
+_LIKE_ESCAPE = "/"
+
+
+def _contains(text: str) -> str:
+    """A LIKE pattern matching ``text`` anywhere, its ``%``, ``_`` and escape character taken literally."""
+    for char in (_LIKE_ESCAPE, "%", "_"):
+        text = text.replace(char, _LIKE_ESCAPE + char)
+    return f"%{text}%"
+
+
+def query_log(db: Reader, flt: LogFilter) -> list[dict[str, Any]]:
     """Attempt rows, newest first."""
-    query = sa.select(ATTEMPTS).order_by(ATTEMPTS.c.at.desc(), ATTEMPTS.c.id.desc()).limit(flt.limit)
-    if flt.sender:
-        query = query.where(ATTEMPTS.c.sender == flt.sender)
-    if flt.route:
-        query = query.where(ATTEMPTS.c.route == flt.route)
+    where: list[str] = []
+    params: dict[str, Any] = {"limit": flt.limit}
+    for column, value in (("sender", flt.sender), ("route", flt.route), ("batch", flt.batch)):
+        if value:
+            where.append(f"{column} = :{column}")
+            params[column] = value
     if flt.status:
         if flt.status not in OUTCOMES:
             raise UsageError(f"--status {flt.status!r}: expected one of {', '.join(OUTCOMES)}")
-        query = query.where(ATTEMPTS.c.outcome == flt.status)
+        where.append("outcome = :status")
+        params["status"] = flt.status
     if flt.to:
-        query = query.where(sa.func.lower(ATTEMPTS.c.recipients).contains(flt.to.strip().lower(), autoescape=True))
-    if flt.batch:
-        query = query.where(ATTEMPTS.c.batch == flt.batch)
+        where.append(f"lower(recipients) LIKE :to ESCAPE '{_LIKE_ESCAPE}'")
+        params["to"] = _contains(flt.to.strip().lower())
     if flt.since is not None:
-        query = query.where(ATTEMPTS.c.at >= flt.since)
-    with store.read() as conn:
-        return [dict(r._mapping) for r in conn.execute(query)]
+        where.append("at >= :since")
+        params["since"] = flt.since
+    sql = f"SELECT {', '.join(LOG_COLUMNS)} FROM attempts"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    return db.all(sql + " ORDER BY at DESC, id DESC LIMIT :limit", **params)
 
 
-def sender_stats(store: Store, config: Config, since: float, now: float) -> list[dict[str, Any]]:
+def sender_stats(db: Reader, config: Config, since: float, now: float) -> list[dict[str, Any]]:
     """Per sender: usage against limits, success rate, average response time, last error, health."""
     keys = list(config.senders)
-    with store.read() as conn:
-        used = quota.usage(conn, keys, config.timezone, now)
-        healths = health.load(conn)
-        rows = conn.execute(
-            sa.select(
-                ATTEMPTS.c.sender,
-                ATTEMPTS.c.outcome,
-                sa.func.count(),
-                sa.func.avg(ATTEMPTS.c.duration),
-            )
-            .where((ATTEMPTS.c.at >= since) & ATTEMPTS.c.sender.is_not(None))
-            .group_by(ATTEMPTS.c.sender, ATTEMPTS.c.outcome)
-        ).all()
+    used = counters.usage(db, keys, config.timezone, now)
+    healths = health.load(db)
+    # Only the counts used below: with sender and outcome pinned, the covering index
+    # ix_attempts_sender_outcome_at is read from `since` on, not from the first row of the log.
+    rows = db.all(
+        "SELECT sender, outcome, count(*) AS n, avg(duration) AS avg_duration FROM attempts"
+        " WHERE sender IN (:senders) AND outcome IN (:outcomes) AND at >= :since"
+        " GROUP BY sender, outcome ORDER BY sender, outcome",
+        senders=keys,
+        outcomes=_STATS_OUTCOMES,
+        since=since,
+    )
     counts: dict[str, dict[str, int]] = {k: {} for k in keys}
     durations: dict[str, float | None] = {}
-    for sender, outcome, n, avg in rows:
-        counts.setdefault(sender, {})[outcome] = n
+    for row in rows:
+        sender, outcome = row["sender"], row["outcome"]
+        counts[sender][outcome] = row["n"]
         if outcome in ("sent", "partial"):
-            durations[sender] = avg
+            durations[sender] = row["avg_duration"]  # sent's when both: ORDER BY makes it so on every backend
     out = []
     for key in keys:
         sender = config.senders[key]
@@ -129,8 +152,12 @@ def sender_stats(store: Store, config: Config, since: float, now: float) -> list
 
 def record_event(store: Store, kind: str, detail: str, now: float) -> None:
     """Keep an operator action (reset-counts, purge) on record."""
+    import sqlalchemy as sa
+
+    from .models import Event
+
     with store.write() as conn:
-        conn.execute(sa.insert(EVENTS).values(at=now, kind=kind, detail=detail))
+        conn.execute(sa.insert(Event.__table__).values(at=now, kind=kind, detail=detail))
 
 
 def local_time(ts: float | None, tz: ZoneInfo) -> str:

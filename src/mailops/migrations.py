@@ -5,15 +5,21 @@ owned here from the first table on. Each step defines the tables it needs
 with its own frozen SQLAlchemy metadata, so later edits to ``models.py`` can
 never change what an old step does. Steps must be portable (SQLite and
 PostgreSQL) and are applied inside one write transaction each.
+
+SQLAlchemy is imported inside the functions that use it: the light reader
+of ``mailops log`` and ``stats`` (:mod:`mailops.reader`) checks the applied
+step names against :data:`MIGRATIONS` without loading it.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import sqlalchemy as sa
-from sqlalchemy.engine import Connection
+if TYPE_CHECKING:
+    import sqlalchemy as sa
+    from sqlalchemy.engine import Connection
 
 MIGRATIONS_TABLE = "schema_migrations"
 #: pg_advisory_xact_lock key that serialises migrations on PostgreSQL ("mailops" in ASCII)
@@ -21,6 +27,8 @@ MIGRATION_LOCK_KEY = int.from_bytes(b"mailops", "big")
 
 
 def _m001_initial(conn: Connection) -> None:
+    import sqlalchemy as sa
+
     md = sa.MetaData()
     sa.Table(
         "messages",
@@ -115,6 +123,8 @@ def _m001_initial(conn: Connection) -> None:
 
 
 def _m002_stats_index(conn: Connection) -> None:
+    import sqlalchemy as sa
+
     # Covering index for `mailops stats`: the per-sender/outcome aggregation over a time window
     # reads only this index (0.9 s -> 0.13 s over a million log rows).
     md = sa.MetaData()
@@ -133,6 +143,8 @@ MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
 
 
 def _migrations_table() -> sa.Table:
+    import sqlalchemy as sa
+
     return sa.Table(
         MIGRATIONS_TABLE,
         sa.MetaData(),
@@ -143,6 +155,8 @@ def _migrations_table() -> sa.Table:
 
 def applied(conn: Connection) -> list[str]:
     """Names of the steps already applied (empty for a blank database)."""
+    import sqlalchemy as sa
+
     if not sa.inspect(conn).has_table(MIGRATIONS_TABLE):
         return []
     table = _migrations_table()
@@ -165,6 +179,8 @@ def upgrade(conn: Connection, steps: list[tuple[str, Callable[[Connection], None
     two processes (or hosts) opening a blank database at once cannot both run
     a step: the second waits, then finds the steps applied.
     """
+    import sqlalchemy as sa
+
     if conn.dialect.name == "postgresql":
         # Without it both would CREATE TABLE at once and one would fail on a duplicate catalog entry.
         conn.execute(sa.select(sa.func.pg_advisory_xact_lock(MIGRATION_LOCK_KEY)))

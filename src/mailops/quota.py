@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from .config import Sender
+from .counters import period_keys, usage  # noqa: F401 - quota.usage: read by routing, send --dry-run, stats
 from .models import SenderState, Usage
 from .store import insert_ignore
 
@@ -45,16 +46,6 @@ class Blocked:
     kind: str  # day | month | minute | interval
     reason: str
     until: float
-
-
-def period_keys(ts: float, tz: ZoneInfo) -> dict[str, str]:
-    """The counter keys for the day, month and minute containing ``ts``."""
-    local = datetime.fromtimestamp(ts, tz)
-    return {
-        "day": f"day:{local:%Y-%m-%d}",
-        "month": f"month:{local:%Y-%m}",
-        "minute": f"minute:{local:%Y-%m-%dT%H:%M}",
-    }
 
 
 def period_end(kind: str, ts: float, tz: ZoneInfo) -> float:
@@ -165,20 +156,6 @@ def reserve(conn: Connection, sender: Sender, tz: ZoneInfo, now: float) -> Reser
 def release(conn: Connection, reservation: Reservation) -> None:
     """Give back a reservation whose message was not sent (failure before the server accepted it)."""
     _give_back(conn, reservation.sender, reservation.periods)
-
-
-def usage(conn: Connection, sender_keys: list[str], tz: ZoneInfo, now: float) -> dict[str, dict[str, int]]:
-    """Messages counted today and this month per sender: ``{key: {"day": n, "month": m}}``."""
-    keys = period_keys(now, tz)
-    out = {key: {"day": 0, "month": 0} for key in sender_keys}
-    rows = conn.execute(
-        sa.select(USAGE.c.sender, USAGE.c.period, USAGE.c.count).where(
-            USAGE.c.sender.in_(sender_keys) & USAGE.c.period.in_([keys["day"], keys["month"]])
-        )
-    )
-    for sender, period, count in rows:
-        out[sender]["day" if period.startswith("day:") else "month"] = count
-    return out
 
 
 def headroom(sender: Sender, used: dict[str, int]) -> float:

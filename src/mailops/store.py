@@ -14,19 +14,20 @@ limit``, ``INSERT ... ON CONFLICT DO NOTHING``, claims with ``FOR UPDATE
 SKIP LOCKED``) that PostgreSQL re-checks on the locked row, and the few steps
 that must not interleave (migrations, queueing a batch) take a
 transaction-scoped advisory lock (:func:`serialize`).
+
+``mailops log`` and ``stats`` read a database whose schema is current
+without this module or SQLAlchemy (:mod:`mailops.reader`); the URL handling,
+connection settings and error messages both use are in :mod:`mailops.dburl`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
-import re
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -35,27 +36,18 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DatabaseError, DBAPIError, OperationalError
 
 from . import migrations
+from .dburl import (
+    BUSY_TIMEOUT_SECONDS,
+    mask_url,
+    postgres_settings,
+    sqlite_path,
+    sqlstate,
+    store_error,
+)
 from .errors import StoreError
 
-BUSY_TIMEOUT_SECONDS = float(os.environ.get("MAILOPS_BUSY_TIMEOUT", "60"))
-#: seconds to wait for a database server to accept a connection (a URL's own ?connect_timeout= wins)
-CONNECT_TIMEOUT_SECONDS = 10
 #: pooled connections per process: one per delivery worker thread (senders x connections) plus the dispatcher
 POOL_SIZE, POOL_OVERFLOW = 20, 20
-
-
-def mask_url(url: str) -> str:
-    """The URL with any password replaced by ``***`` (safe to print), in the user part or the query string."""
-    url = re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
-    # libpq also takes the password as a query parameter: postgresql://host/db?password=...
-    return re.sub(r"([?&]password=)[^&]*", r"\1***", url, flags=re.IGNORECASE)
-
-
-def _sqlite_path(url: str) -> Path | None:
-    if url.startswith("sqlite:///"):
-        return Path(url[len("sqlite:///") :])
-    return None
-
 
 def _enable_wal(cur: Any) -> None:
     """Switch to WAL; retried because the switch can fail with "locked" without waiting on the busy handler
@@ -74,7 +66,7 @@ def _enable_wal(cur: Any) -> None:
 
 
 def _make_engine(url: str) -> Engine:
-    path = _sqlite_path(url)
+    path = sqlite_path(url)
     if path is not None:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -123,16 +115,7 @@ def _make_engine(url: str) -> Engine:
     options: dict[str, Any] = {"pool_pre_ping": True}
     if parsed.get_backend_name() == "postgresql":
         # Every network wait is bounded; libpq parameters written in the URL's query string win.
-        defaults: dict[str, Any] = {
-            "connect_timeout": CONNECT_TIMEOUT_SECONDS,
-            # a server or network that vanishes mid-statement is noticed in about a minute, not hours
-            "keepalives_idle": 30,
-            "keepalives_interval": 10,
-            "keepalives_count": 3,
-            # like SQLite's busy timeout: a row lock held by a stuck process ends in a clear error
-            "options": f"-c lock_timeout={int(BUSY_TIMEOUT_SECONDS * 1000)}",
-            "application_name": "mailops",  # tells a DBA's pg_stat_activity who is connected
-        }
+        defaults = postgres_settings(BUSY_TIMEOUT_SECONDS)
         options["connect_args"] = {k: v for k, v in defaults.items() if k not in parsed.query}
         options.update(pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW)
     try:
@@ -148,53 +131,12 @@ def _make_engine(url: str) -> Engine:
         raise StoreError(f"database URL {mask_url(url)!r} is not usable: {exc}; check 'database:' in senders.yaml") from None
 
 
-def _connect_failure(text: str) -> str | None:
-    """The reason from a server connection failure (``Connection refused``...), or None for other errors."""
-    # psycopg: 'connection failed: connection to server at "h", port 5432 failed: FATAL:  database "x" does not exist'
-    # or "failed to resolve host 'h': ..." or "connection timeout expired"
-    if not (text.startswith(("connection failed", "connection timeout", "failed to resolve host", "connection is bad"))):
-        return None
-    reason = re.sub(r"^connection failed:\s*", "", text)
-    reason = re.sub(r'^connection to server at "[^"]*", port \d+ failed:\s*', "", reason)
-    reason = re.sub(r'^connection to server on socket "[^"]*" failed:\s*', "", reason)
-    return re.sub(r"^(FATAL|ERROR):\s+", "", reason).strip() or text
-
-
 def _store_error(url: str, exc: Exception) -> StoreError:
-    text = (str(getattr(exc, "orig", exc)).splitlines() or [type(exc).__name__])[0]
-    reason = _connect_failure(text)
-    if reason is not None:
-        if "does not exist" in reason:
-            fix = "create it (createdb -O USER NAME on the server) or fix 'database:' in senders.yaml"
-        elif "authentication failed" in reason or "no password supplied" in reason:
-            fix = "put the password in ~/.pgpass or PGPASSWORD for this user, or fix the user in 'database:'"
-        else:
-            fix = "check that the server is running and reachable from this host and 'database:' in senders.yaml"
-        return StoreError(
-            f"cannot connect to the database {mask_url(url)}: {reason}; {fix} "
-            "(or MAILOPS_DATABASE_URL); nothing was sent and queued messages stay in the outbox"
-        )
-    sqlstate = getattr(getattr(exc, "orig", None), "sqlstate", None)
-    if sqlstate == "42501":  # insufficient_privilege
-        return StoreError(
-            f"database {mask_url(url)}: {text}; the database user must own the database "
-            "(createdb -O USER NAME, or ALTER DATABASE NAME OWNER TO USER)"
-        )
-    if "not a database" in text:
-        return StoreError(
-            f"database {mask_url(url)}: file is not a database; point 'database:' in senders.yaml "
-            "at a mailops database or at a new file"
-        )
-    if "locked" in text or "busy" in text or sqlstate == "55P03":  # 55P03: PostgreSQL's lock_timeout
-        return StoreError(
-            f"the database {mask_url(url)} stayed locked by another mailops process for {BUSY_TIMEOUT_SECONDS:.0f} s; "
-            "nothing was lost, run the command again"
-        )
-    return StoreError(f"database {mask_url(url)}: {text}; check 'database:' in senders.yaml and that it is reachable")
+    return store_error(url, exc, BUSY_TIMEOUT_SECONDS)
 
 
 def _is_privilege_error(exc: DBAPIError) -> bool:
-    return getattr(exc.orig, "sqlstate", None) == "42501"
+    return sqlstate(exc) == "42501"
 
 
 class Store:

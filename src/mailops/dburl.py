@@ -70,6 +70,13 @@ def sqlstate(exc: Exception) -> str | None:
     return getattr(getattr(exc, "orig", exc), "sqlstate", None)
 
 
+def is_store_failure(exc: Exception, operational: type, plain: type, invalidated: bool = False) -> bool:
+    """True for a failure of the database itself rather than of the SQL: locked or lost (``operational``),
+    the driver's plain ``DatabaseError`` class (not IntegrityError & co.: "file is not a database",
+    corruption), an invalidated connection, or a database user without rights on PostgreSQL."""
+    return isinstance(exc, operational) or type(exc) is plain or invalidated or sqlstate(exc) == "42501"
+
+
 def store_error(url: str, exc: Exception, busy_timeout: float) -> StoreError:
     """The one-line error for a database failure (a driver's exception, bare or wrapped by SQLAlchemy)."""
     text = _first_line(exc)

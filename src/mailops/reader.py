@@ -26,9 +26,9 @@ from urllib.parse import parse_qsl, quote, urlsplit
 from .dburl import (
     BUSY_TIMEOUT_SECONDS,
     connect_failure,
+    is_store_failure,
     postgres_settings,
     sqlite_path,
-    sqlstate,
     store_error,
 )
 from .errors import StoreError
@@ -120,7 +120,7 @@ def _dbapi_execute(conn: Any, driver: Any, url: str) -> Execute:
             return [d[0] for d in cur.description], cur.fetchall()
         except driver.DatabaseError as exc:
             # as Store.read(): locked or lost, "file is not a database", no rights; programming errors stay
-            if isinstance(exc, driver.OperationalError) or type(exc) is driver.DatabaseError or sqlstate(exc) == "42501":
+            if is_store_failure(exc, driver.OperationalError, driver.DatabaseError):
                 raise store_error(url, exc, BUSY_TIMEOUT_SECONDS) from None
             raise
         finally:

@@ -38,10 +38,10 @@ from sqlalchemy.exc import DatabaseError, DBAPIError, OperationalError
 from . import migrations
 from .dburl import (
     BUSY_TIMEOUT_SECONDS,
+    is_store_failure,
     mask_url,
     postgres_settings,
     sqlite_path,
-    sqlstate,
     store_error,
 )
 from .errors import StoreError
@@ -131,14 +131,6 @@ def _make_engine(url: str) -> Engine:
         raise StoreError(f"database URL {mask_url(url)!r} is not usable: {exc}; check 'database:' in senders.yaml") from None
 
 
-def _store_error(url: str, exc: Exception) -> StoreError:
-    return store_error(url, exc, BUSY_TIMEOUT_SECONDS)
-
-
-def _is_privilege_error(exc: DBAPIError) -> bool:
-    return sqlstate(exc) == "42501"
-
-
 class Store:
     """One database (SQLite file or server URL) with write/read transactions and migrations."""
 
@@ -159,36 +151,29 @@ class Store:
         return store
 
     @contextmanager
+    def _failures_as_store_errors(self) -> Iterator[None]:
+        """Turn a failure of the database itself into the one-line StoreError; SQL errors pass through."""
+        try:
+            yield
+        except DBAPIError as exc:
+            if is_store_failure(exc, OperationalError, DatabaseError, exc.connection_invalidated):
+                raise store_error(self.url, exc, BUSY_TIMEOUT_SECONDS) from None
+            raise
+
+    @contextmanager
     def write(self) -> Iterator[Connection]:
         """A transaction that holds the write lock from its first statement (``BEGIN IMMEDIATE``)."""
         lock = self._write_lock or contextlib.nullcontext()
-        try:
-            with lock, self.engine.begin() as conn:
-                yield conn
-        except OperationalError as exc:
-            raise _store_error(self.url, exc) from None
-        except DBAPIError as exc:
-            # the plain DatabaseError class (not IntegrityError & co.): "file is not a database", corruption;
-            # a lost server connection; a database user without rights on PostgreSQL
-            if exc.connection_invalidated or type(exc) is DatabaseError or _is_privilege_error(exc):
-                raise _store_error(self.url, exc) from None
-            raise
+        with self._failures_as_store_errors(), lock, self.engine.begin() as conn:
+            yield conn
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
         """A read-only transaction; in WAL mode it never waits for a writer."""
-        try:
-            with self.engine.connect() as conn:
-                conn.execution_options(sqlite_begin="DEFERRED")
-                with conn.begin():
-                    yield conn
-        except OperationalError as exc:
-            raise _store_error(self.url, exc) from None
-        except DBAPIError as exc:
-            # "file is not a database", corruption, a lost connection, missing rights; not programming errors
-            if exc.connection_invalidated or type(exc) is DatabaseError or _is_privilege_error(exc):
-                raise _store_error(self.url, exc) from None
-            raise
+        with self._failures_as_store_errors(), self.engine.connect() as conn:
+            conn.execution_options(sqlite_begin="DEFERRED")
+            with conn.begin():
+                yield conn
 
     def migrate(self) -> list[str]:
         """Apply pending migrations; safe when several processes start at once."""

@@ -402,20 +402,17 @@ def _encode_text_body(text: str) -> tuple[str, str]:
     base64, whichever the first ten lines say is shorter.
     """
     lines = text.encode("utf-8").splitlines()
-    if max((len(x) for x in lines), default=0) <= _MAX_BODY_LINE:
-        try:
-            return "7bit", (b"\n".join(lines) + b"\n").decode("ascii")
-        except UnicodeDecodeError:
-            pass
-    sniff = b"\n".join(lines[:10]) + b"\n"
+    body = b"\n".join(lines) + b"\n"
+    if max((len(x) for x in lines), default=0) <= _MAX_BODY_LINE and body.isascii():
+        return "7bit", body.decode("ascii")
+    sniff = body if len(lines) <= 10 else b"\n".join(lines[:10]) + b"\n"
     sniff_qp = quoprimime.body_encode(sniff.decode("latin-1"), _MAX_BODY_LINE)
     if len(sniff_qp) > len(binascii.b2a_base64(sniff)):
-        data = b"\n".join(lines) + b"\n"
         step = _MAX_BODY_LINE // 4 * 3
-        return "base64", "".join(binascii.b2a_base64(data[i : i + step]).decode("ascii") for i in range(0, len(data), step))
+        return "base64", "".join(binascii.b2a_base64(body[i : i + step]).decode("ascii") for i in range(0, len(body), step))
     if len(lines) <= 10:
         return "quoted-printable", sniff_qp
-    return "quoted-printable", quoprimime.body_encode((b"\n".join(lines) + b"\n").decode("latin-1"), _MAX_BODY_LINE)
+    return "quoted-printable", quoprimime.body_encode(body.decode("latin-1"), _MAX_BODY_LINE)
 
 
 # ---------------------------------------------------------------- failover rewrite

@@ -49,8 +49,8 @@ def test_ctrl_c_stops_cleanly_prints_the_summary_and_loses_nothing(workspace, sr
 
 
 def test_a_stop_gives_back_the_quota_reserved_ahead_for_the_next_message(workspace, srv, cli, monkeypatch):
-    # Without pacing, a worker reserves quota for its next message in the transaction that records the
-    # last one. A stop landing in that instant (too short to hit with a signal, so it is forced here)
+    # Without pacing, a worker reserves quota for its next message while the current one is with the
+    # server. A stop landing in that instant (too short to hit with a signal, so it is forced here)
     # must give the reservation back: the day's count stays equal to what the server received.
     from mailops import delivery, quota
 
@@ -80,6 +80,70 @@ def test_a_stop_gives_back_the_quota_reserved_ahead_for_the_next_message(workspa
     monkeypatch.setattr(delivery.Deliverer, "stopping", real_stopping)
     stats = json.loads(cli("stats", "--json").stdout)
     assert stats[0]["sent_today"] == 1
+
+
+def test_ctrl_c_while_outcomes_are_written_during_the_next_send_loses_nothing(workspace, srv, cli):
+    # No pacing: each outcome is written while the next message is with the server, and quota is
+    # reserved one message ahead. Interrupted mid-run, the pending outcome is written, the reservation
+    # ahead given back: what the log, the outbox and the day's count say is what the server received.
+    def slow_server(_envelope):
+        time.sleep(0.05)
+        return None
+
+    srv.data_hook = slow_server
+    workspace.write_config(
+        {"sales": workspace.sender(srv, email="sales@example.com", password=PASSWORD, daily_limit=1000)},
+        routes={"default": "sales"},
+    )
+    data = workspace.csv("c.csv", [{"email": f"u{i}@example.org"} for i in range(60)])
+    proc = popen_mailops("send", "--data", data, "--subject", "S", "--body", "B", "--json")
+    for _ in range(100):  # bounded wait until sending has started
+        if len(srv.messages) >= 5:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+
+    assert proc.returncode == 1, err
+    assert "Traceback" not in err
+    sent = len(srv.messages)
+    assert 5 <= sent < 60
+    summary = json.loads(out)
+    assert summary["interrupted"] is True and summary["sent"] == sent
+    assert workspace.states() == {"sent": sent, "queued": 60 - sent}
+    assert sum(1 for row in log_json(cli) if row["outcome"] == "sent") == sent
+    stats = json.loads(cli("stats", "--json").stdout)
+    assert stats[0]["sent_today"] == sent
+
+
+def test_an_outcome_that_cannot_be_written_returns_its_message_and_the_run_goes_on(workspace, srv, cli, monkeypatch):
+    # The first outcome is written while the second message is with the server; that write fails here
+    # (a fault no real database gives on demand). The first message goes back to the queue (it will be
+    # sent again: at-least-once), the second one's transaction is not disturbed, the rest are sent.
+    from mailops import outbox
+
+    real_mark_sent, calls = outbox.Outbox.mark_sent, []
+
+    def mark_sent(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("disk full")
+        return real_mark_sent(*args, **kwargs)
+
+    monkeypatch.setattr(outbox.Outbox, "mark_sent", staticmethod(mark_sent))
+    workspace.write_config(
+        {"sales": workspace.sender(srv, email="sales@example.com", password=PASSWORD)},
+        routes={"default": "sales"},
+    )
+    data = workspace.csv("c.csv", [{"email": f"u{i}@example.org"} for i in range(5)])
+
+    result = cli("send", "--data", data, "--subject", "S", "--body", "B", "--json")
+
+    summary = json.loads(result.stdout)
+    assert summary["sent"] == 4 and summary["returned_to_queue"] == 1
+    assert any("could not record an outcome: disk full" in p for p in summary["problems"])
+    assert len(srv.messages) == 5 and srv.connections == 1  # the second message's transaction went on
+    assert workspace.states() == {"sent": 4, "queued": 1}
 
 
 def test_min_interval_paces_sends_without_deferring(workspace, srv, cli):
@@ -129,3 +193,15 @@ def test_fast_commands_do_not_import_the_database_templating_or_smtp_stack(works
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert "EXIT=0" in proc.stderr, proc.stderr
     assert "LOADED= " in proc.stderr, proc.stderr
+
+
+def test_the_send_and_deliver_modules_import_neither_sqlmodel_nor_the_orm():
+    # they use the Core tables of mailops.tables: SQLModel and sqlalchemy.orm cost ~160 ms per start
+    modules = ["cli", "sending", "delivery", "outbox", "quota", "routing", "health", "history"]
+    code = (
+        "import sys\n"
+        f"import {', '.join('mailops.' + m for m in modules)}\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('sqlmodel', 'sqlalchemy.orm', 'mailops.models'))))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert (proc.returncode, proc.stdout) == (0, "[]\n"), proc.stdout + proc.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import threading
 import time
 import traceback
 from email.message import EmailMessage
@@ -469,3 +470,62 @@ def test_failure_classification(failure, sender_problem, temporary):
 def test_failure_str_is_one_line_with_step_and_code():
     assert str(SmtpFailure("auth", "auth", 535, "5.7.8 bad")) == "auth: 535 5.7.8 bad"
     assert str(SmtpFailure("connect", "connect", None, "connection refused by h:1")) == "connect: connection refused by h:1"
+
+
+# ------------------------------------------------------------------ bookkeeping while the server works
+
+
+def test_while_waiting_runs_once_the_data_is_out_and_before_the_final_reply(smtp_server):
+    # The server holds its reply until the client's callback has run: the callback must come after the
+    # payload (the server has it) and before the reply is read (else the server times out waiting).
+    server = smtp_server()
+    data_in, callback_ran, released = threading.Event(), threading.Event(), []
+
+    def hold_reply(_envelope):
+        data_in.set()
+        released.append(callback_ran.wait(5))
+        return None
+
+    def while_waiting():
+        assert data_in.wait(5), "the callback ran before the server had the message"
+        callback_ran.set()
+
+    server.data_hook = hold_reply
+    with SmtpSession(make_sender(server), DEFAULT_PASSWORD) as session:
+        result = session.send(mime(), "sales@example.com", [RCPT], while_waiting=while_waiting)
+    assert released == [True]
+    assert (result.code, result.accepted) == (250, [RCPT])
+    assert len(server.messages) == 1
+
+
+def test_while_waiting_is_not_called_when_the_transaction_fails_first(smtp_server):
+    server = smtp_server()
+    server.rcpt_hook = lambda address: "550 5.1.1 no such user"
+    calls = []
+    with SmtpSession(make_sender(server), DEFAULT_PASSWORD) as session:
+        with pytest.raises(SmtpFailure):
+            session.send(mime(), "sales@example.com", [RCPT], while_waiting=lambda: calls.append(1))
+    assert calls == []
+
+
+def test_a_failing_while_waiting_drops_the_connection_and_the_next_send_reconnects(smtp_server):
+    server = smtp_server()
+
+    def broken() -> None:
+        raise RuntimeError("bookkeeping failed")
+
+    with SmtpSession(make_sender(server), DEFAULT_PASSWORD) as session:
+        with pytest.raises(RuntimeError, match="bookkeeping failed"):
+            session.send(mime("First"), "sales@example.com", [RCPT], while_waiting=broken)
+        second = session.send(mime("Second"), "sales@example.com", [RCPT])
+    assert second.code == 250
+    assert server.connections == 2  # the first connection, its reply unread, was not reused
+    assert server.messages[-1].subject == "Second"
+
+
+def test_lines_starting_with_a_dot_arrive_intact(smtp_server):
+    server = smtp_server()
+    body = ".\n..two\n.three\nend\n"
+    with SmtpSession(make_sender(server), DEFAULT_PASSWORD) as session:
+        session.send(mime(body=body), "sales@example.com", [RCPT], while_waiting=lambda: None)
+    assert server.messages[0].message.get_content().replace("\r\n", "\n") == body

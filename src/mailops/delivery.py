@@ -12,6 +12,7 @@ with backoff; a message no candidate may send now is deferred until it may.
 
 from __future__ import annotations
 
+import functools
 import os
 import queue
 import sys
@@ -29,7 +30,7 @@ from .config import Config, Sender
 from .errors import SecretError
 from .outbox import Outbox, QueuedMessage, retry_delay
 from .store import Store
-from .transport import SmtpFailure, SmtpSession
+from .transport import SendResult, SmtpFailure, SmtpSession
 
 CLAIM_SIZE = 50
 #: a rate limit (per_minute, min_interval) that frees up within this many seconds is waited for, not deferred
@@ -122,7 +123,15 @@ class _Result:
 
 
 class _Worker(threading.Thread):
-    """Sends jobs for one sender over one reused SMTP session."""
+    """Sends jobs for one sender over one reused SMTP session.
+
+    Bookkeeping is pipelined with the SMTP traffic: while a message's data is
+    with the server (20 ms or more on a real one), the worker writes the
+    previous message's outcome and reserves quota for the next queued message,
+    in one transaction. So each message costs one database write, and it is
+    off the critical path. Every job still gets exactly one result, sent to the
+    dispatcher once its outcome is committed.
+    """
 
     def __init__(self, deliverer: Deliverer, sender: Sender, password: str | None, jobs: queue.Queue[_Job | None]) -> None:
         super().__init__(name=f"mailops-{sender.key}", daemon=True)
@@ -130,10 +139,14 @@ class _Worker(threading.Thread):
         self.sender = sender
         self.jobs = jobs
         self.session = SmtpSession(sender, password, max_per_connection=sender.max_per_connection)
-
         # The job taken from the queue while the previous outcome was written, and the quota
         # reserved for it in that same transaction (None: reserve as usual).
         self.next_job: tuple[_Job | None, quota.Reservation | None] | None = None
+        # The last message's outcome, not written yet: it goes into the next write transaction.
+        # Only ever held while next_job has its reservation, so it never waits through pacing.
+        self.pending: tuple[_Job, Callable[[Any], _Result]] | None = None
+        # Pacing limits count from the reservation; reserving ahead would start the clock early.
+        self.reserves_ahead = sender.per_minute is None and sender.min_interval <= 0
 
     def take_next(self) -> _Job | None:
         """The next queued job if one is waiting (kept for the next turn of the loop), else None."""
@@ -143,6 +156,47 @@ class _Worker(threading.Thread):
             return None
         self.next_job = (job, None)
         return job
+
+    def holds_next(self) -> bool:
+        """True when the next job is taken and its quota reserved (so an outcome may wait for its write)."""
+        return self.next_job is not None and self.next_job[1] is not None and not self.d.stopping()
+
+    def reserve_ahead(self, conn: Any) -> None:
+        """In the caller's write transaction: take the next queued job, if any, and reserve its quota."""
+        if not self.reserves_ahead or self.d.stopping():
+            return
+        if self.next_job is None and self.take_next() is None:
+            return
+        assert self.next_job is not None
+        job, held = self.next_job
+        if job is not None and held is None:
+            ahead = quota.reserve(conn, self.sender, self.d.config.timezone, self.d.clock())
+            if isinstance(ahead, quota.Reservation):  # blocked: the next turn reserves (and paces) as usual
+                self.next_job = (job, ahead)
+
+    def flush(self) -> None:
+        """Write the pending outcome and reserve ahead, in one transaction; hand the result to the dispatcher."""
+        pending, self.pending = self.pending, None
+        if pending is None and (self.holds_next() or not self.reserves_ahead or self.d.stopping()):
+            return  # nothing to write
+        try:
+            with self.d.store.write() as conn:
+                result = pending[1](conn) if pending is not None else None
+                self.reserve_ahead(conn)
+        except BaseException as exc:
+            if pending is not None:  # sent but not recorded: back to the queue (at-least-once)
+                self.d.results.put(_Result(pending[0], "returned", note=f"could not record an outcome: {exc}"))
+            raise
+        if result is not None:
+            self.d.results.put(result)
+
+    def flush_quietly(self) -> None:
+        """:meth:`flush` while a message is with the server: a failure must not abort that message's
+        transaction (the pending job was handed back already; the next write meets the problem again)."""
+        try:
+            self.flush()
+        except Exception:  # noqa: BLE001, S110 - reported through the returned job's note
+            pass
 
     def run(self) -> None:
         try:
@@ -155,16 +209,23 @@ class _Worker(threading.Thread):
                 if job is None:
                     return
                 if self.d.stopping():
+                    self.flush()
                     if held is not None:
                         self.d._release(held)
                     self.d.results.put(_Result(job, "returned"))
                     continue
                 try:
-                    self.d.results.put(self.d._attempt(job, self.sender, self.session, held, self))
+                    result = self.d._attempt(job, self.sender, self.session, held, self)
                 except BaseException as exc:  # a bug must not strand the dispatcher; the lease brings it back
-                    self.d.results.put(_Result(job, "returned", note=f"internal error: {exc!r}"))
+                    result = _Result(job, "returned", note=f"internal error: {exc!r}")
+                if result is not None:
+                    self.d.results.put(result)
         finally:
-            if self.next_job is not None:  # only after an internal error: hand it back, give its quota back
+            try:
+                self.flush()
+            except BaseException:  # noqa: S110 - already reported as returned by flush()
+                pass
+            if self.next_job is not None:  # stop or internal error: hand it back, give its quota back
                 job, held = self.next_job
                 if held is not None:
                     self.d._release(held)
@@ -456,14 +517,16 @@ class Deliverer:
         session: SmtpSession,
         reserved: quota.Reservation | None = None,
         worker: _Worker | None = None,
-    ) -> _Result:
+    ) -> _Result | None:
         """Reserve (unless ``reserved``), send and record one job on ``sender`` (in the sender's worker thread).
 
-        After a success, the worker's next queued job gets its quota reserved in
-        the same transaction that records this outcome: one write per message
-        instead of two, and the next MAIL FROM follows sooner.
+        With a ``worker`` whose next job already holds its quota, a success is
+        not written here: it becomes the worker's pending outcome, written
+        while the next message is with the server, and None is returned.
         """
         msg = job.msg
+        if reserved is None and worker is not None:
+            worker.flush()  # never hold an outcome through a reservation, which may wait for pacing
         held = reserved if reserved is not None else self._reserve(job, sender, session)
         if held is None:
             return _Result(job, "returned")
@@ -475,11 +538,28 @@ class Deliverer:
         started = time.monotonic()
         try:
             mime = self._mime_for(msg, sender)
-            result = session.send(mime, sender.email, msg.pending_recipients)
+            result = session.send(
+                mime, sender.email, msg.pending_recipients, while_waiting=worker.flush_quietly if worker is not None else None
+            )
         except SmtpFailure as failure:
+            if worker is not None:
+                worker.flush()
             return self._record_failure(job, sender, held, failure, time.monotonic() - started)
-        duration = time.monotonic() - started
-        now = self.clock()
+        record = functools.partial(self._record_sent, job, sender, result, time.monotonic() - started, self.clock())
+        if worker is not None and worker.holds_next():
+            worker.pending = (job, record)
+            return None
+        with self.store.write() as conn:
+            outcome = record(conn)
+            if worker is not None:
+                worker.reserve_ahead(conn)
+        return outcome
+
+    def _record_sent(
+        self, job: _Job, sender: Sender, result: SendResult, duration: float, now: float, conn: Any
+    ) -> _Result:
+        """Write a server's acceptance (some recipients may have been refused) and the attempt's log row."""
+        msg = job.msg
         status = dict(msg.recipient_status)
         for rcpt in result.accepted:
             status[rcpt] = "sent"
@@ -491,35 +571,30 @@ class Deliverer:
                 temp_refused += 1
         refused_note = "; ".join(f"{r}: {c} {t}" for r, (c, t) in result.refused.items()) or None
         note = None
-        with self.store.write() as conn:
-            self.outbox.log(
-                conn,
-                self._attempt_row(
-                    msg,
-                    sender,
-                    "partial" if result.refused else "sent",
-                    smtp_code=result.code,
-                    smtp_text=result.text,
-                    detail=refused_note,
-                    duration=duration,
-                ),
+        self.outbox.log(
+            conn,
+            self._attempt_row(
+                msg,
+                sender,
+                "partial" if result.refused else "sent",
+                at=now,
+                smtp_code=result.code,
+                smtp_text=result.text,
+                detail=refused_note,
+                duration=duration,
+            ),
+        )
+        if temp_refused:
+            # Accepted ones are done; only the temporarily refused recipients wait for a retry.
+            outcome, note = self._defer_temporary(
+                conn, msg, sender, f"{temp_refused} recipient(s) temporarily refused", now, status
             )
-            if temp_refused:
-                # Accepted ones are done; only the temporarily refused recipients wait for a retry.
-                outcome, note = self._defer_temporary(
-                    conn, msg, sender, f"{temp_refused} recipient(s) temporarily refused", now, status
-                )
-            else:
-                self.outbox.mark_sent(conn, msg, sender.key, now, status)
-                outcome = "sent"
-            if sender.key not in self._known_healthy:  # one health write per run and sender
-                health.record(conn, sender.key, True, now)
-                self._known_healthy.add(sender.key)
-            upcoming = worker.take_next() if worker is not None and not self.stopping() else None
-            if worker is not None and upcoming is not None:
-                ahead = quota.reserve(conn, sender, self.config.timezone, now)
-                if isinstance(ahead, quota.Reservation):  # blocked: the next turn reserves (and paces) as usual
-                    worker.next_job = (upcoming, ahead)
+        else:
+            self.outbox.mark_sent(conn, msg, sender.key, now, status)
+            outcome = "sent"
+        if sender.key not in self._known_healthy:  # one health write per run and sender
+            health.record(conn, sender.key, True, now)
+            self._known_healthy.add(sender.key)
         return _Result(job, outcome, sender.key, note)
 
     def _record_failure(

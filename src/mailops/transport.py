@@ -39,6 +39,8 @@ _MECHANISMS = ("PLAIN", "LOGIN", "CRAM-MD5")
 #: Failures after which the connection is still in a clean SMTP state, so QUIT is polite.
 _POLITE_AFTER = frozenset({"no-starttls", "plaintext-refused", "no-auth-offered", "auth"})
 _CRLF_RE = re.compile(rb"\r\n|\r|\n")
+#: a line of the message that starts with "." gets a second one (RFC 5321 4.5.2 transparency)
+_LEADING_DOT_RE = re.compile(rb"(?m)^\.")
 #: QUIT is a courtesy: never wait the full sender timeout for it.
 _QUIT_TIMEOUT = 5.0
 
@@ -418,8 +420,17 @@ class SmtpSession:
 
     # --------------------------------------------------------------- sending
 
-    def send(self, mime: bytes, mail_from: str, rcpt_to: list[str]) -> SendResult:
-        """Send one message; returns accepted and refused recipients, raises SmtpFailure if nothing was accepted."""
+    def send(
+        self, mime: bytes, mail_from: str, rcpt_to: list[str], *, while_waiting: Callable[[], None] | None = None
+    ) -> SendResult:
+        """Send one message; returns accepted and refused recipients, raises SmtpFailure if nothing was accepted.
+
+        ``while_waiting`` runs once the message data is out and before the
+        server's final reply is read: the caller's bookkeeping overlaps the
+        server's processing instead of adding to every message's time. It is
+        not called when the transaction fails earlier. If it raises, the
+        connection is dropped and the exception propagates.
+        """
         if not rcpt_to:
             raise ValueError("send() needs at least one recipient")
         # SMTP requires CRLF; messages rendered with the default policy use bare LF, and smtplib
@@ -436,7 +447,7 @@ class SmtpSession:
             reused = self._sent_on_connection > 0
             self._sent_on_connection += 1
             try:
-                result = self._transaction(mime, mail_from, rcpt_to, reused)
+                result = self._transaction(mime, mail_from, rcpt_to, reused, while_waiting)
             except _Retry as retry:
                 self._abort()
                 if attempt == 2:
@@ -446,7 +457,9 @@ class SmtpSession:
             return result
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _transaction(self, mime: bytes, mail_from: str, rcpt_to: list[str], reused: bool) -> SendResult:
+    def _transaction(
+        self, mime: bytes, mail_from: str, rcpt_to: list[str], reused: bool, while_waiting: Callable[[], None] | None
+    ) -> SendResult:
         smtp = self._smtp
         assert smtp is not None
         step = "mail"
@@ -499,7 +512,7 @@ class SmtpSession:
             raise SmtpFailure("rcpt", kind, first_code, text, refused=refused)
 
         try:
-            code, reply = smtp.data(mime)
+            code, reply = self._data(smtp, mime, while_waiting)
         except smtplib.SMTPDataError as exc:
             # The server refused the DATA command itself; the payload never went out.
             self._reset(smtp)
@@ -515,6 +528,24 @@ class SmtpSession:
         if not 200 <= code < 300:
             raise SmtpFailure("data", _kind_for_code(code), code, _one_line(reply), refused=refused)
         return SendResult(accepted=accepted, refused=refused, code=code, text=_one_line(reply), seconds=0.0)
+
+    def _data(self, smtp: smtplib.SMTP, mime: bytes, while_waiting: Callable[[], None] | None) -> tuple[int, bytes]:
+        """DATA as ``smtplib.SMTP.data`` does it (``mime`` already has CRLF line ends), with ``while_waiting``
+        run between sending the message and reading the final reply."""
+        code, reply = smtp.docmd("data")
+        if code != 354:
+            raise smtplib.SMTPDataError(code, reply)
+        payload = _LEADING_DOT_RE.sub(b"..", mime)
+        if not payload.endswith(b"\r\n"):
+            payload += b"\r\n"
+        smtp.send(payload + b".\r\n")
+        if while_waiting is not None:
+            try:
+                while_waiting()
+            except BaseException:
+                self._abort()  # the final reply is unread: this connection cannot carry another message
+                raise
+        return smtp.getreply()
 
     def _mail_options(self, smtp: smtplib.SMTP, mime: bytes, mail_from: str, rcpt_to: list[str]) -> list[str]:
         options: list[str] = []

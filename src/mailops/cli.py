@@ -588,8 +588,8 @@ def queue_list(
 ) -> None:
     """List messages in the outbox, newest first, with counts per state."""
     from .history import local_time
-    from .models import STATES
     from .outbox import Outbox
+    from .states import STATES
 
     if state and state not in STATES:
         raise UsageError(f"--state {state!r}: expected one of {', '.join(STATES)}")

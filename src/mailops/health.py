@@ -32,15 +32,14 @@ def record(conn: Connection, sender: str, ok: bool, now: float, error: str | Non
     """Store the outcome of a check or a delivery attempt as the sender's health."""
     import sqlalchemy as sa
 
-    from .models import SenderState
     from .store import insert_ignore
+    from .tables import SenderState
 
-    table = SenderState.__table__
-    insert_ignore(conn, table, {"sender": sender})
+    insert_ignore(conn, SenderState, {"sender": sender})
     values: dict[str, object] = {"healthy": ok, "checked_at": now}
     if error is not None:
         values["last_error"] = error
-    conn.execute(sa.update(table).where(table.c.sender == sender).values(**values))
+    conn.execute(sa.update(SenderState).where(SenderState.c.sender == sender).values(**values))
 
 
 def load(conn: Reader | Connection) -> dict[str, Health]:

@@ -154,10 +154,10 @@ def record_event(store: Store, kind: str, detail: str, now: float) -> None:
     """Keep an operator action (reset-counts, purge) on record."""
     import sqlalchemy as sa
 
-    from .models import Event
+    from .tables import Event
 
     with store.write() as conn:
-        conn.execute(sa.insert(Event.__table__).values(at=now, kind=kind, detail=detail))
+        conn.execute(sa.insert(Event).values(at=now, kind=kind, detail=detail))
 
 
 def local_time(ts: float | None, tz: ZoneInfo) -> str:

@@ -19,23 +19,13 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from . import tables
 from .config import DeliveryPolicy
-from .models import (
-    CANCELLED,
-    DEFERRED,
-    DUE_STATES,
-    FAILED,
-    QUEUED,
-    SENDING,
-    SENT,
-    STAGED,
-    Attempt,
-    Message,
-)
+from .states import CANCELLED, DEFERRED, DUE_STATES, FAILED, QUEUED, SENDING, SENT, STAGED
 from .store import Store, serialize
 
-MESSAGES = Message.__table__
-ATTEMPTS = Attempt.__table__
+MESSAGES = tables.Message
+ATTEMPTS = tables.Attempt
 STAGE_CHUNK = 500  # rows per staging transaction: bounded memory, short write locks
 
 # Hot-path statements, built once (constructing them costs more than running them).

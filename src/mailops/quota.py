@@ -21,13 +21,13 @@ from zoneinfo import ZoneInfo
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from . import tables
 from .config import Sender
 from .counters import period_keys, usage  # noqa: F401 - quota.usage: read by routing, send --dry-run, stats
-from .models import SenderState, Usage
 from .store import insert_ignore
 
-USAGE = Usage.__table__
-SENDER_STATE = SenderState.__table__
+USAGE = tables.Usage
+SENDER_STATE = tables.SenderState
 
 
 @dataclass(frozen=True)

@@ -8,13 +8,12 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from . import health, quota
+from . import health, quota, tables
 from .config import Config, Sender
 from .errors import UsageError
-from .models import RouteState
 from .store import insert_ignore
 
-ROUTE_STATE = RouteState.__table__
+ROUTE_STATE = tables.RouteState
 DEFAULT_ROUTE = "default"
 
 

@@ -17,10 +17,10 @@ from typing import Any
 from . import quota
 from .config import Config
 from .errors import InvalidBatchError
-from .models import STAGED
 from .outbox import Outbox
 from .prepare import PreparedMessage, RowProblem, SendRequest, check_request, prepare_messages
 from .routing import Plan
+from .states import STAGED
 from .store import Store
 
 MAX_PROBLEMS_SHOWN = 20

@@ -177,7 +177,10 @@ class _Worker(threading.Thread):
     def flush(self) -> None:
         """Write the pending outcome and reserve ahead, in one transaction; hand the result to the dispatcher."""
         pending, self.pending = self.pending, None
-        if pending is None and (self.holds_next() or not self.reserves_ahead or self.d.stopping()):
+        if pending is None and (
+            self.holds_next() or not self.reserves_ahead or self.d.stopping()
+            or (self.next_job is None and self.take_next() is None)
+        ):
             return  # nothing to write
         try:
             with self.d.store.write() as conn:
@@ -288,7 +291,9 @@ class Deliverer:
         self._deadline = self.clock() + max_seconds if max_seconds is not None else None
         claimed_total = 0
         in_flight: dict[int, _Job] = {}
-        max_in_flight = CLAIM_SIZE
+        # Enough claimed that every worker finds its next job queued (and can reserve for it ahead).
+        connections = sum(s.connections for s in self.config.senders.values() if s.active)
+        max_in_flight = max(CLAIM_SIZE, 6 * connections)
         exhausted_claims = False
         renew_at = self.clock() + self.config.delivery.lease / 3
         try:

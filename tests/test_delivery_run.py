@@ -146,6 +146,52 @@ def test_an_outcome_that_cannot_be_written_returns_its_message_and_the_run_goes_
     assert workspace.states() == {"sent": 4, "queued": 1}
 
 
+def test_a_write_that_fails_to_commit_reserves_nothing_ahead(workspace, srv, cli, monkeypatch):
+    # The transaction that records message 1 also reserves quota for message 3 (message 2 is with the
+    # server). If it fails to commit, message 3 must not go out on a reservation that was rolled back:
+    # the day's count must still cover every message the server received.
+    import contextlib
+
+    from mailops import outbox, quota, store
+
+    real_write, real_reserve, real_log = store.Store.write, quota.reserve, outbox.Outbox.log
+    state = {"reserved": False, "logged": False, "failed": False}
+
+    def reserve(*args, **kwargs):
+        state["reserved"] = True
+        return real_reserve(*args, **kwargs)
+
+    def log(*args, **kwargs):
+        state["logged"] = True
+        return real_log(*args, **kwargs)
+
+    @contextlib.contextmanager
+    def write(self):
+        state["reserved"] = state["logged"] = False
+        with real_write(self) as conn:
+            yield conn
+            if state["reserved"] and state["logged"] and not state["failed"]:
+                state["failed"] = True
+                raise RuntimeError("commit failed")  # rolls the whole transaction back
+
+    monkeypatch.setattr(quota, "reserve", reserve)
+    monkeypatch.setattr(outbox.Outbox, "log", staticmethod(log))
+    monkeypatch.setattr(store.Store, "write", write)
+    workspace.write_config(
+        {"sales": workspace.sender(srv, email="sales@example.com", password=PASSWORD, daily_limit=1000)},
+        routes={"default": "sales"},
+    )
+    data = workspace.csv("c.csv", [{"email": f"u{i}@example.org"} for i in range(5)])
+
+    summary = json.loads(cli("send", "--data", data, "--subject", "S", "--body", "B", "--json").stdout)
+
+    assert state["failed"]
+    assert summary["sent"] == 4 and summary["returned_to_queue"] == 1  # message 1: sent, not recorded
+    assert len(srv.messages) == 5
+    stats = json.loads(cli("stats", "--json").stdout)  # reads only: the patched writes play no part
+    assert stats[0]["sent_today"] == 5  # every message the server received was reserved
+
+
 def test_min_interval_paces_sends_without_deferring(workspace, srv, cli):
     workspace.write_config(
         {"sales": workspace.sender(srv, email="sales@example.com", password=PASSWORD, min_interval=0.3)},

@@ -161,18 +161,29 @@ class _Worker(threading.Thread):
         """True when the next job is taken and its quota reserved (so an outcome may wait for its write)."""
         return self.next_job is not None and self.next_job[1] is not None and not self.d.stopping()
 
-    def reserve_ahead(self, conn: Any) -> None:
-        """In the caller's write transaction: take the next queued job, if any, and reserve its quota."""
+    def reserve_ahead(self, conn: Any) -> quota.Reservation | None:
+        """In the caller's write transaction: take the next queued job, if any, and reserve its quota.
+
+        The caller hands the reservation to :meth:`keep_ahead` once the
+        transaction has committed (a rolled-back one reserved nothing).
+        """
         if not self.reserves_ahead or self.d.stopping():
-            return
+            return None
         if self.next_job is None and self.take_next() is None:
-            return
+            return None
         assert self.next_job is not None
         job, held = self.next_job
         if job is not None and held is None:
             ahead = quota.reserve(conn, self.sender, self.d.config.timezone, self.d.clock())
             if isinstance(ahead, quota.Reservation):  # blocked: the next turn reserves (and paces) as usual
-                self.next_job = (job, ahead)
+                return ahead
+        return None
+
+    def keep_ahead(self, ahead: quota.Reservation | None) -> None:
+        """Attach a committed reservation from :meth:`reserve_ahead` to the next job."""
+        if ahead is not None:
+            assert self.next_job is not None and self.next_job[0] is not None
+            self.next_job = (self.next_job[0], ahead)
 
     def flush(self) -> None:
         """Write the pending outcome and reserve ahead, in one transaction; hand the result to the dispatcher."""
@@ -185,11 +196,12 @@ class _Worker(threading.Thread):
         try:
             with self.d.store.write() as conn:
                 result = pending[1](conn) if pending is not None else None
-                self.reserve_ahead(conn)
+                ahead = self.reserve_ahead(conn)
         except BaseException as exc:
             if pending is not None:  # sent but not recorded: back to the queue (at-least-once)
                 self.d.results.put(_Result(pending[0], "returned", note=f"could not record an outcome: {exc}"))
             raise
+        self.keep_ahead(ahead)
         if result is not None:
             self.d.results.put(result)
 
@@ -556,8 +568,9 @@ class Deliverer:
             return None
         with self.store.write() as conn:
             outcome = record(conn)
-            if worker is not None:
-                worker.reserve_ahead(conn)
+            ahead = worker.reserve_ahead(conn) if worker is not None else None
+        if worker is not None:
+            worker.keep_ahead(ahead)
         return outcome
 
     def _record_sent(

@@ -279,6 +279,7 @@ class Deliverer:
         self._healths_at = 0.0
         self._exhausted: dict[str, quota.Blocked] = {}  # day/month quota reached: skip until it rolls over
         self._known_healthy: set[str] = set()
+        self._sender_addresses: dict[str, tuple[Address, list[Address] | None]] = {}
         self._deadline: float | None = None
 
     # ------------------------------------------------------------ dispatcher
@@ -316,12 +317,16 @@ class Deliverer:
                         want = max_in_flight - len(in_flight)
                         if limit is not None:
                             want = min(want, limit - claimed_total)
-                        batch = self.outbox.claim(self.worker_id, self.clock(), want, run_id=run_id)
-                        if len(batch) < want:
+                        jobs: list[_Job] = []
+
+                        def take_turns(conn: Any, batch: list[QueuedMessage]) -> None:
+                            jobs[:] = [_Job(msg) for msg in batch]
+                            self._take_turns(conn, jobs)
+
+                        self.outbox.claim(self.worker_id, self.clock(), want, run_id=run_id, then=take_turns)
+                        if len(jobs) < want:
                             exhausted_claims = True
-                        claimed_total += len(batch)
-                        jobs = [_Job(msg) for msg in batch]
-                        self._take_turns(jobs)
+                        claimed_total += len(jobs)
                         for job in jobs:
                             in_flight[job.msg.id] = job
                             self._dispatch(job, report, in_flight, progress)
@@ -405,19 +410,16 @@ class Deliverer:
         route = self.config.routes.get(msg.route or "")
         return route.strategy if route else msg.strategy
 
-    def _take_turns(self, jobs: list[_Job]) -> None:
-        """Give every round-robin job of a claimed chunk its turn with one write per route."""
+    def _take_turns(self, conn: Any, jobs: list[_Job]) -> None:
+        """Give every round-robin job of a claimed chunk its turn (in the claim's transaction)."""
         groups: dict[str, list[_Job]] = {}
         for job in jobs:
             if self._strategy(job.msg) == "round-robin" and len(job.msg.candidates) > 1:
                 groups.setdefault(routing.turn_key(job.msg.route, job.msg.candidates), []).append(job)
-        if not groups:
-            return
-        with self.store.write() as conn:
-            for key, members in groups.items():
-                first = routing.take_turns(conn, key, len(members))
-                for offset, job in enumerate(members):
-                    job.turn = first + offset
+        for key, members in groups.items():
+            first = routing.take_turns(conn, key, len(members))
+            for offset, job in enumerate(members):
+                job.turn = first + offset
 
     def _order(self, job: _Job) -> None:
         msg = job.msg
@@ -492,17 +494,22 @@ class Deliverer:
     def _mime_for(self, msg: QueuedMessage, sender: Sender) -> bytes:
         if sender.key == msg.nominal_sender:
             return msg.mime
-        from .compose import parse_address, rewrite_sender
+        from .compose import rewrite_sender
 
-        reply_to = None
-        if sender.reply_to:
-            reply_to = [parse_address(sender.reply_to, where=f"senders.{sender.key}.reply_to")]
-        return rewrite_sender(
-            msg.mime,
-            from_addr=Address(display_name=sender.display_name or "", addr_spec=sender.email),
-            reply_to=reply_to,
-            envelope_from=sender.email,
-        )
+        from_addr, reply_to = self._addresses_of(sender)
+        return rewrite_sender(msg.mime, from_addr=from_addr, reply_to=reply_to, envelope_from=sender.email)
+
+    def _addresses_of(self, sender: Sender) -> tuple[Address, list[Address] | None]:
+        """A sender's From and Reply-To as Address objects, built once (parsing them costs per message)."""
+        found = self._sender_addresses.get(sender.key)
+        if found is None:
+            from .compose import make_address, parse_address
+
+            reply_to = None
+            if sender.reply_to:
+                reply_to = [parse_address(sender.reply_to, where=f"senders.{sender.key}.reply_to")]
+            found = self._sender_addresses[sender.key] = (make_address(sender.display_name or "", sender.email), reply_to)
+        return found
 
     def _reserve(self, job: _Job, sender: Sender, session: SmtpSession) -> quota.Reservation | quota.Blocked | None:
         """Reserve quota, sleeping through short pacing waits; None when stopped while waiting."""

@@ -12,7 +12,7 @@ same Message-ID).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -192,8 +192,18 @@ class Outbox:
 
     # ------------------------------------------------------------ claim
 
-    def claim(self, worker: str, now: float, limit: int, run_id: str | None = None) -> list[QueuedMessage]:
-        """Atomically take up to ``limit`` due messages (or ones whose lease expired) for ``worker``."""
+    def claim(
+        self,
+        worker: str,
+        now: float,
+        limit: int,
+        run_id: str | None = None,
+        then: Callable[[Connection, list[QueuedMessage]], None] | None = None,
+    ) -> list[QueuedMessage]:
+        """Atomically take up to ``limit`` due messages (or ones whose lease expired) for ``worker``.
+
+        ``then(conn, messages)`` runs in the same transaction (one write lock instead of two).
+        """
         due = (MESSAGES.c.state.in_(DUE_STATES) & (MESSAGES.c.due_at <= now)) | (
             (MESSAGES.c.state == SENDING) & (MESSAGES.c.lease_until < now)
         )
@@ -209,8 +219,11 @@ class Outbox:
                 .values(state=SENDING, claimed_by=worker, lease_until=now + self.policy.lease, updated_at=now)
                 .returning(*_CLAIM_COLUMNS)
             ).all()
-        rows.sort(key=lambda r: r.id)
-        return [QueuedMessage.from_row(r) for r in rows]
+            rows.sort(key=lambda r: r.id)
+            messages = [QueuedMessage.from_row(r) for r in rows]
+            if then is not None:
+                then(conn, messages)
+        return messages
 
     def renew(self, worker: str, ids: list[int], now: float) -> None:
         """Extend the lease of messages this worker still holds."""

@@ -11,9 +11,11 @@ Numbers are printed, never asserted.
 from __future__ import annotations
 
 import argparse
+import atexit
 import csv
 import json
 import os
+import shutil
 import smtplib
 import socket
 import sqlite3
@@ -35,6 +37,13 @@ ENV = {**os.environ, "NO_COLOR": "1", "MAILOPS_PASSWORD_S0": "x", "MAILOPS_PASSW
        "MAILOPS_PASSWORD_S2": "x", "MAILOPS_PASSWORD_S3": "x"}
 
 
+def scratch(prefix: str) -> Path:
+    """A temporary folder removed when the benchmark exits (the log run alone writes a 240 MB database)."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -44,7 +53,7 @@ def free_port() -> int:
 @contextmanager
 def sink(delay_ms: float) -> Iterator[dict[str, Any]]:
     """Start bench/sink.py in its own process; yields {"port", "ca_file"}."""
-    folder = Path(tempfile.mkdtemp(prefix="mailops-sink-"))
+    folder = scratch("mailops-sink-")
     ready = folder / "ready.json"
     port = free_port()
     proc = subprocess.Popen([PY, str(HERE / "sink.py"), "--port", str(port), "--delay-ms", str(delay_ms),
@@ -149,7 +158,7 @@ def mailmerge_command() -> tuple[Path | None, str]:
 
 def loop_mailmerge(exe: Path, info: dict[str, Any], n: int) -> float:
     """mailmerge itself on the same rows: it reconnects, STARTTLS and logs in for every message."""
-    folder = Path(tempfile.mkdtemp(prefix="mailops-mailmerge-"))
+    folder = scratch("mailops-mailmerge-")
     write_csv(folder / "rows.csv", n)
     (folder / "template.txt").write_text(
         "TO: {{ name }} <{{ email }}>\nSUBJECT: Your {{ plan }} plan renews on {{ date }}\n"
@@ -169,7 +178,7 @@ def loop_mailmerge(exe: Path, info: dict[str, Any], n: int) -> float:
 
 
 def workdir(info: dict[str, Any], senders: int, connections: int, strategy: str = "round-robin") -> Path:
-    folder = Path(tempfile.mkdtemp(prefix="mailops-bench-"))
+    folder = scratch("mailops-bench-")
     (folder / "templates" / "renewal").mkdir(parents=True)
     (folder / "templates" / "renewal" / "subject.txt").write_text("Your {{ plan }} plan renews on {{ date }}\n")
     (folder / "templates" / "renewal" / "body.txt").write_text(

@@ -4,7 +4,8 @@ Run as its own process so the server does not share a GIL with the client being 
 
     python bench/sink.py --port 0 --delay-ms 20 --ready-file /tmp/sink.json
 
-It writes ``{"port": ..., "ca_file": ...}`` to the ready file once listening, and
+It writes its CA certificate next to the ready file and ``{"port": ..., "ca_file": ...}`` to the
+ready file once listening, and
 counts messages in ``--count-file`` on exit (SIGTERM).
 """
 
@@ -16,7 +17,6 @@ import json
 import logging
 import signal
 import ssl
-import tempfile
 import threading
 from pathlib import Path
 
@@ -54,8 +54,8 @@ def main() -> None:
 
     ca = trustme.CA()
     cert = ca.issue_cert("127.0.0.1")
-    folder = Path(tempfile.mkdtemp(prefix="mailops-bench-"))
-    ca_file = folder / "ca.pem"
+    # next to the ready file: the caller owns that folder and removes it when done
+    ca_file = args.ready_file.parent / "ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     cert.configure_cert(context)

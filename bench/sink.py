@@ -4,9 +4,9 @@ Run as its own process so the server does not share a GIL with the client being 
 
     python bench/sink.py --port 0 --delay-ms 20 --ready-file /tmp/sink.json
 
-It writes its CA certificate next to the ready file and ``{"port": ..., "ca_file": ...}`` to the
-ready file once listening, and
-counts messages in ``--count-file`` on exit (SIGTERM).
+It writes its CA certificate next to the ready file, ``{"port": ..., "ca_file": ...}``
+to the ready file once listening, and the message count to ``--count-file`` on
+exit (SIGTERM).
 """
 
 from __future__ import annotations

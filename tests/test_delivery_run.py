@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -251,3 +252,31 @@ def test_the_send_and_deliver_modules_import_neither_sqlmodel_nor_the_orm():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert (proc.returncode, proc.stdout) == (0, "[]\n"), proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("args", [["--help"], ["send", "--help"], ["queue", "list", "--json"]])
+def test_the_executable_leaves_without_teardown_but_with_all_its_output(workspace, srv, args):
+    # `mailops` ends with os._exit (no interpreter teardown). With output to a pipe and no
+    # PYTHONUNBUFFERED, what was written must still arrive whole, as from a normal exit.
+    workspace.write_config({"sales": workspace.sender(srv, email="sales@example.com", password=PASSWORD)})
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    via_exit = subprocess.run(
+        [sys.executable, "-m", "mailops", *args], capture_output=True, text=True, env=env, timeout=60
+    )
+    normal = subprocess.run(
+        [sys.executable, "-c", f"from mailops.cli import main; main({args!r})"],
+        capture_output=True, text=True, env=env, timeout=60,
+    )
+    assert via_exit.returncode == normal.returncode == 0, via_exit.stderr
+    assert via_exit.stdout == normal.stdout and via_exit.stdout.strip()
+
+
+def test_the_executable_keeps_the_exit_code_of_an_error(workspace):
+    # (and its one-line message: stderr is flushed before os._exit)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "mailops", "--config", str(workspace.root / "missing.yaml"), "stats"],
+        capture_output=True, text=True, env=env, timeout=60,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("mailops: error: ") and "missing.yaml" in proc.stderr

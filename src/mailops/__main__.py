@@ -1,5 +1,5 @@
 """``python -m mailops``."""
 
-from .cli import main
+from .cli import run
 
-main()
+run()

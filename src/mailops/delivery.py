@@ -185,13 +185,18 @@ class _Worker(threading.Thread):
             assert self.next_job is not None and self.next_job[0] is not None
             self.next_job = (self.next_job[0], ahead)
 
+    def _may_reserve_ahead(self) -> bool:
+        """True when a next job is (now) taken and still needs its reservation ahead."""
+        if not self.reserves_ahead or self.d.stopping() or self.holds_next():
+            return False
+        if self.next_job is None and self.take_next() is None:
+            return False
+        return self.next_job is not None and self.next_job[0] is not None  # None: the stop sentinel
+
     def flush(self) -> None:
         """Write the pending outcome and reserve ahead, in one transaction; hand the result to the dispatcher."""
         pending, self.pending = self.pending, None
-        if pending is None and (
-            self.holds_next() or not self.reserves_ahead or self.d.stopping()
-            or (self.next_job is None and self.take_next() is None)
-        ):
+        if pending is None and not self._may_reserve_ahead():
             return  # nothing to write
         try:
             with self.d.store.write() as conn:

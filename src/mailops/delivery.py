@@ -229,10 +229,8 @@ class _Worker(threading.Thread):
                 if job is None:
                     return
                 if self.d.stopping():
-                    self.flush()
-                    if held is not None:
-                        self.d._release(held)
-                    self.d.results.put(_Result(job, "returned"))
+                    self.flush_quietly()  # a failure hands the pending job back; this one goes back below
+                    self._give_back(job, held)
                     continue
                 try:
                     result = self.d._attempt(job, self.sender, self.session, held, self)
@@ -247,11 +245,20 @@ class _Worker(threading.Thread):
                 pass
             if self.next_job is not None:  # stop or internal error: hand it back, give its quota back
                 job, held = self.next_job
-                if held is not None:
-                    self.d._release(held)
+                self.next_job = None
                 if job is not None:
-                    self.d.results.put(_Result(job, "returned"))
+                    self._give_back(job, held)
             self.session.close()
+
+    def _give_back(self, job: _Job, held: quota.Reservation | None) -> None:
+        """Return an unsent job to the dispatcher and its reservation to the quota."""
+        try:
+            if held is not None:
+                self.d._release(held)
+        except Exception:  # noqa: BLE001, S110 - the database is failing: the count errs on the safe side
+            pass
+        finally:
+            self.d.results.put(_Result(job, "returned"))
 
 
 class Deliverer:

@@ -200,8 +200,9 @@ class _Worker(threading.Thread):
             return  # nothing to write
         try:
             with self.d.store.write() as conn:
-                result = pending[1](conn) if pending is not None else None
+                # Quota rows before sender_state (health), as every transaction takes them: no lock cycle on PostgreSQL.
                 ahead = self.reserve_ahead(conn)
+                result = pending[1](conn) if pending is not None else None
         except BaseException as exc:
             if pending is not None:  # sent but not recorded: back to the queue (at-least-once)
                 self.d.results.put(_Result(pending[0], "returned", note=f"could not record an outcome: {exc}"))
@@ -586,8 +587,8 @@ class Deliverer:
             worker.pending = (job, record)
             return None
         with self.store.write() as conn:
+            ahead = worker.reserve_ahead(conn) if worker is not None else None  # quota rows first, as in flush()
             outcome = record(conn)
-            ahead = worker.reserve_ahead(conn) if worker is not None else None
         if worker is not None:
             worker.keep_ahead(ahead)
         return outcome

@@ -21,19 +21,25 @@ def srv(smtp_server):
     return smtp_server(users={f"{k}@example.com": PASSWORD for k in ("sales", "a", "b", "c", "d")})
 
 
+def interrupted_send(srv, after: int, *args: str) -> tuple[subprocess.Popen[str], str, str]:
+    """Run ``mailops send`` in its own process and press Ctrl-C once the server has ``after`` messages."""
+    proc = popen_mailops("send", *args)
+    for _ in range(200):  # bounded wait until sending has started
+        if len(srv.messages) >= after:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    return proc, out, err
+
+
 def test_ctrl_c_stops_cleanly_prints_the_summary_and_loses_nothing(workspace, srv, cli):
     workspace.write_config(
         {"sales": workspace.sender(srv, email="sales@example.com", password=PASSWORD, min_interval=0.25)},
         routes={"default": "sales"},
     )
     data = workspace.csv("c.csv", [{"email": f"u{i}@example.org"} for i in range(40)])
-    proc = popen_mailops("send", "--data", data, "--subject", "S", "--body", "B")
-    for _ in range(100):  # bounded wait until sending has started
-        if len(srv.messages) >= 3:
-            break
-        time.sleep(0.1)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=30)
+    proc, out, err = interrupted_send(srv, 3, "--data", data, "--subject", "S", "--body", "B")
 
     assert proc.returncode == 1, err
     assert "Traceback" not in err
@@ -97,13 +103,7 @@ def test_ctrl_c_while_outcomes_are_written_during_the_next_send_loses_nothing(wo
         routes={"default": "sales"},
     )
     data = workspace.csv("c.csv", [{"email": f"u{i}@example.org"} for i in range(60)])
-    proc = popen_mailops("send", "--data", data, "--subject", "S", "--body", "B", "--json")
-    for _ in range(100):  # bounded wait until sending has started
-        if len(srv.messages) >= 5:
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=30)
+    proc, out, err = interrupted_send(srv, 5, "--data", data, "--subject", "S", "--body", "B", "--json")
 
     assert proc.returncode == 1, err
     assert "Traceback" not in err

@@ -117,6 +117,12 @@ MALFORMED = [
         "senders.sales.min_interval: must be a number (got '2s')",
     ),
     ("too many connections", sender_with("connections: 100"), "senders.sales.connections: must be at most 16 (got 100)"),
+    (
+        "two senders, one password variable",
+        SALES + "  Sales:\n    email: sales2@example.com\n    host: smtp.gmail.com\n",
+        "senders.Sales: takes its password from MAILOPS_PASSWORD_SALES, as sender 'sales' does "
+        "(the names differ only in case, '-', '.' or '_'); rename one of them",
+    ),
     ("active not a boolean", sender_with("active: maybe"), "senders.sales.active: must be true or false (got 'maybe')"),
     ("email not text", "senders:\n  sales:\n    email: 42\n    host: h\n", "senders.sales.email: must be text (got 42)"),
     (

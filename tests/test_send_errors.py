@@ -164,3 +164,25 @@ def test_bad_var_and_contradicting_options(setup, cli):
     assert bad_var.exit_code == 2 and "--var 'novalue': expected KEY=VALUE" in bad_var.stderr
     assert both.exit_code == 2 and len(both.stderr.strip().splitlines()) == 1
     assert srv.connections == 0
+
+
+def test_two_senders_sharing_a_password_variable_are_refused_before_anything_is_sent(setup, cli, monkeypatch):
+    # sales-eu and sales_eu both read MAILOPS_PASSWORD_SALES_EU: one of them would log in with the other's password.
+    workspace, srv = setup
+    monkeypatch.setenv("MAILOPS_PASSWORD_SALES_EU", PASSWORD)
+    workspace.write_config(
+        {
+            "sales-eu": workspace.sender(srv, email="sales@example.com", password=None),
+            "sales_eu": workspace.sender(srv, email="sales@example.com", password=None),
+        },
+        routes={"default": "sales-eu"},
+    )
+
+    result = cli("send", "--to", "a@example.com", "--subject", "S", "--body", "B")
+
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip().splitlines() == [
+        f"mailops: error: {workspace.config_path}: senders.sales_eu: takes its password from MAILOPS_PASSWORD_SALES_EU, "
+        "as sender 'sales-eu' does (the names differ only in case, '-', '.' or '_'); rename one of them"
+    ]
+    assert srv.connections == 0 and srv.messages == []

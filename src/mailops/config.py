@@ -513,11 +513,21 @@ def parse_config(data: Any, path: Path) -> Config:
     raw_senders = _as_mapping(top.get("senders"), path, "senders", "sender names to settings")
     if not raw_senders:
         raise ConfigError(f"{path}: senders: no senders defined; add at least one under 'senders:'")
+    from .secrets import password_env_var
+
     senders: dict[str, Sender] = {}
+    password_vars: dict[str, str] = {}
     for key, raw in raw_senders.items():
         if not SENDER_NAME_RE.match(key):
             raise ConfigError(
                 f"{path}: senders.{key}: a sender name may hold only letters, digits, '.', '_' and '-'; rename it"
+            )
+        # Two such names would read each other's password from the environment.
+        twin = password_vars.setdefault(password_env_var(key), key)
+        if twin != key:
+            raise ConfigError(
+                f"{path}: senders.{key}: takes its password from {password_env_var(key)}, as sender {twin!r} does "
+                "(the names differ only in case, '-', '.' or '_'); rename one of them"
             )
         settings = _as_mapping(raw, path, f"senders.{key}", "sender keys")
         _refuse_password(settings, path, f"senders.{key}", [key])

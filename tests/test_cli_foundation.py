@@ -453,6 +453,26 @@ def test_password_set_for_an_unknown_sender_is_one_line_exit_2(workspace, cli, i
     assert isolated_home.passwords() == {}
 
 
+def test_password_delete_of_a_misspelt_sender_is_one_line_exit_2(workspace, cli, isolated_home):
+    config = workspace.write_config({"sales": workspace.sender(None, password="pw-for-sales")})
+
+    result = cli("password", "delete", "slaes")
+
+    assert result.exit_code == 2
+    assert one_error_line(result) == f"mailops: error: {config}: unknown sender 'slaes'; known senders: sales"
+    assert isolated_home.passwords() == {"sales": "pw-for-sales"}
+
+
+def test_password_delete_cleans_up_a_sender_removed_from_the_config(workspace, cli, isolated_home):
+    workspace.write_config({"old": workspace.sender(None, email="old@example.com", password="pw-for-old")})
+    workspace.write_config({"sales": workspace.sender(None, password=None)})  # "old" is gone from senders.yaml
+
+    result = cli("password", "delete", "old")
+
+    assert (result.exit_code, result.stdout) == (0, "deleted the password of old from the keyring\n")
+    assert isolated_home.passwords() == {}
+
+
 def test_password_set_without_a_terminal_or_stdin_says_use_stdin(workspace, isolated_home):
     workspace.write_config({"sales": workspace.sender(None, password=None)})
 

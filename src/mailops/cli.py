@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
-from .errors import InvalidBatchError, MailopsError, UsageError
+from .errors import ConfigError, InvalidBatchError, MailopsError, UsageError
 
 if TYPE_CHECKING:
     from .config import Config
@@ -225,13 +225,19 @@ def password_set(
 
 @password_app.command("delete")
 def password_delete(sender: Annotated[str, typer.Argument(help="Sender name from senders.yaml.")]) -> None:
-    """Remove a sender's password from the system keyring."""
+    """Remove a sender's password from the system keyring (also of a sender no longer in senders.yaml)."""
     from . import secrets
 
     if secrets.delete_password(sender):
         _out(f"deleted the password of {sender} from the keyring")
-    else:
-        _out(f"no password of {sender} was in the keyring")
+        return
+    try:
+        config = _load_config()
+    except ConfigError:
+        config = None  # cleaning up the keyring must not need a usable senders.yaml
+    if config is not None:
+        config.sender(sender)  # nothing stored and not a sender: a typo; one line listing the senders, exit 2
+    _out(f"no password of {sender} was in the keyring")
 
 
 @password_app.command("status")

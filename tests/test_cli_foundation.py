@@ -966,3 +966,27 @@ def test_demo_runs_a_merge_and_shows_the_capture_and_the_log(tmp_path):
     log_part = out.split("log --limit 10", 1)[1]
     assert len(re.findall(r"│ sent +│ sales +│ renewal +│", log_part)) == 3
     assert len(list(mailbox.Maildir(folder / "maildir", create=False))) == 3
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["send", "--bogus"], "send: No such option: --bogus (Possible options: --body); see 'mailops send --help'"),
+        (["bogus-cmd"], "No such command 'bogus-cmd'; see 'mailops --help'"),
+        (["queue", "bogus"], "queue: No such command 'bogus'; see 'mailops queue --help'"),
+        (["password", "set"], "password set: Missing argument 'sender'; see 'mailops password set --help'"),
+        (["log", "--limit"], "Option '--limit' requires an argument; see 'mailops --help'"),
+    ],
+)
+def test_a_usage_error_is_one_line_exit_2(args, expected):
+    # A crontab typo reads like every other bad input: one line, exit 2 (not click's Usage/Try/Error block).
+    result = run_mailops(*args)
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == [f"mailops: error: {expected}"]
+    assert result.stdout == ""
+
+
+def test_mailops_alone_still_shows_the_help():
+    result = run_mailops()
+    assert result.exit_code == 2
+    assert "Usage: mailops [OPTIONS] COMMAND [ARGS]..." in result.stdout + result.stderr

@@ -18,6 +18,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
+from typer._click.exceptions import NoArgsIsHelpError  # Typer vendors click (0.26-0.29); it does not re-export these
+from typer._click.exceptions import UsageError as ClickUsageError
+from typer.core import TyperGroup
 
 from .errors import ConfigError, InvalidBatchError, MailopsError, UsageError
 
@@ -26,7 +29,35 @@ if TYPE_CHECKING:
     from .reader import Reader
     from .store import Store
 
+@contextmanager
+def _usage_errors_in_one_line() -> Iterator[None]:
+    """Click's own usage errors (unknown option or command, missing argument, bad value) become mailops'
+    one-line error with exit code 2, like every other bad input, instead of Usage/Try/Error lines."""
+    try:
+        yield
+    except NoArgsIsHelpError:
+        raise  # bare `mailops`: click shows the help
+    except ClickUsageError as exc:
+        path = exc.ctx.command_path if exc.ctx is not None else "mailops"
+        where = path.removeprefix("mailops").strip()
+        text = " ".join(exc.format_message().split()).rstrip(".")
+        raise UsageError(f"{where + ': ' if where else ''}{text}; see '{path} --help'") from None
+
+
+class _Commands(TyperGroup):
+    """The top-level command group; every sub-command is parsed and run through it."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> Any:  # noqa: D102
+        with _usage_errors_in_one_line():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx: Any) -> Any:  # noqa: D102
+        with _usage_errors_in_one_line():
+            return super().invoke(ctx)
+
+
 app = typer.Typer(
+    cls=_Commands,
     name="mailops",
     no_args_is_help=True,
     add_completion=False,

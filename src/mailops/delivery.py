@@ -161,53 +161,36 @@ class _Worker(threading.Thread):
         """True when the next job is taken and its quota reserved (so an outcome may wait for its write)."""
         return self.next_job is not None and self.next_job[1] is not None and not self.d.stopping()
 
-    def reserve_ahead(self, conn: Any) -> quota.Reservation | None:
-        """In the caller's write transaction: take the next queued job, if any, and reserve its quota.
-
-        The caller hands the reservation to :meth:`keep_ahead` once the
-        transaction has committed (a rolled-back one reserved nothing).
-        """
+    def _next_to_reserve(self) -> _Job | None:
+        """The next job (taken from the queue if none is held) when its quota should be reserved ahead now."""
         if not self.reserves_ahead or self.d.stopping():
             return None
         if self.next_job is None and self.take_next() is None:
             return None
         assert self.next_job is not None
         job, held = self.next_job
-        if job is not None and held is None:
-            ahead = quota.reserve(conn, self.sender, self.d.config.timezone, self.d.clock())
-            if isinstance(ahead, quota.Reservation):  # blocked: the next turn reserves (and paces) as usual
-                return ahead
-        return None
-
-    def keep_ahead(self, ahead: quota.Reservation | None) -> None:
-        """Attach a committed reservation from :meth:`reserve_ahead` to the next job."""
-        if ahead is not None:
-            assert self.next_job is not None and self.next_job[0] is not None
-            self.next_job = (self.next_job[0], ahead)
-
-    def _may_reserve_ahead(self) -> bool:
-        """True when a next job is (now) taken and still needs its reservation ahead."""
-        if not self.reserves_ahead or self.d.stopping() or self.holds_next():
-            return False
-        if self.next_job is None and self.take_next() is None:
-            return False
-        return self.next_job is not None and self.next_job[0] is not None  # None: the stop sentinel
+        return job if held is None else None  # job None: the stop sentinel
 
     def flush(self) -> None:
         """Write the pending outcome and reserve ahead, in one transaction; hand the result to the dispatcher."""
         pending, self.pending = self.pending, None
-        if pending is None and not self._may_reserve_ahead():
+        upcoming = self._next_to_reserve()
+        if pending is None and upcoming is None:
             return  # nothing to write
+        ahead = None
         try:
             with self.d.store.write() as conn:
                 # Quota rows before sender_state (health), as every transaction takes them: no lock cycle on PostgreSQL.
-                ahead = self.reserve_ahead(conn)
+                if upcoming is not None:
+                    ahead = quota.reserve(conn, self.sender, self.d.config.timezone, self.d.clock())
                 result = pending[1](conn) if pending is not None else None
         except BaseException as exc:
             if pending is not None:  # sent but not recorded: back to the queue (at-least-once)
                 self.d.results.put(_Result(pending[0], "returned", note=f"could not record an outcome: {exc}"))
             raise
-        self.keep_ahead(ahead)
+        # Only a committed reservation counts; a blocked one leaves the next turn to reserve (and pace) as usual.
+        if upcoming is not None and isinstance(ahead, quota.Reservation):
+            self.next_job = (upcoming, ahead)
         if result is not None:
             self.d.results.put(result)
 
@@ -234,16 +217,13 @@ class _Worker(threading.Thread):
                     self._give_back(job, held)
                     continue
                 try:
-                    result = self.d._attempt(job, self.sender, self.session, held, self)
+                    result = self.d._attempt(job, self, held)
                 except BaseException as exc:  # a bug must not strand the dispatcher; the lease brings it back
                     result = _Result(job, "returned", note=f"internal error: {exc!r}")
                 if result is not None:
                     self.d.results.put(result)
         finally:
-            try:
-                self.flush()
-            except BaseException:  # noqa: S110 - already reported as returned by flush()
-                pass
+            self.flush_quietly()
             if self.next_job is not None:  # stop or internal error: hand it back, give its quota back
                 job, held = self.next_job
                 self.next_job = None
@@ -547,22 +527,16 @@ class Deliverer:
         with self.store.write() as conn:
             quota.release(conn, held)
 
-    def _attempt(
-        self,
-        job: _Job,
-        sender: Sender,
-        session: SmtpSession,
-        reserved: quota.Reservation | None = None,
-        worker: _Worker | None = None,
-    ) -> _Result | None:
-        """Reserve (unless ``reserved``), send and record one job on ``sender`` (in the sender's worker thread).
+    def _attempt(self, job: _Job, worker: _Worker, reserved: quota.Reservation | None) -> _Result | None:
+        """Reserve (unless ``reserved``), send and record one job on the worker's sender (in its thread).
 
-        With a ``worker`` whose next job already holds its quota, a success is
-        not written here: it becomes the worker's pending outcome, written
-        while the next message is with the server, and None is returned.
+        A success is not written here: it becomes the worker's pending outcome,
+        written while the next message is with the server when that one already
+        holds its quota, else at once; its result reaches the dispatcher from
+        :meth:`_Worker.flush`, and None is returned.
         """
-        msg = job.msg
-        if reserved is None and worker is not None:
+        msg, sender, session = job.msg, worker.sender, worker.session
+        if reserved is None:
             worker.flush()  # never hold an outcome through a reservation, which may wait for pacing
         held = reserved if reserved is not None else self._reserve(job, sender, session)
         if held is None:
@@ -575,23 +549,17 @@ class Deliverer:
         started = time.monotonic()
         try:
             mime = self._mime_for(msg, sender)
-            result = session.send(
-                mime, sender.email, msg.pending_recipients, while_waiting=worker.flush_quietly if worker is not None else None
-            )
+            result = session.send(mime, sender.email, msg.pending_recipients, while_waiting=worker.flush_quietly)
         except SmtpFailure as failure:
-            if worker is not None:
-                worker.flush()
+            worker.flush()
             return self._record_failure(job, sender, held, failure, time.monotonic() - started)
-        record = functools.partial(self._record_sent, job, sender, result, time.monotonic() - started, self.clock())
-        if worker is not None and worker.holds_next():
-            worker.pending = (job, record)
-            return None
-        with self.store.write() as conn:
-            ahead = worker.reserve_ahead(conn) if worker is not None else None  # quota rows first, as in flush()
-            outcome = record(conn)
-        if worker is not None:
-            worker.keep_ahead(ahead)
-        return outcome
+        worker.pending = (
+            job,
+            functools.partial(self._record_sent, job, sender, result, time.monotonic() - started, self.clock()),
+        )
+        if not worker.holds_next():
+            worker.flush_quietly()  # a failure hands this job back with its note
+        return None
 
     def _record_sent(
         self, job: _Job, sender: Sender, result: SendResult, duration: float, now: float, conn: Any

@@ -523,10 +523,11 @@ def parse_config(data: Any, path: Path) -> Config:
                 f"{path}: senders.{key}: a sender name may hold only letters, digits, '.', '_' and '-'; rename it"
             )
         # Two such names would read each other's password from the environment.
-        twin = password_vars.setdefault(password_env_var(key), key)
+        variable = password_env_var(key)
+        twin = password_vars.setdefault(variable, key)
         if twin != key:
             raise ConfigError(
-                f"{path}: senders.{key}: takes its password from {password_env_var(key)}, as sender {twin!r} does "
+                f"{path}: senders.{key}: takes its password from {variable}, as sender {twin!r} does "
                 "(the names differ only in case, '-', '.' or '_'); rename one of them"
             )
         settings = _as_mapping(raw, path, f"senders.{key}", "sender keys")

@@ -26,7 +26,7 @@ STAMP = VENV / ".mailops-installed"
 
 def ensure_env() -> None:
     """Create .venv and install the package (editable) with test extras when pyproject.toml changed."""
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 - this file runs under any python3, before .venv exists
         sys.exit(f"mailops needs Python 3.11 or newer; this is {sys.version.split()[0]}")
     if not PYTHON.exists():
         print(f"creating {VENV}", flush=True)

@@ -25,11 +25,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from email.message import EmailMessage
 from email.utils import make_msgid
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 PY = sys.executable
@@ -209,7 +210,7 @@ def peak_rss(cmd: list[str], cwd: Path) -> tuple[float, int, str]:
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ENV, cwd=cwd)
     assert proc.stderr is not None
     err = proc.stderr.read().decode()
-    _, status, usage = os.wait4(proc.pid, 0)
+    _, _status, usage = os.wait4(proc.pid, 0)
     return time.perf_counter() - start, usage.ru_maxrss // 1024, err
 
 
@@ -227,9 +228,9 @@ def bench_send(n: int, delay_ms: float, senders: int, connections: int) -> float
 
 def table(title: str, header: list[str], body: list[list[Any]]) -> None:
     print(f"\n{title}")
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *body)]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *body, strict=True)]
     for line in [header, ["-" * w for w in widths], *body]:
-        print("  ".join(str(x).ljust(w) for x, w in zip(line, widths)))
+        print("  ".join(str(x).ljust(w) for x, w in zip(line, widths, strict=True)))
 
 
 def section_send(n: int, with_mailmerge: bool) -> None:
@@ -340,7 +341,7 @@ def section_log(n: int) -> None:
                         ("stats (7d)", ["stats", "--json"]),
                         ("stats --since 30d", ["stats", "--since", "30d", "--json"])]:
         results.append([label, f"{timed(base + args, repeat=3, cwd=folder):.3f}"])
-    results.append(["(mailops --version, process start)", f"{timed(base + ['--version'], repeat=3):.3f}"])
+    results.append(["(mailops --version, process start)", f"{timed([*base, '--version'], repeat=3):.3f}"])
     table(f"queries over {n:,} log rows (whole command, seconds)", ["command", "seconds"], results)
 
 

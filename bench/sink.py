@@ -32,14 +32,14 @@ class Sink:
         self.delay = delay
         self.count = 0
 
-    async def handle_DATA(self, server, session, envelope) -> str:  # noqa: ANN001 - aiosmtpd hook
+    async def handle_DATA(self, server, session, envelope) -> str:
         if self.delay:
             await asyncio.sleep(self.delay)
         self.count += 1
         return "250 2.0.0 OK"
 
 
-def _accept_any(server, session, envelope, mechanism, auth_data) -> AuthResult:  # noqa: ANN001
+def _accept_any(server, session, envelope, mechanism, auth_data) -> AuthResult:
     return AuthResult(success=True)
 
 

@@ -22,6 +22,7 @@ import json
 import os
 import threading
 from pathlib import Path
+from typing import ClassVar
 
 from keyring.backend import KeyringBackend
 from keyring.backends import fail
@@ -111,7 +112,7 @@ class HangingKeyring(KeyringBackend):
     outlives the test for long; the isolated-home fixture releases every instance.
     """
 
-    instances: list[HangingKeyring] = []
+    instances: ClassVar[list[HangingKeyring]] = []
 
     def __init__(self, hang_seconds: float = 10.0) -> None:
         super().__init__()

@@ -28,9 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from mailops import migrations
-
-from mailops import __version__
+from mailops import __version__, migrations
 from tests.fixtures_cli import CliResult, Workspace, popen_mailops, run_mailops
 from tests.smtp_servers import DEFAULT_PASSWORD, DEFAULT_USER, LocalSmtpServer
 

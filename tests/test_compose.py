@@ -5,7 +5,7 @@ from __future__ import annotations
 import email
 import email.header
 import email.policy
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.headerregistry import Address
 from email.message import EmailMessage
 from pathlib import Path
@@ -23,7 +23,7 @@ from mailops.compose import (
 )
 from mailops.errors import InputError
 
-DATE = datetime(2024, 5, 1, 9, 30, tzinfo=timezone.utc)
+DATE = datetime(2024, 5, 1, 9, 30, tzinfo=UTC)
 
 
 def addr(value: str) -> Address:

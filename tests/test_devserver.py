@@ -51,10 +51,12 @@ def test_message_lands_in_the_maildir_and_the_callback(tmp_path):
 
 def test_without_maildir_messages_are_only_reported(tmp_path):
     seen: list[CapturedMessage] = []
-    with CaptureServer(port=0, on_message=seen.append) as server:
-        with smtplib.SMTP(server.host, server.port, timeout=5) as client:
-            client.send_message(message("one"))
-            client.send_message(message("two"))
+    with (
+        CaptureServer(port=0, on_message=seen.append) as server,
+        smtplib.SMTP(server.host, server.port, timeout=5) as client,
+    ):
+        client.send_message(message("one"))
+        client.send_message(message("two"))
     assert [c.subject for c in seen] == ["one", "two"]
     assert all(c.maildir_key is None for c in seen)
     assert list(tmp_path.iterdir()) == []
@@ -75,9 +77,11 @@ def test_callback_failure_does_not_lose_the_message(tmp_path):
     def broken(captured: CapturedMessage) -> None:
         raise RuntimeError("display broke")
 
-    with CaptureServer(port=0, maildir=tmp_path / "m", on_message=broken) as server:
-        with smtplib.SMTP(server.host, server.port, timeout=5) as client:
-            client.send_message(message())
+    with (
+        CaptureServer(port=0, maildir=tmp_path / "m", on_message=broken) as server,
+        smtplib.SMTP(server.host, server.port, timeout=5) as client,
+    ):
+        client.send_message(message())
     assert len(mailbox.Maildir(tmp_path / "m")) == 1
 
 

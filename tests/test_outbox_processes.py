@@ -95,7 +95,7 @@ def test_451_twice_then_accepted_on_the_third_attempt_with_growing_delays(worksp
     assert workspace.states() == {"sent": 1}
     assert len(srv.messages) == 1
     assert dues == pytest.approx([0.5, 1.0], abs=0.05)  # doubling backoff
-    attempts = [r for r in reversed(log_json(cli))]
+    attempts = list(reversed(log_json(cli)))
     assert [(r["outcome"], r["smtp_code"]) for r in attempts] == [("deferred", 451), ("deferred", 451), ("sent", 250)]
     shown = json.loads(cli("queue", "show", "1", "--json").stdout)
     assert shown["message"]["attempts"] == 3 and len(shown["attempts"]) == 3

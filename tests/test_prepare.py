@@ -7,7 +7,7 @@ import email.policy
 import hashlib
 import json
 import types
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -25,7 +25,7 @@ from mailops.prepare import (
     prepare_messages,
 )
 
-NOW = datetime(2024, 5, 1, 23, 30, tzinfo=timezone.utc)  # already 2 May in Bangkok
+NOW = datetime(2024, 5, 1, 23, 30, tzinfo=UTC)  # already 2 May in Bangkok
 
 CONFIG = """
 timezone: Asia/Bangkok

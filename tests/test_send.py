@@ -223,7 +223,7 @@ def test_batch_key_rerun_skips_rows_already_sent(workspace, srv, cli):
     rows = [{"email": f"u{i}@example.org"} for i in range(3)]
     data = workspace.csv("c.csv", rows)
     assert cli("send", "--data", data, "--subject", "S", "--body", "B", "--batch", "nov").exit_code == 0
-    data = workspace.csv("c.csv", rows + [{"email": "new@example.org"}])
+    data = workspace.csv("c.csv", [*rows, {"email": "new@example.org"}])
 
     again = cli("send", "--data", data, "--subject", "S", "--body", "B", "--batch", "nov")
 

@@ -148,7 +148,7 @@ def test_skip_invalid_sends_the_good_rows_and_reports_the_bad(setup, cli):
 
 
 def test_header_injection_in_subject_option_is_refused(setup, cli):
-    workspace, srv = setup
+    _workspace, srv = setup
 
     result = cli("send", "--to", "a@example.com", "--subject", "Hi\r\nBcc: evil@example.org", "--body", "B")
 
@@ -158,7 +158,7 @@ def test_header_injection_in_subject_option_is_refused(setup, cli):
 
 
 def test_bad_var_and_contradicting_options(setup, cli):
-    workspace, srv = setup
+    _workspace, srv = setup
     bad_var = cli("send", "--to", "a@example.com", "--subject", "S", "--body", "B", "--var", "novalue")
     both = cli("send", "--to", "a@example.com", "--template", "renewal", "--subject", "S")
     assert bad_var.exit_code == 2 and "--var 'novalue': expected KEY=VALUE" in bad_var.stderr

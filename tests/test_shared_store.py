@@ -60,7 +60,7 @@ def _rows(workspace, n: int, name: str = "c.csv"):
 
 
 def _no_db_errors(procs, outputs) -> None:
-    for proc, (_out, err) in zip(procs, outputs):
+    for proc, (_out, err) in zip(procs, outputs, strict=True):
         assert proc.returncode in (0, 1), err
         assert not any(word in err for word in DB_ERRORS), err
 

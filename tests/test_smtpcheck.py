@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -92,7 +92,7 @@ def test_stalling_server_fails_after_the_timeout(stalling_server):
 
 def test_implicit_tls_with_a_real_test_message(smtp_server):
     server = smtp_server(mode="ssl")
-    now = datetime(2025, 3, 1, 9, 30, tzinfo=timezone.utc)
+    now = datetime(2025, 3, 1, 9, 30, tzinfo=UTC)
     sender = make_sender(server, display_name="Sales Team", reply_to="help@example.com")
     result = check_sender(sender, DEFAULT_PASSWORD, send_to="ops@example.org", now=now)
     assert result.ok, result

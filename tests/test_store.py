@@ -22,7 +22,6 @@ from sqlalchemy.engine import Connection
 from mailops import migrations, models, tables
 from mailops.errors import StoreError
 from mailops.store import Store, mask_url
-
 from tests.fixtures_cli import run_mailops
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

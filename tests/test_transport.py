@@ -396,9 +396,11 @@ def test_non_ascii_body_is_sent_as_8bitmime(smtp_server):
 
 def test_send_needs_a_recipient(smtp_server):
     server = smtp_server()
-    with SmtpSession(make_sender(server), DEFAULT_PASSWORD) as session:
-        with pytest.raises(ValueError, match="at least one recipient"):
-            session.send(mime(), "sales@example.com", [])
+    with (
+        SmtpSession(make_sender(server), DEFAULT_PASSWORD) as session,
+        pytest.raises(ValueError, match="at least one recipient"),
+    ):
+        session.send(mime(), "sales@example.com", [])
     assert server.connections == 0
 
 
@@ -502,9 +504,8 @@ def test_while_waiting_is_not_called_when_the_transaction_fails_first(smtp_serve
     server = smtp_server()
     server.rcpt_hook = lambda address: "550 5.1.1 no such user"
     calls = []
-    with SmtpSession(make_sender(server), DEFAULT_PASSWORD) as session:
-        with pytest.raises(SmtpFailure):
-            session.send(mime(), "sales@example.com", [RCPT], while_waiting=lambda: calls.append(1))
+    with SmtpSession(make_sender(server), DEFAULT_PASSWORD) as session, pytest.raises(SmtpFailure):
+        session.send(mime(), "sales@example.com", [RCPT], while_waiting=lambda: calls.append(1))
     assert calls == []
 
 

@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from typer._click.exceptions import NoArgsIsHelpError  # Typer vendors click (0.26-0.29); it does not re-export these
@@ -47,11 +47,11 @@ def _usage_errors_in_one_line() -> Iterator[None]:
 class _Commands(TyperGroup):
     """The top-level command group; every sub-command is parsed and run through it."""
 
-    def make_context(self, *args: Any, **kwargs: Any) -> Any:  # noqa: D102
+    def make_context(self, *args: Any, **kwargs: Any) -> Any:
         with _usage_errors_in_one_line():
             return super().make_context(*args, **kwargs)
 
-    def invoke(self, ctx: Any) -> Any:  # noqa: D102
+    def invoke(self, ctx: Any) -> Any:
         with _usage_errors_in_one_line():
             return super().invoke(ctx)
 
@@ -166,7 +166,7 @@ def _version(value: bool) -> None:
 @app.callback()
 def root(
     config: Annotated[
-        Optional[str],
+        str | None,
         typer.Option("--config", "-c", metavar="PATH", help="senders.yaml to use (else $MAILOPS_CONFIG, ./senders.yaml, user config dir)."),
     ] = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors (never local variables).")] = False,
@@ -202,7 +202,7 @@ def init(
 def dev_server(
     host: Annotated[str, typer.Option(help="Address to bind; keep loopback unless you mean to expose it.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8025,
-    maildir: Annotated[Optional[Path], typer.Option(help="Store every message in this Maildir.")] = None,
+    maildir: Annotated[Path | None, typer.Option(help="Store every message in this Maildir.")] = None,
 ) -> None:
     """Run a local capture SMTP server for trying templates and routes safely (Ctrl-C stops it)."""
     from .devserver import CaptureServer, serve_forever
@@ -341,9 +341,9 @@ def _show_check(result: Any) -> None:
 
 @app.command("test-smtp")
 def test_smtp(
-    senders: Annotated[Optional[list[str]], typer.Argument(help="Senders to test (default: every active sender).")] = None,
+    senders: Annotated[list[str] | None, typer.Argument(help="Senders to test (default: every active sender).")] = None,
     all_: Annotated[bool, typer.Option("--all", help="Test every sender, inactive ones too.")] = False,
-    send_to: Annotated[Optional[str], typer.Option("--send-to", help="Also send a real test message to ADDR.")] = None,
+    send_to: Annotated[str | None, typer.Option("--send-to", help="Also send a real test message to ADDR.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Connect, negotiate TLS, log in (and optionally send) for each sender; record its health."""
@@ -495,25 +495,25 @@ def _show_previews(previews: list[Any]) -> None:
 
 @app.command()
 def send(
-    route: Annotated[Optional[str], typer.Option("--route", "-r", help="Route (purpose) that picks the sender; default: the 'default' route.")] = None,
-    sender: Annotated[Optional[str], typer.Option("--sender", "-s", help="Send from this sender, bypassing routing.")] = None,
-    to: Annotated[Optional[list[str]], typer.Option("--to", help="Recipient (repeatable); 'Name <addr>' allowed.")] = None,
-    group: Annotated[Optional[list[str]], typer.Option("--group", "-g", help="Recipient group from senders.yaml (repeatable).")] = None,
-    data: Annotated[Optional[Path], typer.Option("--data", "-d", help="CSV/JSON/YAML file: one message per row.")] = None,
+    route: Annotated[str | None, typer.Option("--route", "-r", help="Route (purpose) that picks the sender; default: the 'default' route.")] = None,
+    sender: Annotated[str | None, typer.Option("--sender", "-s", help="Send from this sender, bypassing routing.")] = None,
+    to: Annotated[list[str] | None, typer.Option("--to", help="Recipient (repeatable); 'Name <addr>' allowed.")] = None,
+    group: Annotated[list[str] | None, typer.Option("--group", "-g", help="Recipient group from senders.yaml (repeatable).")] = None,
+    data: Annotated[Path | None, typer.Option("--data", "-d", help="CSV/JSON/YAML file: one message per row.")] = None,
     to_column: Annotated[str, typer.Option("--to-column", help="Data column holding the recipient address.")] = "email",
-    cc: Annotated[Optional[list[str]], typer.Option("--cc", help="Cc recipient (repeatable).")] = None,
-    bcc: Annotated[Optional[list[str]], typer.Option("--bcc", help="Bcc recipient (repeatable; never shown in headers).")] = None,
-    reply_to: Annotated[Optional[str], typer.Option("--reply-to", help="Reply-To address (default: the sender's reply_to).")] = None,
-    template: Annotated[Optional[str], typer.Option("--template", "-t", help="Template folder name under templates/.")] = None,
-    subject: Annotated[Optional[str], typer.Option("--subject", help="Subject (Jinja) when not using --template.")] = None,
-    body: Annotated[Optional[str], typer.Option("--body", help="Plain-text body (Jinja).")] = None,
-    body_file: Annotated[Optional[Path], typer.Option("--body-file", help="File with the plain-text body (Jinja).")] = None,
-    var: Annotated[Optional[list[str]], typer.Option("--var", help="Template variable KEY=VALUE (repeatable).")] = None,
-    attach: Annotated[Optional[list[Path]], typer.Option("--attach", help="Attach this file to every message (repeatable).")] = None,
-    batch: Annotated[Optional[str], typer.Option("--batch", help="Batch key: a re-run skips rows already sent or queued under it.")] = None,
+    cc: Annotated[list[str] | None, typer.Option("--cc", help="Cc recipient (repeatable).")] = None,
+    bcc: Annotated[list[str] | None, typer.Option("--bcc", help="Bcc recipient (repeatable; never shown in headers).")] = None,
+    reply_to: Annotated[str | None, typer.Option("--reply-to", help="Reply-To address (default: the sender's reply_to).")] = None,
+    template: Annotated[str | None, typer.Option("--template", "-t", help="Template folder name under templates/.")] = None,
+    subject: Annotated[str | None, typer.Option("--subject", help="Subject (Jinja) when not using --template.")] = None,
+    body: Annotated[str | None, typer.Option("--body", help="Plain-text body (Jinja).")] = None,
+    body_file: Annotated[Path | None, typer.Option("--body-file", help="File with the plain-text body (Jinja).")] = None,
+    var: Annotated[list[str] | None, typer.Option("--var", help="Template variable KEY=VALUE (repeatable).")] = None,
+    attach: Annotated[list[Path] | None, typer.Option("--attach", help="Attach this file to every message (repeatable).")] = None,
+    batch: Annotated[str | None, typer.Option("--batch", help="Batch key: a re-run skips rows already sent or queued under it.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate, render and check quotas; connect to nothing, queue nothing.")] = False,
     preview: Annotated[int, typer.Option("--preview", help="Print the first N rendered messages.", min=0)] = 0,
-    limit: Annotated[Optional[int], typer.Option("--limit", help="Send at most N messages (the first N rows).", min=1)] = None,
+    limit: Annotated[int | None, typer.Option("--limit", help="Send at most N messages (the first N rows).", min=1)] = None,
     skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="Send the valid rows and report the invalid ones.")] = False,
     queue_only: Annotated[bool, typer.Option("--queue-only", help="Validate and queue, send nothing now; 'mailops deliver' (cron) sends.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
@@ -596,8 +596,8 @@ def send(
 
 @app.command()
 def deliver(
-    limit: Annotated[Optional[int], typer.Option("--limit", help="Send at most N messages.", min=1)] = None,
-    max_seconds: Annotated[Optional[float], typer.Option("--max-seconds", help="Stop claiming new messages after S seconds.", min=0)] = None,
+    limit: Annotated[int | None, typer.Option("--limit", help="Send at most N messages.", min=1)] = None,
+    max_seconds: Annotated[float | None, typer.Option("--max-seconds", help="Stop claiming new messages after S seconds.", min=0)] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors (for cron).")] = False,
 ) -> None:
@@ -618,9 +618,9 @@ def deliver(
 
 @queue_app.command("list")
 def queue_list(
-    state: Annotated[Optional[str], typer.Option("--state", help="queued, sending, sent, deferred, failed or cancelled.")] = None,
-    batch: Annotated[Optional[str], typer.Option("--batch", help="Only this batch.")] = None,
-    sender: Annotated[Optional[str], typer.Option("--sender", help="Only this sender.")] = None,
+    state: Annotated[str | None, typer.Option("--state", help="queued, sending, sent, deferred, failed or cancelled.")] = None,
+    batch: Annotated[str | None, typer.Option("--batch", help="Only this batch.")] = None,
+    sender: Annotated[str | None, typer.Option("--sender", help="Only this sender.")] = None,
     limit: Annotated[int, typer.Option("--limit", help="At most N rows.", min=1)] = 50,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
@@ -707,8 +707,8 @@ def _one_target(message: int | None, batch: str | None, all_: bool | None = None
 
 @queue_app.command("retry")
 def queue_retry(
-    message: Annotated[Optional[int], typer.Argument(help="Message id.")] = None,
-    batch: Annotated[Optional[str], typer.Option("--batch", help="Every message of this batch.")] = None,
+    message: Annotated[int | None, typer.Argument(help="Message id.")] = None,
+    batch: Annotated[str | None, typer.Option("--batch", help="Every message of this batch.")] = None,
     all_: Annotated[bool, typer.Option("--all", help="Every deferred or failed message.")] = False,
 ) -> None:
     """Make deferred or failed messages due now ('mailops deliver' then sends them)."""
@@ -722,8 +722,8 @@ def queue_retry(
 
 @queue_app.command("cancel")
 def queue_cancel(
-    message: Annotated[Optional[int], typer.Argument(help="Message id.")] = None,
-    batch: Annotated[Optional[str], typer.Option("--batch", help="Every unsent message of this batch.")] = None,
+    message: Annotated[int | None, typer.Argument(help="Message id.")] = None,
+    batch: Annotated[str | None, typer.Option("--batch", help="Every unsent message of this batch.")] = None,
 ) -> None:
     """Cancel messages that are not sent yet (in-flight ones cannot be cancelled)."""
     from .outbox import Outbox
@@ -755,7 +755,7 @@ def queue_purge(
 
 @app.command("reset-counts")
 def reset_counts(
-    senders: Annotated[Optional[list[str]], typer.Argument(help="Senders whose counters to reset.")] = None,
+    senders: Annotated[list[str] | None, typer.Argument(help="Senders whose counters to reset.")] = None,
     all_: Annotated[bool, typer.Option("--all", help="Every sender.")] = False,
     period: Annotated[str, typer.Option("--period", help="day, month or all.")] = "day",
 ) -> None:
@@ -789,12 +789,12 @@ def reset_counts(
 
 @app.command()
 def log(
-    sender: Annotated[Optional[str], typer.Option("--sender", help="Only this sender.")] = None,
-    route: Annotated[Optional[str], typer.Option("--route", help="Only this route.")] = None,
-    status: Annotated[Optional[str], typer.Option("--status", help="sent, partial, deferred, failed or skipped.")] = None,
-    to: Annotated[Optional[str], typer.Option("--to", help="Only attempts to this recipient (substring).")] = None,
-    batch: Annotated[Optional[str], typer.Option("--batch", help="Only this batch.")] = None,
-    since: Annotated[Optional[str], typer.Option("--since", help="24h, 7d or a date like 2026-11-01.")] = None,
+    sender: Annotated[str | None, typer.Option("--sender", help="Only this sender.")] = None,
+    route: Annotated[str | None, typer.Option("--route", help="Only this route.")] = None,
+    status: Annotated[str | None, typer.Option("--status", help="sent, partial, deferred, failed or skipped.")] = None,
+    to: Annotated[str | None, typer.Option("--to", help="Only attempts to this recipient (substring).")] = None,
+    batch: Annotated[str | None, typer.Option("--batch", help="Only this batch.")] = None,
+    since: Annotated[str | None, typer.Option("--since", help="24h, 7d or a date like 2026-11-01.")] = None,
     limit: Annotated[int, typer.Option("--limit", help="At most N rows, newest first.", min=1)] = 50,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:

@@ -29,7 +29,7 @@ import mimetypes
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.headerregistry import Address, BaseHeader, HeaderRegistry
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
@@ -364,7 +364,7 @@ def build_message(
     """Compose one message; Bcc goes only into the envelope. InputError (naming ``where``) for bad input."""
     check_header_text(subject, where=f"{where}: subject")
     if date.tzinfo is None:  # a naive time would serialize as "-0000" (unknown zone)
-        date = date.replace(tzinfo=timezone.utc)
+        date = date.replace(tzinfo=UTC)
 
     headers: list[tuple[str, _Folded]] = [("From", _cached_address_value("From", _key([from_addr])))]
     if reply_to:

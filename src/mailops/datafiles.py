@@ -46,7 +46,7 @@ def _kind(path: Path) -> str:
 def _open_text(path: Path) -> IO[str]:
     try:
         # newline="" lets the csv module handle newlines inside quoted values.
-        return open(path, encoding="utf-8-sig", newline="")  # noqa: SIM115 - closed by the row generator
+        return open(path, encoding="utf-8-sig", newline="")  # closed by the row generator
     except FileNotFoundError:
         raise InputError(f"{path}: no such file; check the --data path") from None
     except IsADirectoryError:
@@ -152,7 +152,7 @@ def _csv_values(path: Path, header: list[str], record: list[str], number: int, d
         record = record[: len(header)]
     elif len(record) < len(header):
         record = record + [""] * (len(header) - len(record))
-    return dict(zip(header, record))
+    return dict(zip(header, record, strict=True))
 
 
 def _csv_rows(path: Path) -> Iterator[DataRow]:

@@ -12,6 +12,7 @@ with backoff; a message no candidate may send now is deferred until it may.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import queue
@@ -197,10 +198,8 @@ class _Worker(threading.Thread):
     def flush_quietly(self) -> None:
         """:meth:`flush` while a message is with the server: a failure must not abort that message's
         transaction (the pending job was handed back already; the next write meets the problem again)."""
-        try:
+        with contextlib.suppress(Exception):  # reported through the returned job's note
             self.flush()
-        except Exception:  # noqa: BLE001, S110 - reported through the returned job's note
-            pass
 
     def run(self) -> None:
         try:
@@ -218,7 +217,8 @@ class _Worker(threading.Thread):
                     continue
                 try:
                     result = self.d._attempt(job, self, held)
-                except BaseException as exc:  # a bug must not strand the dispatcher; the lease brings it back
+                # a bug must not strand the dispatcher; the lease brings the message back
+                except BaseException as exc:  # noqa: BLE001 - reported as the job's note
                     result = _Result(job, "returned", note=f"internal error: {exc!r}")
                 if result is not None:
                     self.d.results.put(result)
@@ -236,7 +236,7 @@ class _Worker(threading.Thread):
         try:
             if held is not None:
                 self.d._release(held)
-        except Exception:  # noqa: BLE001, S110 - the database is failing: the count errs on the safe side
+        except Exception:  # noqa: BLE001 - the database is failing: the count errs on the safe side
             pass
         finally:
             self.d.results.put(_Result(job, "returned"))
@@ -312,7 +312,7 @@ class Deliverer:
                             want = min(want, limit - claimed_total)
                         jobs: list[_Job] = []
 
-                        def take_turns(conn: Any, batch: list[QueuedMessage]) -> None:
+                        def take_turns(conn: Any, batch: list[QueuedMessage], jobs: list[_Job] = jobs) -> None:
                             jobs[:] = [_Job(msg) for msg in batch]
                             self._take_turns(conn, jobs)
 

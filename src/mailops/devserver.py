@@ -15,12 +15,13 @@ import mailbox
 import socket
 import ssl
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from email import policy
 from email.parser import BytesHeaderParser
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session

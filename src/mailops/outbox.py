@@ -101,10 +101,7 @@ class QueuedMessage:
 
 _CLAIM_COLUMNS = [
     MESSAGES.c[name]
-    for name in (
-        "id run_id batch route strategy candidates nominal_sender envelope_from recipients subject template "
-        "message_id mime attempts created_at first_attempt_at recipient_status"
-    ).split()
+    for name in ["id", "run_id", "batch", "route", "strategy", "candidates", "nominal_sender", "envelope_from", "recipients", "subject", "template", "message_id", "mime", "attempts", "created_at", "first_attempt_at", "recipient_status"]
 ]
 
 
@@ -350,7 +347,7 @@ class Outbox:
         """Number of messages per state."""
         with self.store.read() as conn:
             rows = conn.execute(sa.select(MESSAGES.c.state, sa.func.count()).group_by(MESSAGES.c.state))
-            return {state: n for state, n in rows}
+            return dict(rows.all())
 
     def get(self, msg_id: int) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
         """One message with its attempts, or None."""

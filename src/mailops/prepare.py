@@ -15,7 +15,7 @@ import itertools
 import json
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.headerregistry import Address
 from pathlib import Path
 from typing import Any
@@ -232,7 +232,7 @@ def prepare_messages(
     """
     check_request(request, config)
     if now.tzinfo is None:
-        now = now.replace(tzinfo=timezone.utc)
+        now = now.replace(tzinfo=UTC)
     template = _load(request, config)
     cc = _addresses(request.cc, "--cc")
     bcc = _addresses(request.bcc, "--bcc")

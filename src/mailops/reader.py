@@ -59,7 +59,7 @@ def _bind(sql: str, params: dict[str, Any], pyformat: bool) -> tuple[str, dict[s
         value = params[name]
         if isinstance(value, (list, tuple)):
             names = [f"{name}__{i}" for i in range(len(value))]
-            bound.update(zip(names, value))
+            bound.update(zip(names, value, strict=True))
             return ", ".join(placeholder(n) for n in names) or "NULL"  # IN (NULL) matches nothing, like IN ()
         bound[name] = value
         return placeholder(name)
@@ -97,7 +97,7 @@ class Reader:
     def all(self, sql: str, **params: Any) -> list[dict[str, Any]]:
         """Every row of a query, each as ``{column: value}`` in the query's column order."""
         names, rows = self._execute(*_bind(sql, params, self._pyformat))
-        return [dict(zip(names, row)) for row in rows]
+        return [dict(zip(names, row, strict=True)) for row in rows]
 
     def close(self) -> None:
         """Close the reader's own connection (nothing for one made by :meth:`over`)."""

@@ -260,7 +260,7 @@ def _run_password_command(sender: Sender) -> str:
     timeout = _seconds_from_env(COMMAND_TIMEOUT_ENV, DEFAULT_COMMAND_TIMEOUT)
     what = f"password_command of sender {sender.key!r} ({command!r})"
     try:
-        proc = subprocess.Popen(  # noqa: S602 - shell on purpose, as msmtp's passwordeval
+        proc = subprocess.Popen(  # shell on purpose, as msmtp's passwordeval
             command,
             shell=True,
             stdin=subprocess.DEVNULL,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 
@@ -75,7 +75,7 @@ def build_test_message(sender: Sender, send_to: str, now: datetime | None = None
     message["From"] = sender.from_header
     message["To"] = send_to
     message["Subject"] = f"mailops test message from {sender.key}"
-    message["Date"] = format_datetime(now or datetime.now(timezone.utc))
+    message["Date"] = format_datetime(now or datetime.now(UTC))
     message["Message-ID"] = make_msgid(domain=sender.domain)
     if sender.reply_to:
         message["Reply-To"] = sender.reply_to

@@ -19,14 +19,15 @@ Safety rules kept here:
 
 from __future__ import annotations
 
+import contextlib
 import re
 import smtplib
 import socket
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Callable
 
 from .config import Sender
 
@@ -221,7 +222,7 @@ class SmtpSession:
         except SmtpFailure:
             self.steps.append((name, time.monotonic() - start, False))
             raise
-        except Exception as exc:  # classified into SmtpFailure, anything unexpected re-raised below
+        except Exception as exc:  # noqa: BLE001 - classified into SmtpFailure, anything unexpected re-raised
             self.steps.append((name, time.monotonic() - start, False))
             failure = self._classify(exc, name)
         else:
@@ -574,10 +575,8 @@ class SmtpSession:
         """Drop the connection without a QUIT (it is already broken or unusable)."""
         smtp, self._smtp = self._smtp, None
         if smtp is not None:
-            try:
+            with contextlib.suppress(OSError):
                 smtp.close()
-            except OSError:
-                pass
 
     def close(self) -> None:
         """Say QUIT and close the connection; never raises."""
@@ -591,10 +590,8 @@ class SmtpSession:
         except (smtplib.SMTPException, OSError):
             pass
         finally:
-            try:
+            with contextlib.suppress(OSError):
                 smtp.close()
-            except OSError:
-                pass
 
     def __enter__(self) -> SmtpSession:
         return self

@@ -103,13 +103,67 @@ def test_parse_address_forms() -> None:
         ("bob@", "There must be something after the @-sign."),
         ("bob", "An email address must have an @-sign."),
         ("Bob <bob@localhost>", "The part after the @-sign is not valid. It should have a period."),
-        ("a@b.com, c@d.com", "The part after the @-sign contains invalid characters: ',', '@', SPACE."),
+        ("Jane <jane@>", "There must be something after the @-sign."),
     ],
 )
 def test_parse_address_invalid(value: str, reason: str) -> None:
     with pytest.raises(InputError) as info:
         parse_address(value, where="customers.csv row 3: column 'email'")
     assert str(info.value) == f"customers.csv row 3: column 'email': {value!r} is not a valid email address: {reason}"
+
+
+NOT_ONE = (
+    "is not exactly one address (a second address, text after '>' or an unbalanced quote or bracket); "
+    "write it as 'Name <user@example.com>' or 'user@example.com'"
+)
+
+
+# CVE-2023-27043: Python 3.11.7's parseaddr takes the first address of each, other readers the second.
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("alice@example.com <bob@evil.com>", NOT_ONE),
+        ("Evil <a@example.com> <b@evil.com>", NOT_ONE),
+        ('a@example.com"<b@evil.com>', NOT_ONE),
+        ("Jane <jane@example.com> and more", NOT_ONE),
+        ("Jane <jane@example.com", NOT_ONE),
+        ("team: a@example.com, b@example.com;", NOT_ONE),
+        ("Jane <@relay.example:jane@example.com>", "is not a valid email address: There must be something before the @-sign."),
+        ("a@example.com, b@example.com", "holds more than one address; give each address its own entry"),
+        ("a@example.com,", "holds more than one address; give each address its own entry"),
+    ],
+)
+def test_parse_address_refuses_anything_but_one_address(value: str, problem: str) -> None:
+    with pytest.raises(InputError) as info:
+        parse_address(value, where="senders.yaml: groups.team[0]")
+    assert str(info.value) == f"senders.yaml: groups.team[0]: {value!r} {problem}"
+
+
+def test_parse_address_says_to_quote_a_display_name_with_a_comma() -> None:
+    with pytest.raises(InputError) as info:
+        parse_address("Müller, Jürgen <jm@example.com>", where="senders.yaml: groups.team[1]")
+    assert str(info.value) == (
+        "senders.yaml: groups.team[1]: 'Müller, Jürgen <jm@example.com>': a display name with a comma must be "
+        "in double quotes; write '\"Müller, Jürgen\" <jm@example.com>'"
+    )
+    assert addr('"Müller, Jürgen" <jm@example.com>') == Address("Müller, Jürgen", "jm", "example.com")
+
+
+def test_parse_address_takes_harmless_forms_as_the_header_parser_does() -> None:
+    assert addr("J. R. Doe <jane@example.com>") == Address("J. R. Doe", "jane", "example.com")
+    assert addr("Jane (Sales) <jane@example.com>") == Address("Jane", "jane", "example.com")
+    assert addr("jane@example.com (Jane)") == Address("", "jane", "example.com")
+    assert addr('"" <jane@example.com>') == Address("", "jane", "example.com")
+
+
+def test_parse_address_without_display_name() -> None:
+    assert parse_address(" sales@example.com ", where="x", display_name=False).addr_spec == "sales@example.com"
+    with pytest.raises(InputError) as info:
+        parse_address("Sales <sales@example.com>", where="senders.yaml: senders.s.email", display_name=False)
+    assert str(info.value) == (
+        "senders.yaml: senders.s.email: 'Sales <sales@example.com>': only the address belongs here; "
+        "put the display name under 'name'"
+    )
 
 
 @pytest.mark.parametrize("value", ["a@example.com\r\nBcc: x@example.com", "Jo\n <a@example.com>", "a@example.com\0"])

@@ -156,8 +156,8 @@ MALFORMED = [
     (
         "email with a display name",
         "senders:\n  sales:\n    email: Sales <sales@example.com>\n    host: h\n",
-        "senders.sales.email: 'Sales <sales@example.com>' is not a valid email address: A display name and angle "
-        "brackets around the email address are not permitted here.",
+        "senders.sales.email: 'Sales <sales@example.com>': only the address belongs here; put the display name "
+        "under 'name'",
     ),
     (
         "invalid reply_to",
@@ -249,6 +249,43 @@ MALFORMED = [
         SALES + "groups:\n  finance-team:\n    - Dana <dana@example.com>\n    - accounts-payable\n",
         "groups.finance-team[1]: 'accounts-payable' is not a valid email address: An email address must have an "
         "@-sign.",
+    ),
+    # CVE-2023-27043: one parser for config and send; an entry is exactly one address
+    (
+        "group entry with a second address after it",
+        SALES + "groups:\n  team:\n    - alice@example.com <bob@evil.com>\n",
+        "groups.team[0]: 'alice@example.com <bob@evil.com>' is not exactly one address (a second address, text "
+        "after '>' or an unbalanced quote or bracket); write it as 'Name <user@example.com>' or 'user@example.com'",
+    ),
+    (
+        "group entry with two angle-addrs",
+        SALES + "groups:\n  team:\n    - ok@example.com\n    - Evil <a@example.com> <b@evil.com>\n",
+        "groups.team[1]: 'Evil <a@example.com> <b@evil.com>' is not exactly one address (a second address, text "
+        "after '>' or an unbalanced quote or bracket); write it as 'Name <user@example.com>' or 'user@example.com'",
+    ),
+    (
+        "group entry with a stray quote",
+        SALES + "groups:\n  team:\n    - 'a@example.com\"<b@evil.com>'\n",
+        "groups.team[0]: 'a@example.com\"<b@evil.com>' is not exactly one address (a second address, text "
+        "after '>' or an unbalanced quote or bracket); write it as 'Name <user@example.com>' or 'user@example.com'",
+    ),
+    (
+        "group entry with two addresses",
+        SALES + "groups:\n  team:\n    - a@example.com, b@example.com\n",
+        "groups.team[0]: 'a@example.com, b@example.com' holds more than one address; give each address its own entry",
+    ),
+    (
+        "group entry with an unquoted comma in the name",
+        SALES + "groups:\n  team:\n    - Müller, Jürgen <jm@example.com>\n",
+        "groups.team[0]: 'Müller, Jürgen <jm@example.com>': a display name with a comma must be in double quotes; "
+        "write '\"Müller, Jürgen\" <jm@example.com>'",
+    ),
+    (
+        "reply_to with a second address",
+        sender_with("reply_to: Sales <sales@example.com> <bob@evil.com>"),
+        "senders.sales.reply_to: 'Sales <sales@example.com> <bob@evil.com>' is not exactly one address (a second "
+        "address, text after '>' or an unbalanced quote or bracket); write it as 'Name <user@example.com>' or "
+        "'user@example.com'",
     ),
     ("group not a list", SALES + "groups:\n  finance-team: 42\n", "groups.finance-team: must be a non-empty list of addresses"),
     ("group empty", SALES + "groups:\n  finance-team: []\n", "groups.finance-team: must be a non-empty list of addresses"),

@@ -48,7 +48,6 @@ from .errors import InputError
 
 # CR, LF, NUL and every other character str.splitlines() treats as a line break.
 _HEADER_BREAK_RE = re.compile("[\r\n\0\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
-_QUOTED_PAIR_RE = re.compile(r"\\(.)")
 
 
 class _CachedHeaderRegistry(HeaderRegistry):
@@ -211,18 +210,6 @@ def check_header_text(value: str, *, where: str) -> str:
     return value
 
 
-def _split_display_name(value: str) -> tuple[str, str]:
-    """Split ``Name <addr>`` into name and address; a bare address has an empty name."""
-    if value.endswith(">") and "<" in value:
-        at = value.rfind("<")
-        name = value[:at].strip()
-        addr = value[at + 1 : -1].strip()
-        if len(name) >= 2 and name[0] == name[-1] == '"':
-            name = _QUOTED_PAIR_RE.sub(r"\1", name[1:-1])
-        return name.strip(), addr
-    return "", value
-
-
 def _library_addr_spec(addr: str) -> str:
     # allow_smtputf8=False: a non-ASCII local part needs SMTPUTF8 end to end, which we do not rely on;
     # non-ASCII domains are fine, they become IDNA (xn--) below.
@@ -276,15 +263,91 @@ def _validated_addr_spec(addr: str) -> str:
     return _library_addr_spec(addr)
 
 
-def parse_address(value: str, *, where: str) -> Address:
-    """Parse ``Jane Doe <jane@x.com>`` or ``jane@x.com``; InputError naming ``where`` if it is not a valid address.
+# An address with none of these characters is one addr-spec or nothing: no display name, no quoting,
+# no comment, no second address. Such values (a data file's email column) skip the header parser.
+_BARE_ADDRESS_RE = re.compile(r'[^\s<>()\[\]",;:\\]+')
+# "Müller, Jürgen <a@b.c>": an unquoted display name with a comma, which reads as two entries.
+_UNQUOTED_COMMA_NAME_RE = re.compile(r'\s*([^"<>@]*,[^"<>@]*?)\s*<([^<>"]*)>\s*')
+# "Name <addr>" in shape (a quoted or plain name, one angle-addr at the end): when such an entry is refused,
+# a bad address inside the brackets gets email-validator's own explanation.
+_NAME_ANGLE_ADDR_RE = re.compile(r'\s*(?:"[^"]*"|[^"<>]*)\s*<([^<>]*)>\s*')
+# Harmless defects: "J. Doe" is obsolete syntax every reader takes as meant; a non-ASCII local part
+# is refused below by email-validator, with its own message.
+_TOLERATED_DEFECTS = ("period in 'phrase'", "local-part contains non-ASCII characters)")
 
-    Display names are taken as written (non-ASCII allowed, quotes removed); the
-    address itself is checked by email-validator, not a regex.
+
+def _one_mailbox(text: str) -> tuple[str, str] | str:
+    """(display name, addr-spec) of the single mailbox ``text`` holds, or a phrase saying why it is not one.
+
+    This is the strict reading CPython gives ``email.utils.getaddresses(...,
+    strict=True)`` since 3.11.10/3.12.6 (CVE-2023-27043), which Python 3.11.7
+    lacks: its ``parseaddr`` takes ``alice@example.com <bob@evil.com>`` as
+    alice@ while other readers, and the message's own To header, take bob@.
+    We use the header parser of ``email.headerregistry`` (the one that reads
+    the headers we write) and accept only an entry it reads as exactly one
+    mailbox with no invalid parts: no second address, no text after the
+    angle-addr, no group, no unbalanced quote or bracket.
+    """
+    from email import _header_value_parser as parser
+
+    try:
+        address_list, rest = parser.get_address_list(text)
+    except (parser.errors.HeaderParseError, IndexError, ValueError):
+        return "not_one"
+    separators = [t for t in address_list if t.token_type == "list-separator"]
+    if rest or separators or len(address_list.addresses) > 1:
+        return "several"
+    if len(address_list.addresses) != 1 or address_list.addresses[0][0].token_type != "mailbox":
+        return "not_one"
+    if any(str(defect) not in _TOLERATED_DEFECTS for defect in address_list.all_defects):
+        return "not_one"
+    mailbox = address_list.addresses[0][0]
+    return mailbox.display_name or "", mailbox.addr_spec or ""
+
+
+def _not_one_address(value: str, text: str, where: str, problem: str) -> InputError:
+    comma_name = _UNQUOTED_COMMA_NAME_RE.fullmatch(text)
+    if comma_name:
+        name, addr = comma_name.groups()
+        return InputError(
+            f"{where}: {value!r}: a display name with a comma must be in double quotes; "
+            f"write '\"{name}\" <{addr.strip()}>'"
+        )
+    in_brackets = _NAME_ANGLE_ADDR_RE.fullmatch(text)
+    if in_brackets:
+        try:
+            _validated_addr_spec(in_brackets.group(1).strip())
+        except EmailNotValidError as exc:
+            return InputError(f"{where}: {value!r} is not a valid email address: {exc}")
+    if problem == "several":
+        return InputError(f"{where}: {value!r} holds more than one address; give each address its own entry")
+    return InputError(
+        f"{where}: {value!r} is not exactly one address (a second address, text after '>' or an unbalanced "
+        "quote or bracket); write it as 'Name <user@example.com>' or 'user@example.com'"
+    )
+
+
+def parse_address(value: str, *, where: str, display_name: bool = True) -> Address:
+    """Parse ``Jane Doe <jane@x.com>`` or ``jane@x.com``; InputError naming ``where`` if it is not one valid address.
+
+    The one address parser of mailops: config validation (sender addresses,
+    reply_to, groups), ``send`` options, groups and data files all use it, so
+    what the config accepts is exactly what is sent. An entry must hold exactly
+    one address (see ``_one_mailbox``); the address itself is checked by
+    email-validator, not a regex. ``display_name=False`` refuses a display name
+    (a sender's ``email`` key).
     """
     check_header_text(value, where=where)
     text = value.strip()
-    name, addr = _split_display_name(text)
+    if _BARE_ADDRESS_RE.fullmatch(text):
+        name, addr = "", text
+    else:
+        found = _one_mailbox(text)
+        if isinstance(found, str):
+            raise _not_one_address(value, text, where, found)
+        name, addr = found
+        if not display_name and (name or "<" in text):
+            raise InputError(f"{where}: {value!r}: only the address belongs here; put the display name under 'name'")
     try:
         addr_spec = _validated_addr_spec(addr)
     except EmailNotValidError as exc:

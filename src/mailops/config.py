@@ -311,21 +311,19 @@ def _validate(model: type[BaseModel], data: Any, path: Path, prefix: tuple[Any, 
         raise ConfigError(f"{path}: {where}: {_describe(first, model)}") from None
 
 
-def _check_address(value: str, path: Path, where: str, allow_display_name: bool = False) -> str:
-    from email.utils import parseaddr
+def _check_address(value: str, path: Path, where: str, display_name: bool = True) -> str:
+    """The address ``value`` holds as mail will carry it (IDNA domain), or ConfigError naming file and key.
 
-    from email_validator import EmailNotValidError, validate_email
+    The same parser as ``send`` (``compose.parse_address``), so what passes
+    here is exactly what is sent.
+    """
+    from .compose import parse_address
+    from .errors import InputError
 
-    addr = value
-    if allow_display_name:
-        addr = parseaddr(value)[1] or value
-    if any(ch in value for ch in "\r\n\0"):
-        raise ConfigError(f"{path}: {where}: line breaks are not allowed in an address")
     try:
-        validate_email(addr, check_deliverability=False)
-    except EmailNotValidError as exc:
-        raise ConfigError(f"{path}: {where}: {value!r} is not a valid email address: {exc}") from None
-    return value
+        return parse_address(value, where=f"{path}: {where}", display_name=display_name).addr_spec
+    except InputError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _as_mapping(value: Any, path: Path, where: str, what: str) -> dict[str, Any]:
@@ -356,9 +354,9 @@ def _build_sender(key: str, merged: dict[str, Any], base: Path, path: Path) -> S
     for required in ("email", "host"):
         if getattr(fields, required) in (None, ""):
             raise ConfigError(f"{path}: {where}.{required}: required key is missing; add it (or put it in defaults)")
-    email = _check_address(fields.email, path, f"{where}.email")
+    email = _check_address(fields.email, path, f"{where}.email", display_name=False)
     if fields.reply_to:
-        _check_address(fields.reply_to, path, f"{where}.reply_to", allow_display_name=True)
+        _check_address(fields.reply_to, path, f"{where}.reply_to")
     security = fields.security or "starttls"
     if fields.allow_plaintext_auth and security != "none":
         raise ConfigError(
@@ -383,7 +381,7 @@ def _build_sender(key: str, merged: dict[str, Any], base: Path, path: Path) -> S
         host=fields.host,
         port=pick("port", DEFAULT_PORTS[security]),
         security=security,
-        username=pick("username", email),
+        username=pick("username", fields.email.strip()),
         display_name=fields.name,
         auth=pick("auth", True),
         allow_plaintext_auth=pick("allow_plaintext_auth", False),
@@ -462,7 +460,7 @@ def _build_groups(raw: Any, path: Path) -> dict[str, tuple[str, ...]]:
         for index, member in enumerate(members):
             if not isinstance(member, str):
                 raise ConfigError(f"{path}: groups.{name}[{index}]: must be an address (got {member!r})")
-            _check_address(member, path, f"groups.{name}[{index}]", allow_display_name=True)
+            _check_address(member, path, f"groups.{name}[{index}]")
         groups[name] = tuple(members)
     return groups
 

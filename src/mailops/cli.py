@@ -882,23 +882,20 @@ def stats(
 @db_app.command("status")
 def db_status(json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """Show the database URL (password masked), schema version and row counts."""
-    from .store import Store, mask_url
+    from .dburl import mask_url
+    from .store import Store
 
     config = _load_config()
     store = Store(config.database_url)  # no automatic migration: status reports what is pending
     _OPEN_STORES.append(store)
-    info = {
-        "url": mask_url(config.database_url),
-        "schema": store.schema_version(),
-        "pending_migrations": store.pending_migrations(),
-        "rows": store.row_counts() if not store.pending_migrations() else {},
-    }
+    url, schema, pending = mask_url(config.database_url), store.schema_version(), store.pending_migrations()
+    rows = store.row_counts() if not pending else {}
     if json_out:
-        _print_json(info)
+        _print_json({"url": url, "schema": schema, "pending_migrations": pending, "rows": rows})
         return
-    _out(f"database: {info['url']}")
-    _out(f"schema: {info['schema'] or '(blank)'}" + (f"; pending: {', '.join(info['pending_migrations'])} (run 'mailops db upgrade')" if info["pending_migrations"] else ""))
-    for table, n in info["rows"].items():
+    _out(f"database: {url}")
+    _out(f"schema: {schema or '(blank)'}" + (f"; pending: {', '.join(pending)} (run 'mailops db upgrade')" if pending else ""))
+    for table, n in rows.items():
         _out(f"  {table}: {n}")
 
 

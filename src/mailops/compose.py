@@ -87,7 +87,8 @@ class _Policy(email.policy.EmailPolicy):
         """Write a pre-folded value line by line; anything else as the default policy does."""
         if isinstance(value, _Folded):
             return name + ": " + self.linesep.join(value.split("\n")) + self.linesep
-        return super().fold(name, value)
+        folded: str = super().fold(name, value)
+        return folded
 
     def fold_binary(self, name: str, value: Any) -> bytes:
         """As ``fold``, for the bytes generator (a pre-folded value is pure ASCII)."""
@@ -506,7 +507,7 @@ def _plain_text_message(headers: list[tuple[str, _Folded]], text: str) -> bytes:
     return "".join(out).encode("ascii")
 
 
-_MAX_BODY_LINE = _POLICY.max_line_length
+_MAX_BODY_LINE: int = _POLICY.max_line_length or 78  # the policy keeps the default, 78; None (no limit) is never set
 
 
 def _encode_text_body(text: str) -> tuple[str, str]:

@@ -13,7 +13,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -21,6 +21,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import ConfigError
 from .paths import config_candidates, user_data_dir
+
+if TYPE_CHECKING:
+    from pydantic_core import ErrorDetails
 
 Security = Literal["starttls", "ssl", "none"]
 Strategy = Literal["failover", "round-robin", "random", "least-used"]
@@ -265,7 +268,7 @@ def _keypath(*parts: Any) -> str:
     return out
 
 
-def _describe(error: dict[str, Any], model: type[BaseModel]) -> str:
+def _describe(error: ErrorDetails, model: type[BaseModel]) -> str:
     """One phrase for one pydantic error, written for an operator rather than a programmer."""
     kind = error["type"]
     given = error.get("input")

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from .devserver import CaptureServer
+from .devserver import CapturedMessage, CaptureServer
 from .scaffold import write_template
 
 DEMO_ROWS = """\
@@ -73,10 +73,8 @@ def run_demo(directory: Path, echo: Callable[[str], None] = print) -> int:
     data.write_text(DEMO_ROWS, encoding="utf-8")
     received: list[str] = []
 
-    def on_message(msg: object) -> None:
-        received.append(
-            f"  captured: {msg.mail_from} -> {', '.join(msg.rcpt_tos)}: {msg.subject}"  # type: ignore[attr-defined]
-        )
+    def on_message(msg: CapturedMessage) -> None:
+        received.append(f"  captured: {msg.mail_from} -> {', '.join(msg.rcpt_tos)}: {msg.subject}")
 
     base = [sys.executable, "-m", "mailops", "--config", str(config)]
     # the subprocesses' output is captured, so tell Rich how wide the real terminal is

@@ -20,7 +20,8 @@ class DoctorReport:
 def run_doctor(config: Config) -> DoctorReport:
     """Check config, routes, groups, templates, keyring, passwords and the database."""
     from . import secrets
-    from .store import Store, mask_url
+    from .dburl import mask_url
+    from .store import Store
 
     report = DoctorReport()
     active = [s for s in config.senders.values() if s.active]

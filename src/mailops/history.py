@@ -141,7 +141,7 @@ def sender_stats(db: Reader, config: Config, since: float, now: float) -> list[d
                 "monthly_usage_pct": round(100 * month / sender.monthly_limit, 1) if sender.monthly_limit else None,
                 "attempts": tried,
                 "success_rate": round(100 * ok / tried, 1) if tried else None,
-                "avg_response_s": round(durations[key], 3) if durations.get(key) is not None else None,
+                "avg_response_s": round(d, 3) if (d := durations.get(key)) is not None else None,
                 "last_error": h.last_error if h else None,
                 "health": "unknown" if h is None or h.healthy is None else ("healthy" if h.healthy else "unhealthy"),
                 "checked_at": h.checked_at if h else None,

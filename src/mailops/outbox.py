@@ -11,6 +11,7 @@ same Message-ID).
 
 from __future__ import annotations
 
+import builtins  # Outbox.list shadows list in the class body's annotations
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -107,7 +108,7 @@ _CLAIM_COLUMNS = [
 
 def retry_delay(failures: int, policy: DeliveryPolicy) -> float:
     """Seconds to wait after the ``failures``-th temporary failure: doubling from retry_initial up to retry_max."""
-    return min(policy.retry_initial * (2 ** max(failures - 1, 0)), policy.retry_max)
+    return min(policy.retry_initial * (2.0 ** max(failures - 1, 0)), policy.retry_max)
 
 
 class Outbox:
@@ -210,13 +211,15 @@ class Outbox:
         ids = sa.select(MESSAGES.c.id).where(due).order_by(MESSAGES.c.due_at, MESSAGES.c.id).limit(limit)
         ids = ids.with_for_update(skip_locked=True)
         with self.store.write() as conn:
-            rows = conn.execute(
-                sa.update(MESSAGES)
-                .where(MESSAGES.c.id.in_(ids.scalar_subquery()))
-                .values(state=SENDING, claimed_by=worker, lease_until=now + self.policy.lease, updated_at=now)
-                .returning(*_CLAIM_COLUMNS)
-            ).all()
-            rows.sort(key=lambda r: r.id)
+            rows = sorted(
+                conn.execute(
+                    sa.update(MESSAGES)
+                    .where(MESSAGES.c.id.in_(ids.scalar_subquery()))
+                    .values(state=SENDING, claimed_by=worker, lease_until=now + self.policy.lease, updated_at=now)
+                    .returning(*_CLAIM_COLUMNS)
+                ),
+                key=lambda r: r.id,
+            )
             messages = [QueuedMessage.from_row(r) for r in rows]
             if then is not None:
                 then(conn, messages)
@@ -349,7 +352,7 @@ class Outbox:
             rows = conn.execute(sa.select(MESSAGES.c.state, sa.func.count()).group_by(MESSAGES.c.state))
             return dict(rows.all())
 
-    def get(self, msg_id: int) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+    def get(self, msg_id: int) -> tuple[dict[str, Any], builtins.list[dict[str, Any]]] | None:
         """One message with its attempts, or None."""
         with self.store.read() as conn:
             row = conn.execute(sa.select(MESSAGES).where(MESSAGES.c.id == msg_id)).first()
@@ -378,7 +381,7 @@ class Outbox:
                 .values(state=QUEUED, due_at=now, updated_at=now, first_attempt_at=None, reason=None)
             ).rowcount
 
-    def release_quota_deferred(self, sender_keys: list[str], now: float) -> int:
+    def release_quota_deferred(self, sender_keys: builtins.list[str], now: float) -> int:
         """After a counter reset: messages deferred only for quota on these senders become due now."""
         cond = sa.or_(*[MESSAGES.c.candidates.contains(f'"{key}"', autoescape=True) for key in sender_keys])
         with self.store.write() as conn:

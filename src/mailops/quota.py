@@ -23,7 +23,8 @@ from sqlalchemy.engine import Connection
 
 from . import tables
 from .config import Sender
-from .counters import period_keys, usage  # noqa: F401 - quota.usage: read by routing, send --dry-run, stats
+from .counters import period_keys
+from .counters import usage as usage  # re-exported: routing, send --dry-run and stats read quota.usage
 from .store import insert_ignore
 
 USAGE = tables.Usage
@@ -183,7 +184,7 @@ def reset(
     # "day:" sorts first, as reserve() takes it, and the old counts reported are the ones really zeroed.
     locked = sa.select(USAGE.c.sender, USAGE.c.period, USAGE.c.count).where(cond)
     locked = locked.order_by(USAGE.c.sender, USAGE.c.period).with_for_update()
-    rows = [tuple(r) for r in conn.execute(locked) if r.count > 0]
+    rows = [(sender, key, n) for sender, key, n in conn.execute(locked) if n > 0]
     conn.execute(sa.update(USAGE).where(cond & (USAGE.c.count > 0)).values(count=0))
     if period in ("day", "all"):
         # min_interval pacing is a rate, not a count; a reset lets the next message go at once.

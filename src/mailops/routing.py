@@ -72,7 +72,7 @@ def take_turns(conn: Connection, route_key: str, count: int) -> int:
     One write per claimed chunk instead of one per message; turns stay shared by every process.
     """
     insert_ignore(conn, ROUTE_STATE, {"route": route_key, "counter": 0})
-    last = conn.execute(
+    last: int = conn.execute(
         sa.update(ROUTE_STATE)
         .where(ROUTE_STATE.c.route == route_key)
         .values(counter=ROUTE_STATE.c.counter + count)

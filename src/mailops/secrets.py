@@ -137,13 +137,14 @@ def _bounded(func: Callable[[], _T], doing: str, env_var: str) -> _T:
         if _stuck is not None and _stuck.is_alive():
             raise SecretError(_no_answer(timeout, doing, env_var))
         _stuck = None
-    outcome: dict[str, object] = {}
+    values: list[_T] = []
+    errors: list[Exception] = []
 
     def target() -> None:
         try:
-            outcome["value"] = func()
+            values.append(func())
         except Exception as exc:  # handed to the caller's thread below
-            outcome["error"] = exc
+            errors.append(exc)
 
     thread = threading.Thread(target=target, name="mailops-keyring", daemon=True)
     thread.start()
@@ -152,9 +153,9 @@ def _bounded(func: Callable[[], _T], doing: str, env_var: str) -> _T:
         with _stuck_lock:
             _stuck = thread
         raise SecretError(_no_answer(timeout, doing, env_var))
-    if "error" in outcome:
-        raise outcome["error"]  # type: ignore[misc]
-    return outcome["value"]  # type: ignore[return-value]
+    if errors:
+        raise errors[0]
+    return values[0]
 
 
 def _judge(backend: KeyringBackend, env_var: str) -> BackendInfo:

@@ -231,8 +231,12 @@ def insert_ignore(conn: Connection, table: sa.Table, rows: list[dict[str, Any]] 
     stmt = _INSERT_IGNORE.get(key)
     if stmt is None:
         if conn.dialect.name == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+            stmt = pg_insert(table).on_conflict_do_nothing()
         else:
-            from sqlalchemy.dialects.sqlite import insert
-        stmt = _INSERT_IGNORE[key] = insert(table).on_conflict_do_nothing()
+            from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+            stmt = sqlite_insert(table).on_conflict_do_nothing()
+        _INSERT_IGNORE[key] = stmt
     conn.execute(stmt, rows)

@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
+from typing import Any
 
 from .config import Sender
 
@@ -125,13 +126,14 @@ def _is_8bit(data: bytes) -> bool:
     return any(byte > 127 for byte in data)
 
 
-class _BannerMixin:
+class _BannerMixin(smtplib.SMTP):
     """Keeps the server's greeting, which smtplib's constructor otherwise discards."""
 
     banner: str | None = None
 
-    def connect(self, host: str = "localhost", port: int = 0, source_address: tuple[str, int] | None = None) -> tuple[int, bytes]:
-        code, message = super().connect(host, port, source_address)  # type: ignore[misc]
+    def connect(self, host: str = "localhost", port: int = 0, source_address: Any = None) -> tuple[int, bytes]:
+        # source_address goes to smtplib unchanged (typeshed's type for it differs between versions)
+        code, message = super().connect(host, port, source_address)
         self.banner = _one_line(message)
         return code, message
 

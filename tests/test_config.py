@@ -128,7 +128,26 @@ MALFORMED = [
     (
         "display name with a line break",
         sender_with('name: "Sales\\nBcc: victim@example.com"'),
-        "senders.sales.name: line breaks are not allowed in a display name",
+        "senders.sales.name: the control character '\\n' is not allowed in a header (subject, name, address); "
+        "remove it from the value",
+    ),
+    (
+        "display name with a vertical tab",
+        sender_with('name: "Sales\\vTeam"'),
+        "senders.sales.name: the control character '\\x0b' is not allowed in a header (subject, name, address); "
+        "remove it from the value",
+    ),
+    (
+        "display name with a file separator",
+        sender_with('name: "Sales\\x1cTeam"'),
+        "senders.sales.name: the control character '\\x1c' is not allowed in a header (subject, name, address); "
+        "remove it from the value",
+    ),
+    (
+        "display name with ESC",
+        sender_with('name: "Sales\\e[2J"'),
+        "senders.sales.name: the control character '\\x1b' is not allowed in a header (subject, name, address); "
+        "remove it from the value",
     ),
     # ---- required keys
     (

@@ -122,3 +122,107 @@ def test_what_the_config_accepts_is_exactly_what_is_sent(setup, cli):
     assert [a.addr_spec for a in received.message["To"].addresses] == expected
     assert [a.display_name for a in received.message["To"].addresses] == ["Müller, Jürgen", "J. R. Doe", "Ann", ""]
     assert [a.addr_spec for a in received.message["Reply-To"].addresses] == ["desk@example.com"]
+
+
+# ---------------------------------------------------------------- control characters in header values
+
+CONTROL = "is not allowed in a header (subject, name, address); remove it from the value"
+
+
+@pytest.mark.parametrize(
+    ("args", "where", "char"),
+    [
+        (["--to", "a@example.com", "--subject", "Hi \x1b[2J", "--body", "B"], "message: subject", "\\x1b"),
+        (["--to", "a@example.com", "--subject", "Ding\x07", "--body", "B"], "message: subject", "\\x07"),
+        (["--to", "Eve\x9b <a@example.com>", "--subject", "S", "--body", "B"], "--to", "\\x9b"),
+        (["--to", "a@example.com", "--reply-to", "Desk\x7f <d@example.com>", "--subject", "S", "--body", "B"],
+         "--reply-to", "\\x7f"),
+    ],
+)
+def test_control_characters_in_options_are_refused(setup, cli, args, where, char):
+    workspace, srv = setup
+
+    result = cli("send", *args)
+
+    line = _one_error_line(result)
+    suffix = " (nothing was sent)" if where.startswith("message") else ""
+    assert line == f"mailops: error: {where}: the control character '{char}' {CONTROL}{suffix}"
+    _nothing_sent(workspace, srv)
+
+
+@pytest.mark.parametrize(("name", "char"), [("Eve\x1b]0;owned\x07", "\\x1b"), ("Bell\x07", "\\x07"), ("V\x0btab", "\\x0b")])
+def test_control_characters_in_a_data_name_are_refused(setup, cli, name, char):
+    workspace, srv = setup
+    data = workspace.root / "c.json"
+    data.write_text(json_dumps([{"email": "a@example.com", "name": name}]), encoding="utf-8")
+
+    result = cli("send", "--data", data, "--subject", "S", "--body", "B")
+
+    assert _one_error_line(result) == (
+        f"mailops: error: c.json row 1: column 'name': the control character '{char}' {CONTROL} (nothing was sent)"
+    )
+    _nothing_sent(workspace, srv)
+
+
+@pytest.mark.parametrize("key", ["name", "reply_to"])
+def test_control_characters_in_a_sender_setting_are_refused(setup, cli, key):
+    workspace, srv = setup
+    value = "Sales\x1c" if key == "name" else "Sales\x1c <desk@example.com>"
+    workspace.write_config(
+        {"sales": workspace.sender(srv, email="sales@example.com", password=PASSWORD, **{key: value})},
+        routes={"default": "sales"},
+    )
+
+    result = cli("send", "--to", "a@example.com", "--subject", "S", "--body", "B")
+
+    assert _one_error_line(result) == (
+        f"mailops: error: {workspace.config_path}: senders.sales.{key}: the control character '\\x1c' {CONTROL}"
+    )
+    _nothing_sent(workspace, srv)
+
+
+def json_dumps(value):
+    import json
+
+    return json.dumps(value)
+
+
+# ---------------------------------------------------------------- what the database holds, on a terminal
+
+HOSTILE_REPLY = "550 5.1.1 \x1b[2J\x1b]0;owned\x07 no such user"
+
+
+def test_database_text_is_escaped_in_tables_and_kept_in_json(setup, cli):
+    import json
+
+    workspace, srv = setup
+    srv.rcpt_hook = lambda addr: HOSTILE_REPLY
+    assert cli("send", "--to", "gone@example.com", "--subject", "S", "--body", "B").exit_code == 1
+    # a subject stored by an older mailops, before control characters were refused
+    workspace.query("UPDATE messages SET subject = ?", "Hi \x1b[31mred\x9b [bold]x[/bold]")
+    workspace.query("UPDATE attempts SET subject = ?", "Hi \x1b[31mred\x9b [bold]x[/bold]")
+    # and a server's reply kept as the sender's last error
+    workspace.query("DELETE FROM sender_state WHERE sender = 'sales'")
+    workspace.query("INSERT INTO sender_state (sender, healthy, checked_at, last_error) VALUES ('sales', 0, 1, ?)",
+                    HOSTILE_REPLY)
+
+    outputs = {
+        "log": cli("log"),
+        "queue list": cli("queue", "list"),
+        "queue show": cli("queue", "show", "1"),
+        "stats": cli("stats"),
+    }
+    for command, result in outputs.items():
+        assert result.exit_code == 0, (command, result.output)
+        assert not any(ch in result.stdout for ch in "\x1b\x07\x9b"), command
+        assert "\\x1b" in result.stdout, (command, result.stdout)
+    for command in ("log", "queue list"):
+        assert "Hi \\x1b[31mred\\x9b [bold]x[/bold]" in outputs[command].stdout.replace("\n", ""), command
+    assert "\\x1b[2J\\x1b]0;owned\\x07 no such user" in outputs["queue show"].stdout
+
+    [row] = json.loads(cli("log", "--json").stdout)
+    assert row["subject"] == "Hi \x1b[31mred\x9b [bold]x[/bold]"
+    assert HOSTILE_REPLY.split(" ", 1)[1] in row["smtp_text"]
+    raw_json = cli("queue", "list", "--json").stdout
+    assert not any(ch in raw_json for ch in "\x1b\x07\x9b")
+    assert json.loads(raw_json)["messages"][0]["subject"] == "Hi \x1b[31mred\x9b [bold]x[/bold]"

@@ -378,10 +378,9 @@ def test_row_problems_are_yielded_and_good_rows_still_prepared(config: Config, t
         "PreparedMessage",
     ]
     problems = {r.row: r.message for r in results if isinstance(r, RowProblem)}
-    name_break = (
-        "line breaks and NUL characters are not allowed in a header (subject, name, address); "
-        "remove them from the value"
-    )
+    def name_break(char: str) -> str:
+        return f"the control character {char!r} is not allowed in a header (subject, name, address); remove it from the value"
+
     assert problems == {
         2: "customers.json row 2: column 'email': 'bob@' is not a valid email address: "
         "There must be something after the @-sign.",
@@ -389,10 +388,10 @@ def test_row_problems_are_yielded_and_good_rows_still_prepared(config: Config, t
         4: "customers.json row 4: column 'email' is empty; fill in the recipient's address or remove the row",
         5: "customers.json row 5: template renewal/subject.txt: variable 'due_date' is not defined; "
         "add a 'due_date' column or pass --var due_date=...",
-        6: f"customers.json row 6: column 'name': {name_break}",
+        6: f"customers.json row 6: column 'name': {name_break(chr(13))}",
         7: "customers.json row 7: 'due_date' holds a line break and the subject (renewal/subject.txt) uses it; "
         "a subject must be one line: remove the line break from 'due_date'",
-        8: f"customers.json row 8: column 'name': {name_break}",
+        8: f"customers.json row 8: column 'name': {name_break(chr(0))}",
         9: f"customers.json row 9: attachment {str(tmp_path / 'inv' / 'Gus.pdf')!r}: no such file; check the path",
     }
     assert all(r.label == f"customers.json row {r.row}" for r in results)

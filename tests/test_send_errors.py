@@ -39,12 +39,12 @@ CASES = {
     "CR/LF in a name": (
         'email,name,date\na@example.com,"Eve\r\nBcc: x@evil.example",1\n',
         ["--template", "renewal"],
-        "c.csv row 1: column 'name': line breaks and NUL characters are not allowed in a header (subject, name, address); remove them from the value (nothing was sent)",
+        "c.csv row 1: column 'name': the control character '\\r' is not allowed in a header (subject, name, address); remove it from the value (nothing was sent)",
     ),
     "NUL in a name": (
         "email,name,date\na@example.com,Ev\x00e,1\n",
         ["--template", "renewal"],
-        "c.csv row 1: column 'name': line breaks and NUL characters are not allowed in a header (subject, name, address); remove them from the value (nothing was sent)",
+        "c.csv row 1: column 'name': the control character '\\x00' is not allowed in a header (subject, name, address); remove it from the value (nothing was sent)",
     ),
     "line break in a subject value": (
         'email,name,date\na@example.com,Ann,"1\nBcc: x@evil.example"\n',

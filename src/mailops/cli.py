@@ -99,6 +99,13 @@ def _err(text: str) -> None:
     typer.echo(text, err=True)
 
 
+def _safe(value: Any) -> str:
+    """Text from the database, a data file or a server, made harmless for a terminal (ESC shown as \\x1b)."""
+    from .controls import for_terminal
+
+    return for_terminal("" if value is None else str(value))
+
+
 def _load_config() -> Config:
     from .config import load_config
 
@@ -134,17 +141,22 @@ def _reading(config: Config) -> Iterator[Reader]:
 
 
 def _print_json(data: Any) -> None:
-    typer.echo(json.dumps(data, indent=2, default=str, ensure_ascii=False))
+    from .controls import json_for_terminal
+
+    # still the same JSON value: only characters a terminal may act on are written as \uXXXX
+    typer.echo(json_for_terminal(json.dumps(data, indent=2, default=str, ensure_ascii=False)))
 
 
 def _table(title: str | None, columns: list[str], rows: list[list[Any]]) -> None:
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title=title, show_lines=False, header_style="bold")
     for col in columns:
         table.add_column(col, overflow="fold")
     for row in rows:
-        table.add_row(*["" if v is None else str(v) for v in row])
+        # Text, not str: a cell is shown as it is, never read as Rich markup ("[link=...]" in a subject)
+        table.add_row(*[Text(_safe(v)) for v in row])
     _console().print(table)
 
 
@@ -208,7 +220,8 @@ def dev_server(
     from .devserver import CaptureServer, serve_forever
 
     def show(msg: Any) -> None:
-        _out(f"received {msg.message_id or '(no Message-ID)'} from {msg.mail_from} to {', '.join(msg.rcpt_tos)}: {msg.subject!r} ({msg.size} bytes)")
+        # anything on the network may send here: show control characters as escapes
+        _out(_safe(f"received {msg.message_id or '(no Message-ID)'} from {msg.mail_from} to {', '.join(msg.rcpt_tos)}: {msg.subject!r} ({msg.size} bytes)"))
 
     server = CaptureServer(host=host, port=port, maildir=maildir, on_message=show)
     with server:
@@ -331,12 +344,12 @@ def _show_check(result: Any) -> None:
     if result.message_id:
         _out(f"  test message sent: {result.message_id}")
     for warning in result.warnings:
-        _out(f"  warning: {warning}")
+        _out(f"  warning: {_safe(warning)}")
     if not result.ok:
         code = f"{result.code} " if result.code else ""
-        _out(f"  error: {code}{result.error}")
+        _out(f"  error: {code}{_safe(result.error)}")
         if result.hint:
-            _out(f"  hint: {result.hint}")
+            _out(f"  hint: {_safe(result.hint)}")
 
 
 @app.command("test-smtp")
@@ -386,7 +399,7 @@ def doctor(
                 report.ok.append(f"{result.sender}: connected to {result.host}:{result.port} and logged in")
             else:
                 report.problems.append(
-                    f"{result.sender}: {result.error}" + (f"; {result.hint}" if result.hint else "")
+                    f"{result.sender}: {_safe(result.error)}" + (f"; {_safe(result.hint)}" if result.hint else "")
                 )
     if json_out:
         _print_json({"ok": report.ok, "problems": report.problems})
@@ -444,7 +457,7 @@ def _summary(report: Any, config: Config, json_out: bool, quiet: bool, extra: di
             f"(in {humanize_wait(report.next_due_at - _now())}); 'mailops deliver' sends them when due"
         )
     for problem in report.problems[:10]:
-        _out(f"  {problem}")
+        _out(f"  {_safe(problem)}")
 
 
 def _exit_for(report: Any, extra_problem: bool = False) -> None:
@@ -475,20 +488,23 @@ def _show_previews(previews: list[Any]) -> None:
     import email
     from email import policy
 
+    from .controls import for_terminal
+
     for prepared in previews:
         msg = email.message_from_bytes(prepared.email.mime, policy=policy.default)
         _out(f"--- {prepared.label} ---")
         for header in ("From", "Reply-To", "To", "Cc", "Subject", "Date", "Message-ID"):
             if msg[header]:
-                _out(f"{header}: {msg[header]}")
+                _out(f"{header}: {_safe(msg[header])}")
         if prepared.email.envelope_to:
-            _out(f"(envelope to: {', '.join(prepared.email.envelope_to)})")
+            _out(f"(envelope to: {_safe(', '.join(prepared.email.envelope_to))})")
         body = msg.get_body(preferencelist=("plain", "html"))
         _out("")
-        _out(body.get_content().rstrip() if body is not None else "")
+        text = body.get_content().rstrip() if body is not None else ""
+        _out(for_terminal(text.replace("\r\n", "\n"), keep_newlines=True))
         attachments = [part.get_filename() for part in msg.iter_attachments()]
         if attachments:
-            _out(f"[attachments: {', '.join(a or '?' for a in attachments)}]")
+            _out(f"[attachments: {_safe(', '.join(a or '?' for a in attachments))}]")
     if previews:
         _out("---")
 
@@ -561,7 +577,7 @@ def send(
         if not json_out:
             _err(invalid_note)
             for problem in result.problems:
-                _err(f"  {problem.message}")
+                _err(f"  {_safe(problem.message)}")
     if dry_run:
         room = result.quota_room
         would_defer = 0 if room is None or room == float("inf") else max(0, result.total - int(room))
@@ -683,18 +699,20 @@ def queue_show(
         _print_json({"message": row, "headers": headers, "attempts": attempts})
         return
     tz = config.timezone
-    _out(f"message {row['id']}: {row['state']}" + (f" ({row['reason']})" if row["reason"] else ""))
-    _out(f"  batch: {row['batch'] or '-'}  route: {row['route'] or '-'}  candidates: {', '.join(json.loads(row['candidates']))}")
+    # every value here may come from a data file or a server: _safe() shows control characters as escapes
+    _out(f"message {row['id']}: {row['state']}" + (f" ({_safe(row['reason'])})" if row["reason"] else ""))
+    _out(f"  batch: {_safe(row['batch'] or '-')}  route: {_safe(row['route'] or '-')}  candidates: {_safe(', '.join(json.loads(row['candidates'])))}")
     _out(f"  created: {local_time(row['created_at'], tz)}  due: {local_time(row['due_at'], tz)}  attempts: {row['attempts']}")
-    _out(f"  envelope: {row['envelope_from']} -> {', '.join(json.loads(row['recipients']))}")
+    _out(f"  envelope: {_safe(row['envelope_from'])} -> {_safe(', '.join(json.loads(row['recipients'])))}")
     if row["recipient_status"]:
         for rcpt, status in json.loads(row["recipient_status"]).items():
-            _out(f"  {rcpt}: {status}")
+            _out(f"  {_safe(rcpt)}: {_safe(status)}")
     for key, value in headers.items():
-        _out(f"  {key}: {value}")
+        _out(f"  {_safe(key)}: {_safe(value)}")
     for a in attempts:
         code = f"{a['smtp_code']} " if a["smtp_code"] else ""
-        _out(f"  attempt {local_time(a['at'], tz)} {a['sender'] or '-'}: {a['outcome']} {code}{a['smtp_text'] or ''} {a['detail'] or ''}".rstrip())
+        text = f"{code}{a['smtp_text'] or ''} {a['detail'] or ''}"
+        _out(f"  attempt {local_time(a['at'], tz)} {_safe(a['sender'] or '-')}: {a['outcome']} {_safe(text)}".rstrip())
 
 
 def _one_target(message: int | None, batch: str | None, all_: bool | None = None) -> None:
@@ -923,10 +941,11 @@ def main(argv: list[str] | None = None) -> None:
             import traceback
 
             traceback.print_exc()  # plain traceback: no local variables (they may hold passwords)
-        _err(f"mailops: error: {exc}")
+        # one line, whatever a data file or server put in the message
+        _err(f"mailops: error: {_safe(exc)}")
         if isinstance(exc, InvalidBatchError) and exc.problem_count > 1:
             for problem in exc.problems:
-                _err(f"  {problem}")
+                _err(f"  {_safe(problem)}")
             if exc.problem_count > len(exc.problems):
                 _err(f"  ... and {exc.problem_count - len(exc.problems)} more")
         sys.exit(exc.exit_code)

@@ -44,10 +44,8 @@ from email_validator.rfc_constants import (
     LOCAL_PART_MAX_LENGTH,
 )
 
+from .controls import header_problem
 from .errors import InputError
-
-# CR, LF, NUL and every other character str.splitlines() treats as a line break.
-_HEADER_BREAK_RE = re.compile("[\r\n\0\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
 
 
 class _CachedHeaderRegistry(HeaderRegistry):
@@ -202,12 +200,14 @@ class PreparedEmail:
 
 
 def check_header_text(value: str, *, where: str) -> str:
-    """Return ``value`` unchanged, or raise InputError if it holds a line break or NUL (header injection)."""
-    if _HEADER_BREAK_RE.search(value):
-        raise InputError(
-            f"{where}: line breaks and NUL characters are not allowed in a header (subject, name, address); "
-            "remove them from the value"
-        )
+    """Return ``value`` unchanged, or raise InputError naming ``where`` if it holds a control character.
+
+    The one rule for every header value (``controls.header_problem``): line
+    breaks would inject headers, other controls reach terminals and parsers.
+    """
+    problem = header_problem(value)
+    if problem is not None:
+        raise InputError(f"{where}: {problem}")
     return value
 
 

@@ -371,8 +371,12 @@ def _build_sender(key: str, merged: dict[str, Any], base: Path, path: Path) -> S
         ca_file = (base / os.path.expanduser(fields.ca_file)).resolve()
         if not ca_file.is_file():
             raise ConfigError(f"{path}: {where}.ca_file: no such file {str(ca_file)!r}; fix the path")
-    if fields.name and any(ch in fields.name for ch in "\r\n\0"):
-        raise ConfigError(f"{path}: {where}.name: line breaks are not allowed in a display name")
+    if fields.name:
+        from .controls import header_problem
+
+        problem = header_problem(fields.name)
+        if problem is not None:
+            raise ConfigError(f"{path}: {where}.name: {problem}")
 
     def pick(name: str, default: Any) -> Any:
         value = getattr(fields, name)

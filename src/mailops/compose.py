@@ -290,10 +290,11 @@ def _one_mailbox(text: str) -> tuple[str, str] | str:
     angle-addr, no group, no unbalanced quote or bracket.
     """
     from email import _header_value_parser as parser
+    from email.errors import HeaderParseError
 
     try:
         address_list, rest = parser.get_address_list(text)
-    except (parser.errors.HeaderParseError, IndexError, ValueError):
+    except (HeaderParseError, IndexError, ValueError):  # the parser's own errors on some malformed input
         return "not_one"
     separators = [t for t in address_list if t.token_type == "list-separator"]
     if rest or separators or len(address_list.addresses) > 1:
@@ -302,7 +303,7 @@ def _one_mailbox(text: str) -> tuple[str, str] | str:
         return "not_one"
     if any(str(defect) not in _TOLERATED_DEFECTS for defect in address_list.all_defects):
         return "not_one"
-    mailbox = address_list.addresses[0][0]
+    mailbox = address_list.addresses[0].all_mailboxes[0]  # the one mailbox checked above
     return mailbox.display_name or "", mailbox.addr_spec or ""
 
 

@@ -175,10 +175,40 @@ def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> 
     return run
 
 
+#: Set by the ``lease_floor`` fixture: processes started below lower mailops' lease floor to it as well.
+_lease_floor: float | None = None
+
+
+def mailops_command(*args: Any) -> list[str]:
+    """The command line of ``python -m mailops ARGS`` (with the test's lowered lease floor, if any)."""
+    if _lease_floor is None:
+        return [sys.executable, "-m", "mailops", *[str(a) for a in args]]
+    code = (
+        "import runpy, sys, mailops.config as c; c.MIN_LEASE = float(sys.argv.pop(1)); "
+        "runpy.run_module('mailops', run_name='__main__', alter_sys=True)"
+    )
+    return [sys.executable, "-c", code, repr(_lease_floor), *[str(a) for a in args]]
+
+
+@pytest.fixture
+def lease_floor(monkeypatch: pytest.MonkeyPatch) -> Callable[[float], None]:
+    """``lease_floor(seconds)``: lower mailops' lease floor in this process and in the processes a test starts.
+
+    For tests that need a claim to expire (or be renewed) within seconds; the
+    shipped floor keeps operators from leases a routine stall could outlast.
+    """
+
+    def lower(seconds: float) -> None:
+        monkeypatch.setattr("mailops.config.MIN_LEASE", seconds)
+        monkeypatch.setattr(sys.modules[__name__], "_lease_floor", seconds)
+
+    return lower
+
+
 def run_mailops(*args: str, timeout: float = 120, env: dict[str, str] | None = None, **kwargs: Any) -> CliResult:
     """Run ``python -m mailops ARGS`` as a separate process (inherits the isolated environment)."""
     proc = subprocess.run(
-        [sys.executable, "-m", "mailops", *[str(a) for a in args]],
+        mailops_command(*args),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -192,7 +222,7 @@ def run_mailops(*args: str, timeout: float = 120, env: dict[str, str] | None = N
 def popen_mailops(*args: str, **kwargs: Any) -> subprocess.Popen[str]:
     """Start ``python -m mailops ARGS`` without waiting (for kill and overlap tests)."""
     return subprocess.Popen(
-        [sys.executable, "-m", "mailops", *[str(a) for a in args]],
+        mailops_command(*args),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         stdin=subprocess.DEVNULL,

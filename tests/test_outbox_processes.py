@@ -29,7 +29,8 @@ def _rows(workspace, n: int, name: str = "c.csv"):
 
 
 @pytest.mark.slow
-def test_sigkilled_sends_lose_nothing_and_duplicate_at_most_once_per_kill(workspace, srv, cli):
+def test_sigkilled_sends_lose_nothing_and_duplicate_at_most_once_per_kill(workspace, srv, cli, lease_floor):
+    lease_floor(1.0)  # the killed processes' claims expire within the test
     workspace.write_config(
         {"sales": workspace.sender(srv, email="sales@example.com", password=PASSWORD)},
         routes={"default": "sales"},

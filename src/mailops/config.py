@@ -33,6 +33,12 @@ TOP_LEVEL_KEYS = ("timezone", "database", "templates", "defaults", "senders", "r
 SENDER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+#: The shortest claim lease. A delivering process renews its claims every third of the lease while they
+#: are in flight, so another run can take one over only if that process stalls for two thirds of the lease
+#: (swapping, a suspended VM, a long database wait); below this a routine stall would send a message twice.
+MIN_LEASE = 30.0
+#: The longest claim lease: the claims of a process that died wait this long before another run sends them.
+MAX_LEASE = 86400.0
 
 
 def parse_duration(value: Any) -> float:
@@ -49,6 +55,14 @@ def parse_duration(value: Any) -> float:
     if seconds < 0:
         raise ValueError(f"must not be negative (got {value!r})")
     return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """``seconds`` in the largest unit that divides it: 30s, 5m, 1h, 2d (or 0.5s)."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
 
 
 class _Strict(BaseModel):
@@ -554,6 +568,16 @@ def parse_config(data: Any, path: Path) -> Config:
     delivery = DeliveryPolicy(
         **{k: v for k, v in delivery_fields.model_dump().items() if v is not None}
     )
+    if not MIN_LEASE <= delivery.lease <= MAX_LEASE:
+        why = (
+            "a shorter lease could let another run send a message that is still being sent"
+            if delivery.lease < MIN_LEASE
+            else "a longer one holds a dead run's messages back for too long"
+        )
+        raise ConfigError(
+            f"{path}: delivery.lease: must be between {format_duration(MIN_LEASE)} and "
+            f"{format_duration(MAX_LEASE)} (got {(raw_delivery or {}).get('lease')!r}); {why}"
+        )
 
     return Config(
         path=path,

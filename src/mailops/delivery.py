@@ -242,6 +242,56 @@ class _Worker(threading.Thread):
             self.d.results.put(_Result(job, "returned"))
 
 
+class _LeaseKeeper(threading.Thread):
+    """Renews the lease of every message a run holds, every third of the lease, until the run ends.
+
+    A message is held from its claim until its outcome is written, however
+    long its SMTP transaction takes (a 20 MB attachment on a slow link), so
+    the lease only has to outlast a stall of the whole process, not a send.
+    Its own thread, so that nothing the dispatcher waits for delays a renewal.
+    """
+
+    RETRY_AFTER_ERROR = 1.0  # seconds; a renewal that failed (database busy or gone) is tried again soon
+    MIN_INTERVAL = 0.05  # seconds; only a test's lowered lease floor comes near it
+
+    def __init__(self, deliverer: Deliverer) -> None:
+        super().__init__(name="mailops-lease", daemon=True)
+        self.d = deliverer
+        self._lock = threading.Lock()
+        self._held: set[int] = set()
+        self._done = threading.Event()
+
+    def hold(self, ids: list[int]) -> None:
+        """Keep renewing these claims."""
+        with self._lock:
+            self._held.update(ids)
+
+    def drop(self, msg_id: int) -> None:
+        """The claim is settled (or handed back): stop renewing it."""
+        with self._lock:
+            self._held.discard(msg_id)
+
+    def stop(self) -> None:
+        """End the thread (after any renewal under way)."""
+        self._done.set()
+        if self.is_alive():
+            self.join()
+
+    def run(self) -> None:
+        interval = max(self.d.config.delivery.lease / 3, self.MIN_INTERVAL)
+        wait = interval
+        while not self._done.wait(wait):
+            with self._lock:
+                ids = sorted(self._held)
+            wait = interval
+            if not ids:
+                continue
+            try:
+                self.d.outbox.renew(self.d.worker_id, ids, self.d.clock())
+            except Exception:  # noqa: BLE001 - the lease still runs; try again soon rather than end the thread
+                wait = min(interval, self.RETRY_AFTER_ERROR)
+
+
 class Deliverer:
     """Claims due messages and sends them with one worker per sender connection."""
 
@@ -274,6 +324,7 @@ class Deliverer:
         self._known_healthy: set[str] = set()
         self._sender_addresses: dict[str, tuple[Address, list[Address] | None]] = {}
         self._deadline: float | None = None
+        self._leases = _LeaseKeeper(self)  # replaced by a running one for each run()
 
     # ------------------------------------------------------------ dispatcher
 
@@ -301,7 +352,8 @@ class Deliverer:
         connections = sum(s.connections for s in self.config.senders.values() if s.active)
         max_in_flight = max(CLAIM_SIZE, 6 * connections)
         exhausted_claims = False
-        renew_at = self.clock() + self.config.delivery.lease / 3
+        self._leases = _LeaseKeeper(self)
+        self._leases.start()
         try:
             while True:
                 try:
@@ -317,6 +369,7 @@ class Deliverer:
                             self._take_turns(conn, jobs)
 
                         self.outbox.claim(self.worker_id, self.clock(), want, run_id=run_id, then=take_turns)
+                        self._leases.hold([job.msg.id for job in jobs])
                         if len(jobs) < want:
                             exhausted_claims = True
                         claimed_total += len(jobs)
@@ -333,16 +386,16 @@ class Deliverer:
                         result = None
                     if result is not None:
                         self._handle(result, report, in_flight, progress)
-                    if self.clock() >= renew_at and in_flight:
-                        self.outbox.renew(self.worker_id, list(in_flight), self.clock())
-                        renew_at = self.clock() + self.config.delivery.lease / 3
                 except KeyboardInterrupt:
                     if self.stop_event.is_set():
                         raise  # second Ctrl-C: leave now; leases bring the rest back
                     self.stop_event.set()
                     report.interrupted = True
         finally:
-            self._shutdown()
+            try:
+                self._shutdown()
+            finally:
+                self._leases.stop()  # after the workers: a message still with a server stays renewed
         if self.stop_event.is_set():
             report.interrupted = True
         summary = self.outbox.due_summary(self.clock(), run_id)
@@ -366,6 +419,7 @@ class Deliverer:
             self._dispatch(job, report, in_flight, progress)
             return
         in_flight.pop(job.msg.id, None)
+        self._leases.drop(job.msg.id)
         if result.outcome == "returned":
             self.outbox.unclaim(self.worker_id, [job.msg.id], self.clock())
             report.returned += 1

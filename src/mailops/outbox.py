@@ -198,12 +198,16 @@ class Outbox:
         run_id: str | None = None,
         then: Callable[[Connection, list[QueuedMessage]], None] | None = None,
     ) -> list[QueuedMessage]:
-        """Atomically take up to ``limit`` due messages (or ones whose lease expired) for ``worker``.
+        """Atomically take up to ``limit`` due messages (or another worker's whose lease expired) for ``worker``.
 
+        A worker never takes back its own claims: they are in its hands (perhaps
+        with a server right now) however late their renewal is.
         ``then(conn, messages)`` runs in the same transaction (one write lock instead of two).
         """
         due = (MESSAGES.c.state.in_(DUE_STATES) & (MESSAGES.c.due_at <= now)) | (
-            (MESSAGES.c.state == SENDING) & (MESSAGES.c.lease_until < now)
+            (MESSAGES.c.state == SENDING)
+            & (MESSAGES.c.lease_until < now)
+            & sa.or_(MESSAGES.c.claimed_by.is_(None), MESSAGES.c.claimed_by != worker)
         )
         if run_id is not None:
             due = due & (MESSAGES.c.run_id == run_id)

@@ -219,6 +219,25 @@ def run_mailops(*args: str, timeout: float = 120, env: dict[str, str] | None = N
     return CliResult(proc.returncode, proc.stdout, proc.stderr)
 
 
+#: Address space for run_bounded: ample for mailops (threads reserve stacks and arenas), far below a runaway.
+BOUNDED_MEMORY = 2 * 1024**3
+
+
+def run_bounded(*args: str, timeout: float = 60, memory: int = BOUNDED_MEMORY, env: dict[str, str] | None = None) -> CliResult:
+    """``run_mailops`` under a time limit and an address-space limit (RLIMIT_AS), for hostile input.
+
+    A regression (a render that never ends, a read of /dev/zero) then fails the
+    test with TimeoutExpired or a MemoryError instead of hanging the suite or
+    swapping the machine.
+    """
+    import resource
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+
+    return run_mailops(*args, timeout=timeout, env=env, preexec_fn=limit)
+
+
 def popen_mailops(*args: str, **kwargs: Any) -> subprocess.Popen[str]:
     """Start ``python -m mailops ARGS`` without waiting (for kill and overlap tests)."""
     return subprocess.Popen(

@@ -367,7 +367,7 @@ def test_row_problems_are_yielded_and_good_rows_still_prepared(config: Config, t
         {"email": "d@example.com", "name": "Dan\r\nBcc: evil@example.com", "plan": "P", "due_date": "d"},
         {"email": "e@example.com", "name": "Eve", "plan": "P", "due_date": "soon\nBcc: evil@example.com"},
         {"email": "f@example.com", "name": "Fay\u0000", "plan": "P", "due_date": "d"},
-        {"email": "g@example.com", "name": "Gus", "plan": "P", "due_date": "d", "attachments": "inv/{{ name }}.pdf"},
+        {"email": "g@example.com", "name": "Gus", "plan": "P", "due_date": "d", "attachments": "inv/Gus.pdf"},
         {"email": "h@example.com", "name": "Hal", "plan": "P", "due_date": "d"},
     ]
     data.write_text(json.dumps(rows), encoding="utf-8")
@@ -408,8 +408,8 @@ def test_attachments_per_row_and_fixed(config: Config, tmp_path: Path) -> None:
     data = write_csv(
         folder / "customers.csv",
         "email,name,invoice,attachments\n"
-        "a@example.com,Ann,A-1,invoices/{{ invoice }}.pdf; terms.txt\n"
-        "b@example.com,Bob,B-2,invoices/{{ invoice }}.pdf\n"
+        "a@example.com,Ann,A-1,invoices/A-1.pdf; terms.txt\n"
+        "b@example.com,Bob,B-2,invoices/B-2.pdf\n"
         "c@example.com,Cy,,\n",
     )
     request = SendRequest(data_file=data, subject="Invoice {{ invoice }}", body="b", attachments=[fixed])

@@ -377,18 +377,13 @@ def _key(addresses: Sequence[Address]) -> tuple[tuple[str, str], ...]:
 
 
 def _read_attachment(path: Path, where: str) -> bytes:
+    from .files import FileRefused, read_regular_file
+    from .limits import ATTACHMENT_MAX_BYTES
+
     try:
-        return Path(path).read_bytes()
-    except FileNotFoundError:
-        raise InputError(f"{where}: attachment {str(path)!r}: no such file; check the path") from None
-    except IsADirectoryError:
-        raise InputError(
-            f"{where}: attachment {str(path)!r}: is a folder, not a file; attach files one by one"
-        ) from None
-    except OSError as exc:
-        raise InputError(
-            f"{where}: attachment {str(path)!r}: cannot read ({exc.strerror or exc}); check the file's permissions"
-        ) from None
+        return read_regular_file(Path(path), ATTACHMENT_MAX_BYTES)
+    except FileRefused as exc:
+        raise InputError(f"{where}: attachment {str(path)!r}: {exc.reason}") from None
 
 
 def _mime_type(path: Path) -> tuple[str, str]:

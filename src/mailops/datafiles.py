@@ -19,6 +19,8 @@ from typing import IO, Any
 import yaml
 
 from .errors import InputError
+from .files import FileRefused, read_regular_file, regular_file_problem
+from .limits import DATA_FILE_MAX_BYTES, MAX_DEPTH
 
 KINDS = {".csv": "csv", ".json": "json", ".yaml": "yaml", ".yml": "yaml"}
 _DELIMITERS = (",", ";", "\t")
@@ -55,12 +57,51 @@ def _open_text(path: Path) -> IO[str]:
         raise InputError(f"{path}: cannot read: {exc.strerror or exc}; check the file's permissions") from None
 
 
+def _check_regular(path: Path) -> None:
+    """InputError unless ``path`` is a regular file: /dev/zero or a FIFO would never end."""
+    problem = regular_file_problem(path)
+    if problem is None:
+        return
+    if problem.startswith("no such file"):
+        raise InputError(f"{path}: no such file; check the --data path")
+    if problem.startswith("is a folder"):
+        raise InputError(f"{path}: is a folder, not a data file; pass a .csv, .json or .yaml file")
+    raise InputError(f"{path}: {problem}")
+
+
 def _read_text(path: Path) -> str:
-    with _open_text(path) as handle:
-        try:
-            return handle.read()
-        except UnicodeDecodeError:
-            raise InputError(f"{path}: not UTF-8 text; save the file as UTF-8") from None
+    try:
+        data = read_regular_file(path, DATA_FILE_MAX_BYTES)
+    except FileRefused as exc:
+        raise InputError(f"{path}: {exc.reason}") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: not UTF-8 text; save the file as UTF-8") from None
+
+
+def _too_deep(path: Path) -> InputError:
+    return InputError(
+        f"{path}: values are nested too deeply (more than {MAX_DEPTH} levels of lists and mappings); "
+        "flatten the data"
+    )
+
+
+def _depth_exceeds(value: Any, limit: int) -> bool:
+    """True if ``value`` nests lists/mappings more than ``limit`` deep (iterative: no recursion to run out of)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 def _no_rows(path: Path) -> InputError:
@@ -216,25 +257,47 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 def _load_json(path: Path) -> Any:
     text = _read_text(path)
     try:
-        return json.loads(text, object_pairs_hook=_no_duplicates)
+        data = json.loads(text, object_pairs_hook=_no_duplicates)
+    except RecursionError:
+        raise _too_deep(path) from None
     except json.JSONDecodeError as exc:
         raise InputError(
             f"{path} line {exc.lineno} column {exc.colno}: invalid JSON: {exc.msg}; fix the file"
         ) from None
     except _DuplicateKey as exc:
         raise InputError(f"{path}: an object has the key {exc.key!r} twice; remove one of them") from None
+    if _depth_exceeds(data, MAX_DEPTH):
+        raise _too_deep(path)
+    return data
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """SafeLoader that refuses aliases: ``*name`` lets a few lines expand to gigabytes (a "billion laughs")."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()  # type: ignore[no-untyped-call]
+            raise yaml.composer.ComposerError(
+                None, None, "aliases (*name) are not allowed in a data file (write each value out)", event.start_mark
+            )
+        return super().compose_node(parent, index)
 
 
 def _load_yaml(path: Path) -> Any:
     text = _read_text(path)
     try:
-        return yaml.safe_load(text)
+        data = yaml.load(text, Loader=_NoAliasLoader)  # a SafeLoader subclass: no Python objects
+    except RecursionError:
+        raise _too_deep(path) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"{path} line {mark.line + 1} column {mark.column + 1}" if mark else str(path)
         raise InputError(f"{where}: invalid YAML: {exc.problem or exc.context}; fix the file") from None
     except yaml.YAMLError as exc:
         raise InputError(f"{path}: invalid YAML: {exc}; fix the file") from None
+    if _depth_exceeds(data, MAX_DEPTH):
+        raise _too_deep(path)
+    return data
 
 
 def _check_items(path: Path, data: Any, kind: str) -> list[dict[str, Any]]:
@@ -274,6 +337,7 @@ def read_rows(path: Path) -> Iterator[DataRow]:
     """
     path = Path(path)
     kind = _kind(path)
+    _check_regular(path)
     if kind == "csv":
         return _csv_rows(path)
     data = _load_json(path) if kind == "json" else _load_yaml(path)
@@ -284,6 +348,7 @@ def count_rows(path: Path) -> int:
     """Number of data rows (for a progress bar) without building them; same errors as ``read_rows``."""
     path = Path(path)
     kind = _kind(path)
+    _check_regular(path)
     if kind != "csv":
         data = _load_json(path) if kind == "json" else _load_yaml(path)
         return len(_check_items(path, data, kind))

@@ -13,6 +13,7 @@ import difflib
 import hashlib
 import itertools
 import json
+import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -31,6 +32,8 @@ from .compose import (
 from .config import Config, Sender
 from .datafiles import DataRow, read_rows
 from .errors import InputError, UsageError
+from .files import FileRefused, read_regular_file, regular_file_problem
+from .limits import BODY_FILE_MAX_BYTES
 from .templates import (
     MessageTemplate,
     inline_template,
@@ -64,7 +67,9 @@ class SendRequest:
     body: str | None = None
     body_file: Path | None = None
     variables: dict[str, str] = field(default_factory=dict)
-    attachments: list[Path] = field(default_factory=list)
+    attachments: list[Path] = field(default_factory=list)  # a path holding {{ }} or {% %} is rendered per message
+    attachments_dir: Path | None = None  # where row attachments live (default: the data file's folder)
+    allow_attachments_outside: bool = False  # the operator lets row-driven paths leave that folder
     reply_to: str | None = None
     limit: int | None = None
 
@@ -159,13 +164,11 @@ def _load(request: SendRequest, config: Config) -> MessageTemplate:
     if request.body_file is not None:
         path = Path(request.body_file)
         try:
-            body = path.read_text(encoding="utf-8-sig")
-        except FileNotFoundError:
-            raise InputError(f"--body-file {path}: no such file; check the path") from None
+            body = read_regular_file(path, BODY_FILE_MAX_BYTES).decode("utf-8-sig")
+        except FileRefused as exc:
+            raise InputError(f"--body-file {path}: {exc.reason}") from None
         except UnicodeDecodeError:
             raise InputError(f"--body-file {path}: not UTF-8 text; save the file as UTF-8") from None
-        except OSError as exc:
-            raise InputError(f"--body-file {path}: cannot read: {exc.strerror or exc}; check the file") from None
         return inline_template(subject, body, body_source=str(path))
     return inline_template(subject, request.body or "")
 
@@ -192,30 +195,100 @@ def _dedup_key(envelope_to: list[str], values: Mapping[str, Any]) -> str:
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
-def _check_fixed_attachments(paths: list[Path]) -> list[Path]:
-    for path in paths:
-        if not Path(path).is_file():
-            what = "is a folder, not a file" if Path(path).is_dir() else "no such file"
-            raise InputError(f"--attach {path}: {what}; check the path")
-    return [Path(p) for p in paths]
+def _is_template(text: str) -> bool:
+    return "{{" in text or "{%" in text
 
 
-def _row_attachments(cell: Any, variables: Mapping[str, Any], row: DataRow, base: Path) -> list[Path]:
-    """Paths from the ``attachments`` cell: ';'-separated (or a list in JSON/YAML), each a Jinja string."""
-    if cell is None:
-        return []
-    items = [str(item) for item in cell] if isinstance(cell, list) else str(cell).split(";")
-    paths: list[Path] = []
-    for item in items:
-        item = item.strip()
-        if not item:
+@dataclass(frozen=True)
+class _Attachments:
+    """Where a request's attachments come from: fixed paths, per-message path templates, the row folder."""
+
+    fixed: list[Path]
+    templates: list[tuple[str, Path]]  # (the --attach text, the folder its rendered paths must stay in)
+    row_base: Path | None  # folder of row attachments (None without --data)
+    contained: bool  # row-driven paths must stay inside their folder
+
+    def for_message(self, variables: Mapping[str, Any], where: str, row: DataRow | None) -> list[Path]:
+        """Fixed paths, then each --attach template rendered with this message's variables, then the row's own."""
+        paths = list(self.fixed)
+        for text, folder in self.templates:
+            rendered = render_string(text, variables, where=where, source=f"--attach {text!r}").strip()
+            path = Path(rendered).expanduser()
+            if row is not None and self.contained:
+                _check_inside(path, folder, f"{where}: --attach {text!r} renders {rendered!r}", "the folder it names")
+            paths.append(path)
+        if row is not None and self.row_base is not None:
+            paths.extend(self._row_paths(row))
+        return paths
+
+    def _row_paths(self, row: DataRow) -> list[Path]:
+        """Paths from the ``attachments`` cell: ';'-separated (or a list in JSON/YAML), literal (never rendered)."""
+        cell = row.values.get(ATTACHMENTS_COLUMN)
+        if cell is None:
+            return []
+        assert self.row_base is not None
+        items = [str(item) for item in cell] if isinstance(cell, list) else str(cell).split(";")
+        where = f"{row.label}: column {ATTACHMENTS_COLUMN!r}"
+        paths: list[Path] = []
+        for item in items:
+            item = item.strip()
+            if not item:
+                continue
+            if _is_template(item):
+                raise InputError(
+                    f"{where}: {item!r} looks like a template, but values from a data file are never rendered; "
+                    f"put the pattern in the command instead (--attach {item!r})"
+                )
+            path = Path(item)
+            path = path if path.is_absolute() else self.row_base / path
+            if self.contained:
+                _check_inside(path, self.row_base, f"{where}: {item!r}", "the attachments folder")
+            paths.append(path)
+        return paths
+
+
+def _check_inside(path: Path, folder: Path, what: str, name: str) -> None:
+    """InputError unless ``path`` (symlinks resolved) lies inside ``folder``."""
+    try:
+        inside = Path(os.path.realpath(path)).is_relative_to(os.path.realpath(folder))
+    except (OSError, ValueError):
+        inside = False
+    if not inside:
+        raise InputError(
+            f"{what}: outside {folder} ({name}); data rows may only attach files from there: move the file, "
+            "point --attachments-dir at its folder, or pass --allow-attachments-outside"
+        )
+
+
+def _template_folder(text: str) -> Path:
+    """The folder an --attach template's fixed part names: ``invoices`` for ``invoices/{{ contract }}.pdf``."""
+    cut = min(i for i in (text.find("{{"), text.find("{%")) if i >= 0)
+    prefix = os.path.expanduser(text[:cut])
+    folder = prefix if prefix.endswith(("/", os.sep)) else os.path.dirname(prefix)
+    return Path(folder or ".").absolute()
+
+
+def _attachments(request: SendRequest) -> _Attachments:
+    """Check the fixed --attach files now (regular, within the size limit) and sort out the templates."""
+    fixed: list[Path] = []
+    templates: list[tuple[str, Path]] = []
+    for item in request.attachments:
+        text = str(item)
+        if _is_template(text):
+            folder = Path(request.attachments_dir) if request.attachments_dir else _template_folder(text)
+            templates.append((text, folder.absolute()))
             continue
-        rendered = render_string(
-            item, variables, where=row.label, source=f"column {ATTACHMENTS_COLUMN!r}"
-        ).strip()
-        path = Path(rendered).expanduser()
-        paths.append(path if path.is_absolute() else base / path)
-    return paths
+        problem = regular_file_problem(Path(item))
+        if problem is not None:
+            raise InputError(f"--attach {item}: {problem}")
+        fixed.append(Path(item))
+    row_base = None
+    if request.data_file is not None:
+        row_base = Path(request.attachments_dir) if request.attachments_dir else Path(request.data_file).parent
+        row_base = row_base.absolute()
+        if not row_base.is_dir():
+            raise InputError(f"--attachments-dir {request.attachments_dir}: no such folder; check the path")
+    return _Attachments(fixed, templates, row_base, contained=not request.allow_attachments_outside)
 
 
 # ---------------------------------------------------------------- main entry
@@ -243,7 +316,7 @@ def prepare_messages(
     else:
         reply_to = None
     from_addr = make_address(sender.display_name or "", sender.email)
-    fixed_attachments = _check_fixed_attachments(request.attachments)
+    attachments = _attachments(request)
 
     local_now = now.astimezone(config.timezone)
     builtins: dict[str, Any] = {
@@ -271,7 +344,7 @@ def prepare_messages(
         )
 
     if request.data_file is None:
-        yield from _single(request, config, template, builtins, compose, fixed_attachments)
+        yield from _single(request, config, template, builtins, compose, attachments)
         return
 
     data_file = Path(request.data_file)
@@ -282,11 +355,10 @@ def prepare_messages(
         raise InputError(
             f"{data_file}: no {request.to_column!r} column (columns: {columns}); use --to-column to pick another"
         )
-    base = data_file.resolve().parent
     prepared = 0
     for row in itertools.chain([first], rows):
         try:
-            message = _prepare_row(row, request, template, builtins, compose, fixed_attachments, base)
+            message = _prepare_row(row, request, template, builtins, compose, attachments)
         except InputError as exc:
             yield RowProblem(row=row.number, label=row.label, message=str(exc))
             continue
@@ -302,7 +374,7 @@ def _single(
     template: MessageTemplate,
     builtins: dict[str, Any],
     compose: _Compose,
-    attachments: list[Path],
+    attachments: _Attachments,
 ) -> Iterator[PreparedMessage | RowProblem]:
     """The one message of a request without --data: every --to and --group member in To."""
     to = _addresses(request.to, "--to")
@@ -317,7 +389,8 @@ def _single(
     }
     try:
         content = render(template, variables, where=SINGLE_LABEL, from_data=False)
-        prepared = compose(to, content.subject, content.text, content.html, attachments, SINGLE_LABEL)
+        paths = attachments.for_message(variables, SINGLE_LABEL, None)
+        prepared = compose(to, content.subject, content.text, content.html, paths, SINGLE_LABEL)
     except InputError as exc:
         yield RowProblem(row=None, label=SINGLE_LABEL, message=str(exc))
         return
@@ -336,8 +409,7 @@ def _prepare_row(
     template: MessageTemplate,
     builtins: dict[str, Any],
     compose: _Compose,
-    fixed_attachments: list[Path],
-    base: Path,
+    attachments: _Attachments,
 ) -> PreparedMessage:
     """One data row to one message; InputError (naming the row and field) if the row is bad."""
     column = request.to_column
@@ -359,8 +431,8 @@ def _prepare_row(
         **row.values,
     }
     content = render(template, variables, where=row.label)
-    attachments = fixed_attachments + _row_attachments(row.values.get(ATTACHMENTS_COLUMN), variables, row, base)
-    prepared = compose([recipient], content.subject, content.text, content.html, attachments, row.label)
+    paths = attachments.for_message(variables, row.label, row)
+    prepared = compose([recipient], content.subject, content.text, content.html, paths, row.label)
     return PreparedMessage(
         row=row.number,
         label=row.label,

@@ -15,8 +15,12 @@ so templates may ``{% include %}`` or ``{% extends %}`` shared files there.
 from __future__ import annotations
 
 import functools
+import math
 import re
-from collections.abc import Mapping
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,9 +36,10 @@ from jinja2 import (
     select_autoescape,
 )
 from jinja2.exceptions import SecurityError
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.sandbox import ImmutableSandboxedEnvironment, safe_range
 
-from .errors import InputError
+from .errors import InputError, MailopsError
+from .limits import RENDER_MAX_CHARS, RENDER_SECONDS
 
 SUBJECT_FILE = "subject.txt"
 BODY_FILE = "body.txt"
@@ -50,8 +55,212 @@ def _finalize(value: Any) -> Any:
     return "" if value is None else value
 
 
+class RenderLimit(Exception):
+    """Rendering went past a limit (time or size); the message says which and how to change it."""
+
+
+class _Budget(threading.local):
+    """The render under way in this thread: its deadline and size cap (no deadline while compiling)."""
+
+    deadline: float | None = None
+    seconds: float = 0.0
+    max_chars: int | None = None
+
+
+_BUDGET = _Budget()
+# printf-style conversions ('%10d', '%.*f') and str.format fields ('{:>10}'): their width and precision
+_PRINTF_RE = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(\*|\d+)?(?:\.(\*|\d+))?")
+_DIGITS_RE = re.compile(r"\d+")
+_PADDING_METHODS = frozenset({"ljust", "rjust", "center", "zfill", "expandtabs"})
+
+
+def _max_chars() -> int:
+    return _BUDGET.max_chars if _BUDGET.max_chars is not None else int(RENDER_MAX_CHARS.value())
+
+
+def _check_time() -> None:
+    if _BUDGET.deadline is not None and time.monotonic() > _BUDGET.deadline:
+        raise RenderLimit(
+            f"rendering took longer than {_BUDGET.seconds:g} s; simplify the template "
+            f"(or raise {RENDER_SECONDS.variable})"
+        )
+
+
+def _check_size(size: int) -> None:
+    limit = _max_chars()
+    if size > limit:
+        raise RenderLimit(
+            f"would build a text of {size:,} characters, over the limit of {limit:,}; fix the template "
+            f"(or raise {RENDER_MAX_CHARS.variable})"
+        )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_width(number: str | int) -> None:
+    """A padding width or precision: a number no larger than the size cap (checked without int() on huge text)."""
+    if isinstance(number, str):
+        if len(number) > 12:
+            _check_size(10**12)
+        number = int(number)
+    _check_size(number)
+
+
+def _check_printf(fmt: str, args: Any) -> None:
+    star = False
+    for match in _PRINTF_RE.finditer(fmt):
+        for part in match.groups()[:2]:
+            if part == "*":
+                star = True
+            elif part:
+                _check_width(part)
+    if star:
+        for arg in args if isinstance(args, tuple) else (args,):
+            if _is_int(arg):
+                _check_width(arg)
+
+
+def _check_format(fmt: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    for field_spec in re.findall(r"\{([^{}]*(?:\{[^{}]*\}[^{}]*)*)\}", fmt):
+        _name, colon, spec = field_spec.partition(":")
+        if not colon:
+            continue
+        for digits in _DIGITS_RE.findall(spec):
+            _check_width(digits)
+        if "{" in spec:  # a nested width such as '{:{}}': its value is an argument
+            for arg in (*args, *kwargs.values()):
+                if _is_int(arg):
+                    _check_width(arg)
+
+
+def _check_replace(text: str, old: Any, new: Any) -> None:
+    if isinstance(old, str) and isinstance(new, str) and len(new) > len(old):
+        count = text.count(old) if old else len(text) + 1
+        _check_size(len(text) + count * (len(new) - len(old)))
+
+
+class _BoundedRange:
+    """``range()`` for templates: the sandbox's size cap, and the deadline checked while looping."""
+
+    def __init__(self, *args: Any) -> None:
+        self._range = safe_range(*args)
+
+    def __iter__(self) -> Iterator[int]:
+        for index, value in enumerate(self._range):
+            if not index & 1023:
+                _check_time()
+            yield value
+
+    def __reversed__(self) -> Iterator[int]:
+        backwards = _BoundedRange()
+        backwards._range = self._range[::-1]
+        return iter(backwards)
+
+    def __len__(self) -> int:
+        return len(self._range)
+
+    def __getitem__(self, index: Any) -> Any:
+        return self._range[index]
+
+    def __contains__(self, value: object) -> bool:
+        return value in self._range
+
+    def __repr__(self) -> str:
+        return repr(self._range)
+
+
+def _bounded_filters(filters: dict[str, Any]) -> dict[str, Any]:
+    """The built-in filters that can build a text far larger than their input, with their sizes checked first."""
+    center, indent, fmt, replace = filters["center"], filters["indent"], filters["format"], filters["replace"]
+
+    def bounded_center(value: Any, width: int = 80) -> Any:
+        _check_width(width)
+        return center(value, width)
+
+    def bounded_indent(value: Any, width: Any = 4, *args: Any, **kwargs: Any) -> Any:
+        lines = str(value).count("\n") + 1
+        _check_size(len(str(value)) + lines * (len(width) if isinstance(width, str) else int(width)))
+        return indent(value, width, *args, **kwargs)
+
+    def bounded_format(value: Any, *args: Any, **kwargs: Any) -> Any:
+        _check_printf(str(value), args if len(args) != 1 else args[0])
+        return fmt(value, *args, **kwargs)
+
+    bounded_replace_needs_ctx = getattr(replace, "jinja_pass_arg", None)
+
+    def bounded_replace(*args: Any, **kwargs: Any) -> Any:
+        params = args[1:] if bounded_replace_needs_ctx is not None else args
+        if len(params) >= 3:
+            _check_replace(str(params[0]), params[1], params[2])
+        return replace(*args, **kwargs)
+
+    if bounded_replace_needs_ctx is not None:
+        bounded_replace.jinja_pass_arg = bounded_replace_needs_ctx  # type: ignore[attr-defined]
+    return {"center": bounded_center, "indent": bounded_indent, "format": bounded_format, "replace": bounded_replace}
+
+
+class _BoundedSandbox(ImmutableSandboxedEnvironment):
+    """The immutable sandbox with bounds on what an expression may build and on how long rendering runs.
+
+    Jinja's sandbox keeps templates away from Python internals but not from
+    ``'x' * 10**10`` or a loop of 10**10 turns. So the operators that can
+    build huge values (``*``, ``**``, ``+``, ``%``) and the calls that can
+    (padding, ``format``, ``replace``) check the size of the result before
+    computing it; every call and every 1024 turns of ``range()`` check the
+    deadline; and :func:`_render_one` streams the output (``generate()``),
+    checking its length and the deadline at every chunk. A loop that neither
+    calls nor outputs nor uses ``range()`` (over a long list from a data
+    row) is bounded by that list's size.
+    """
+
+    intercepted_binops = frozenset({"*", "**", "+", "%"})
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.globals["range"] = _BoundedRange
+        self.filters.update(_bounded_filters(self.filters))
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        """Check the size of what ``left OPERATOR right`` would build, then compute it."""
+        _check_time()
+        sized = (str, list, tuple)
+        if operator == "*":
+            if _is_int(right) and isinstance(left, sized):
+                _check_size(len(left) * right)
+            elif _is_int(left) and isinstance(right, sized):
+                _check_size(len(right) * left)
+        elif operator == "**":
+            if _is_int(left) and _is_int(right) and abs(left) > 1 and right > 0:
+                _check_size(int(right * math.log10(abs(left))))  # digits of the result
+        elif operator == "+":
+            if isinstance(left, sized) and isinstance(right, sized):
+                _check_size(len(left) + len(right))
+        elif operator == "%" and isinstance(left, str):
+            _check_printf(left, right)
+        return super().call_binop(context, operator, left, right)
+
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
+        """Check the deadline, and the size a text method would build, then call."""
+        _check_time()
+        method = getattr(__obj, "__wrapped__", __obj)  # the sandbox wraps str.format in a function of its own
+        owner = getattr(method, "__self__", None)
+        if isinstance(owner, str):
+            name = getattr(method, "__name__", "")
+            if name in _PADDING_METHODS:
+                for arg in (*args, *kwargs.values()):
+                    if _is_int(arg):
+                        _check_width(arg)
+            elif name in ("format", "format_map"):
+                _check_format(owner, args, kwargs)
+            elif name == "replace" and len(args) >= 2:
+                _check_replace(owner, args[0], args[1])
+        return super().call(__context, __obj, *args, **kwargs)
+
+
 def _make_env(loader: FileSystemLoader | None = None) -> ImmutableSandboxedEnvironment:
-    return ImmutableSandboxedEnvironment(
+    return _BoundedSandbox(
         loader=loader,
         undefined=StrictUndefined,
         # Only .html/.htm files are escaped: plain text must keep "&" and "<" as typed.
@@ -200,11 +409,53 @@ def _render_error(exc: Exception, *, where: str, source: str, from_data: bool) -
     return InputError(f"{prefix}: error while rendering: {type(exc).__name__}: {exc}; fix the template or the data")
 
 
+@contextmanager
+def _budget() -> Iterator[None]:
+    """A deadline and size cap for the renders inside (one message); nested uses keep the outer one."""
+    if _BUDGET.deadline is not None:
+        yield
+        return
+    seconds = RENDER_SECONDS.value()
+    _BUDGET.seconds, _BUDGET.max_chars = seconds, int(RENDER_MAX_CHARS.value())
+    _BUDGET.deadline = time.monotonic() + seconds
+    try:
+        yield
+    finally:
+        _BUDGET.deadline = _BUDGET.max_chars = None
+
+
 def _render_one(template: Template, variables: Mapping[str, Any], *, where: str, source: str, from_data: bool) -> str:
     try:
-        return template.render(variables)
+        with _budget():
+            limit = _max_chars()
+            chunks: list[str] = []
+            size = 0
+            for chunk in template.generate(variables):  # streamed: a huge or endless output stops at the cap
+                size += len(chunk)
+                if size > limit:
+                    raise RenderLimit(
+                        f"renders more than {limit:,} characters; fix the template "
+                        f"(or raise {RENDER_MAX_CHARS.variable})"
+                    )
+                _check_time()
+                chunks.append(chunk)
+            return "".join(chunks)
+    except (RenderLimit, RecursionError, MemoryError) as exc:
+        raise _limit_error(exc, where=where, source=source) from None
+    except MailopsError:
+        raise  # a bad limit variable
     except Exception as exc:  # noqa: BLE001 - template code is operator input; every failure is an input error
         raise _render_error(exc, where=where, source=source, from_data=from_data) from None
+
+
+def _limit_error(exc: BaseException, *, where: str, source: str) -> InputError:
+    if isinstance(exc, RecursionError):
+        text = "nests too deeply (a macro calling itself without end?); fix the template"
+    elif isinstance(exc, MemoryError):
+        text = f"ran out of memory; fix the template (or lower {RENDER_MAX_CHARS.variable})"
+    else:
+        text = str(exc)
+    return InputError(f"{where}: template {source}: {text}")
 
 
 def _value_breaking_line(subject: str, variables: Mapping[str, Any]) -> str | None:
@@ -225,8 +476,17 @@ def render(
     """Render subject, text and HTML for one row; ``where`` labels errors ("customers.csv row 3" or "message").
 
     ``from_data`` says whether a data file supplies variables, so the fix for a
-    missing variable can suggest adding a column.
+    missing variable can suggest adding a column. The three parts share one
+    deadline (``MAILOPS_RENDER_SECONDS``); each may hold up to
+    ``MAILOPS_RENDER_MAX_CHARS`` characters.
     """
+    with _budget():
+        return _render_parts(template, variables, where=where, from_data=from_data)
+
+
+def _render_parts(
+    template: MessageTemplate, variables: Mapping[str, Any], *, where: str, from_data: bool
+) -> RenderedContent:
     subject = _render_one(
         template._subject, variables, where=where, source=template.subject_source, from_data=from_data
     ).strip()

@@ -2,7 +2,8 @@
 """Developer entry points that work on a fresh machine with only python3.
 
     python3 tasks.py demo    # install into .venv, run a real mail merge to the local capture server
-    python3 tasks.py test    # install into .venv, run the whole test suite
+    python3 tasks.py test    # install into .venv, run the test suite under branch coverage (pytest arguments pass through)
+    python3 tasks.py check   # lint (ruff check), format check (ruff format --check), types (mypy), then `test`
     python3 tasks.py bench   # install into .venv, run the benchmark (README: "Performance and the benchmark")
 
 The first run creates .venv and installs mailops with its test extras from
@@ -22,6 +23,13 @@ VENV = ROOT / ".venv"
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 PYTHON = BIN / ("python.exe" if os.name == "nt" else "python")
 STAMP = VENV / ".mailops-installed"
+
+# What `check` runs before the tests, in order; the first failure stops it. Settings: pyproject.toml.
+CHECKS = [
+    ("lint", ["ruff", "check", "."]),
+    ("format", ["ruff", "format", "--check", "."]),
+    ("types", ["mypy"]),
+]
 
 
 def ensure_env() -> None:
@@ -44,7 +52,7 @@ def ensure_env() -> None:
 def main(argv: list[str]) -> int:
     """Run the task named by argv[0]; returns the exit code."""
     task = argv[0] if argv else "help"
-    if task not in ("demo", "test", "bench"):
+    if task not in ("demo", "test", "check", "bench"):
         print(__doc__)
         return 0 if task == "help" else 2
     ensure_env()
@@ -55,10 +63,34 @@ def main(argv: list[str]) -> int:
         # compiling mailops' sources (PYTHONDONTWRITEBYTECODE=1 would make every run pay).
         subprocess.run([str(PYTHON), "-m", "compileall", "-q", str(ROOT / "src")], check=True)
         return subprocess.run([str(PYTHON), str(ROOT / "bench" / "run.py"), *argv[1:]]).returncode
-    code = subprocess.run([str(PYTHON), "-m", "pytest", *argv[1:]], cwd=ROOT).returncode
+    if task == "check":
+        for name, command in CHECKS:
+            print(f"== {name}: {' '.join(command)}", flush=True)
+            code = subprocess.run([str(PYTHON), "-m", *command], cwd=ROOT).returncode
+            if code != 0:
+                print(f"{name} failed (exit {code}); fix it before the tests run", file=sys.stderr)
+                return 1
+        print("== tests", flush=True)
+    return run_tests(argv[1:])
+
+
+
+def run_tests(pytest_args: list[str]) -> int:
+    """Run pytest under branch coverage, child processes included, and print the least-covered modules."""
+    coverage = [str(PYTHON), "-m", "coverage"]
+    subprocess.run([*coverage, "erase"], cwd=ROOT, check=True)
+    code = subprocess.run([*coverage, "run", "-m", "pytest", *pytest_args], cwd=ROOT).returncode
     if code == 5:
         print("pytest collected no tests: that is a failure, not a pass", file=sys.stderr)
         return 1
+    # Every process wrote its own data file ([tool.coverage.run] parallel); join them, then report.
+    reported = subprocess.run([*coverage, "combine", "-q"], cwd=ROOT).returncode == 0
+    if reported:
+        print("\nbranch coverage, least covered first (fully covered modules left out):", flush=True)
+        reported = subprocess.run([*coverage, "report"], cwd=ROOT).returncode == 0
+    if not reported:
+        print("coverage: no report (see above)", file=sys.stderr)
+        return code or 1
     return code
 
 

@@ -102,6 +102,8 @@ _SMTP = _Policy(linesep="\r\n", header_factory=_CachedHeaderRegistry())
 
 _UTF8 = email.charset.Charset("utf-8")
 _MAX_LINE = 76  # RFC 2047: a line holding an encoded-word is at most 76 characters
+_MAX_FOLDED = 78  # RFC 5322: a line SHOULD be at most 78 characters (and MUST be at most 998)
+_MAX_HEADER_LINE = 998
 _MIN_ROOM = 16  # fold before an encoded-word that would get less room than this
 
 
@@ -125,6 +127,22 @@ class _HeaderFolder:
         if not self._fits(token) and token:
             self._newline()
         self._current += " " + token
+
+    def add_text(self, text: str) -> None:
+        """Append plain text, breaking lines only at spaces; a run of spaces goes with the word after it.
+
+        Unfolding (removing each line break) gives the text back exactly. Keeping
+        a run of spaces with the next word lets a line break come before the run,
+        so two spaces next to a fold do not push a line past its limit.
+        """
+        pending = ""
+        for token in text.split(" "):
+            if not token:
+                pending += " "
+                continue
+            self.add(pending + token)
+            pending = ""
+        self._current += pending
 
     def add_words(self, text: str) -> None:
         """Append text as encoded-words, each a separate token (the space between them is not text)."""
@@ -157,14 +175,47 @@ def _add_address(folder: _HeaderFolder, address: Address, suffix: str) -> None:
         folder.add(f"<{address.addr_spec}>{suffix}")
         return
     # ASCII: the email package quotes the name when needed; a quoted name may be folded at its spaces.
-    for token in (str(address) + suffix).split(" "):
-        folder.add(token)
+    folder.add_text(str(address) + suffix)
+
+
+def _add_address_encoding_long_names(folder: _HeaderFolder, address: Address, suffix: str) -> None:
+    name = address.display_name
+    if name and _longest_piece(name) > _MAX_LINE // 2:
+        folder.add_words(name)
+        folder.add(f"<{address.addr_spec}>{suffix}")
+    else:
+        _add_address(folder, address, suffix)
+
+
+_PIECE_RE = re.compile(r" *[^ ]+| +")
+
+
+def _longest_piece(text: str) -> int:
+    """Length of the longest stretch of ``text`` that folding at spaces cannot break (a word and the spaces before it)."""
+    return max((len(piece) for piece in _PIECE_RE.findall(text)), default=0)
+
+
+def _fits(name: str, value: str, limit: int = _MAX_FOLDED) -> bool:
+    """Whether every line of the folded ``value`` (``Name: `` before the first) is within ``limit`` characters."""
+    if len(name) + 2 + len(value) <= limit:  # the usual header: short, one line
+        return True
+    lines = value.split("\n")
+    return len(name) + 2 + len(lines[0]) <= limit and all(len(line) <= limit for line in lines[1:])
 
 
 def _address_value(name: str, addresses: Sequence[Address]) -> _Folded:
     folder = _HeaderFolder(name)
+    last = len(addresses) - 1
     for index, address in enumerate(addresses):
-        _add_address(folder, address, "," if index < len(addresses) - 1 else "")
+        _add_address(folder, address, "," if index < last else "")
+    value = folder.value()
+    if _fits(name, value):
+        return value
+    # An ASCII display name with a very long word or run of spaces cannot be folded at its spaces within a
+    # line: send such names as encoded-words (RFC 2047), which may break anywhere. Ordinary names stay plain.
+    folder = _HeaderFolder(name)
+    for index, address in enumerate(addresses):
+        _add_address_encoding_long_names(folder, address, "," if index < last else "")
     return folder.value()
 
 
@@ -175,15 +226,17 @@ def _cached_address_value(name: str, key: tuple[tuple[str, str], ...]) -> _Folde
 
 
 def _subject_value(subject: str) -> _Folded:
+    # Plain ASCII is folded at its spaces (unfolding restores it exactly); anything else, or text that
+    # cannot be folded at spaces within 78-character lines (a long word, a long run of spaces), is sent
+    # as encoded-words, which may break anywhere.
+    if not _needs_encoding(subject):
+        folder = _HeaderFolder("Subject")
+        folder.add_text(subject)
+        value = folder.value()
+        if _fits("Subject", value):
+            return value
     folder = _HeaderFolder("Subject")
-    words = subject.split(" ")
-    # Plain ASCII is folded at its spaces (unfolding restores it exactly); anything else, or a
-    # word too long for the 998-character line limit, is sent as encoded-words.
-    if _needs_encoding(subject) or any(len(word) > 900 for word in words):
-        folder.add_words(subject)
-    else:
-        for word in words:
-            folder.add(word)
+    folder.add_words(subject)
     return folder.value()
 
 
@@ -444,6 +497,13 @@ def build_message(
     # ASCII without line breaks and shorter than a line: nothing to encode or fold.
     headers.append(("Date", _Folded(format_datetime(date))))
     headers.append(("Message-ID", _Folded(check_header_text(message_id, where=f"{where}: Message-ID"))))
+    for name, value in headers:
+        if not _fits(name, value, _MAX_HEADER_LINE):
+            # cannot happen with the folding above; a last guard so no server answers "500 Line too long"
+            raise InputError(
+                f"{where}: the {name} header cannot be written in lines of at most {_MAX_HEADER_LINE} characters; "
+                "shorten the value"
+            )
 
     if html is None and not attachments:
         mime = _plain_text_message(headers, text)

@@ -226,3 +226,30 @@ def test_database_text_is_escaped_in_tables_and_kept_in_json(setup, cli):
     raw_json = cli("queue", "list", "--json").stdout
     assert not any(ch in raw_json for ch in "\x1b\x07\x9b")
     assert json.loads(raw_json)["messages"][0]["subject"] == "Hi \x1b[31mred\x9b [bold]x[/bold]"
+
+
+# ---------------------------------------------------------------- non-text header values from JSON and YAML
+
+
+@pytest.mark.parametrize(
+    ("file", "text", "expected"),
+    [
+        ("c.json", '[{"email": "a@example.com", "name": ["x", "y"]}]', "column 'name' must be text, not a list"),
+        ("c.json", '[{"email": "a@example.com", "name": true}]', "column 'name' must be text, not true/false"),
+        ("c.json", '[{"email": 42, "name": "Ann"}]', "column 'email' must be text, not a number"),
+        ("c.json", '[{"email": ["a@example.com"]}]', "column 'email' must be text, not a list"),
+        ("c.yaml", "- email: a@example.com\n  name: {first: Ann}\n", "column 'name' must be text, not a mapping"),
+        ("c.yaml", "- email: a@example.com\n  name: 3.5\n", "column 'name' must be text, not a number"),
+    ],
+)
+def test_non_text_header_values_from_json_and_yaml_are_refused(setup, cli, file, text, expected):
+    workspace, srv = setup
+    data = workspace.root / file
+    data.write_text(text, encoding="utf-8")
+
+    result = cli("send", "--data", data, "--subject", "S", "--body", "B")
+
+    assert _one_error_line(result) == (
+        f"mailops: error: {file} row 1: {expected}; write the value in quotes as one string (nothing was sent)"
+    )
+    _nothing_sent(workspace, srv)

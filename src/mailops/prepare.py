@@ -403,6 +403,24 @@ def _single(
     )
 
 
+_KINDS = {bool: "true/false", int: "a number", float: "a number", list: "a list", dict: "a mapping"}
+
+
+def _header_text(row: DataRow, column: str) -> str | None:
+    """The text of a column that becomes a header (address, name); None if absent or null.
+
+    JSON and YAML give numbers, booleans, lists and mappings; in a header they
+    would turn into Python's repr, so anything but text is an input error.
+    """
+    value = row.values.get(column)
+    if value is None or isinstance(value, str):
+        return value
+    kind = _KINDS.get(type(value), f"a {type(value).__name__}")
+    raise InputError(
+        f"{row.label}: column {column!r} must be text, not {kind}; write the value in quotes as one string"
+    )
+
+
 def _prepare_row(
     row: DataRow,
     request: SendRequest,
@@ -413,14 +431,14 @@ def _prepare_row(
 ) -> PreparedMessage:
     """One data row to one message; InputError (naming the row and field) if the row is bad."""
     column = request.to_column
-    cell = row.values.get(column)
-    if cell is None or not str(cell).strip():
+    cell = _header_text(row, column)
+    if cell is None or not cell.strip():
         raise InputError(f"{row.label}: column {column!r} is empty; fill in the recipient's address or remove the row")
-    recipient = parse_address(str(cell), where=f"{row.label}: column {column!r}")
+    recipient = parse_address(cell, where=f"{row.label}: column {column!r}")
 
-    name_cell = row.values.get(NAME_COLUMN)
-    if name_cell is not None and str(name_cell).strip():
-        display = check_header_text(str(name_cell).strip(), where=f"{row.label}: column {NAME_COLUMN!r}")
+    name_cell = _header_text(row, NAME_COLUMN)
+    if name_cell is not None and name_cell.strip():
+        display = check_header_text(name_cell.strip(), where=f"{row.label}: column {NAME_COLUMN!r}")
         recipient = make_address(display, recipient.addr_spec)
 
     variables = {

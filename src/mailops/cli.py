@@ -106,6 +106,17 @@ def _safe(value: Any) -> str:
     return for_terminal("" if value is None else str(value))
 
 
+def _warn_unverified_tls(config: Config, keys: Any) -> None:
+    """One line on stderr naming the senders among ``keys`` that connect with ``tls_verify: false``."""
+    names = [k for k in keys if not config.senders[k].tls_verify and config.senders[k].security != "none"]
+    if names:
+        _err(
+            f"mailops: warning: tls_verify: false for {', '.join(names)}: the server's certificate is not checked, "
+            "so anyone on the way can read the mail and the password; use it only for testing (trust a private "
+            "CA with ca_file instead)"
+        )
+
+
 def _load_config() -> Config:
     from .config import load_config
 
@@ -372,6 +383,7 @@ def test_smtp(
         config.sender(key)
     if not keys:
         raise UsageError("no active senders to test; name one or pass --all")
+    _warn_unverified_tls(config, keys)
     results = _run_checks(config, keys, send_to)
     if json_out:
         _print_json([r.to_dict() for r in results])
@@ -392,6 +404,7 @@ def doctor(
 
     config = _load_config()
     report = run_doctor(config)
+    _warn_unverified_tls(config, [k for k, s in config.senders.items() if s.active])
     if connect:
         keys = [k for k, s in config.senders.items() if s.active]
         for result in _run_checks(config, keys, None):
@@ -543,6 +556,7 @@ def send(
 
     config = _load_config()
     plan = routing.resolve(config, route, sender)
+    _warn_unverified_tls(config, plan.candidates)
     request = SendRequest(
         to=list(to or []),
         cc=list(cc or []),
@@ -625,6 +639,7 @@ def deliver(
     from .outbox import Outbox
 
     config = _load_config()
+    _warn_unverified_tls(config, [k for k, s in config.senders.items() if s.active])
     store = _open_store(config)
     # staged rows of a send that died before queueing them were never accepted: drop them
     Outbox(store, config.delivery).discard_abandoned(_now() - 86400)

@@ -343,6 +343,46 @@ def _check_address(value: str, path: Path, where: str, display_name: bool = True
         raise ConfigError(str(exc)) from None
 
 
+_HOST_LABEL_RE = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
+
+
+def host_problem(host: str) -> str | None:
+    """None if ``host`` is a host name or an IP address smtplib can connect to, else what is wrong with it.
+
+    A name is dot-separated labels of letters, digits, '-' and '_' (an
+    internationalized name is checked in its IDNA form); IPv6 addresses are
+    written without brackets.
+    """
+    import ipaddress
+
+    text = host
+    if not text.strip():
+        return "is empty"
+    try:
+        ipaddress.ip_address(text)
+        return None
+    except ValueError:
+        pass
+    bad = sorted({ch for ch in text if ch.isspace() or ch in "/:@[]<>\\\"',;?#"})
+    if bad:
+        shown = ", ".join("a space" if ch == " " else repr(ch) for ch in bad)
+        return f"is not a host name (it holds {shown})"
+    try:
+        ascii_name = text.encode("idna").decode("ascii") if not text.isascii() else text
+    except UnicodeError:
+        return "is not a valid host name"
+    labels = ascii_name.removesuffix(".").split(".")
+    if len(ascii_name) > 253 or not all(_HOST_LABEL_RE.fullmatch(label) for label in labels):
+        return "is not a valid host name (letters, digits, '-' and '.' only, no empty part)"
+    return None
+
+
+def _check_host(host: str, path: Path, where: str) -> None:
+    problem = host_problem(host)
+    if problem is not None:
+        raise ConfigError(f"{path}: {where}: {host!r} {problem}; write a name such as smtp.example.com or an IP address")
+
+
 def _as_mapping(value: Any, path: Path, where: str, what: str) -> dict[str, Any]:
     if value is None:
         return {}
@@ -371,6 +411,7 @@ def _build_sender(key: str, merged: dict[str, Any], base: Path, path: Path) -> S
     for required in ("email", "host"):
         if getattr(fields, required) in (None, ""):
             raise ConfigError(f"{path}: {where}.{required}: required key is missing; add it (or put it in defaults)")
+    _check_host(fields.host, path, f"{where}.host")
     email = _check_address(fields.email, path, f"{where}.email", display_name=False)
     if fields.reply_to:
         _check_address(fields.reply_to, path, f"{where}.reply_to")
@@ -527,7 +568,9 @@ def parse_config(data: Any, path: Path) -> Config:
     _refuse_password(
         defaults, path, "defaults", list(raw_senders_for_hint) if isinstance(raw_senders_for_hint, dict) else []
     )
-    _validate(SenderFields, defaults, path, ("defaults",))
+    default_fields = _validate(SenderFields, defaults, path, ("defaults",))
+    if default_fields.host:
+        _check_host(default_fields.host, path, "defaults.host")
 
     raw_senders = _as_mapping(top.get("senders"), path, "senders", "sender names to settings")
     if not raw_senders:

@@ -16,7 +16,9 @@ def unverified(workspace, smtp_server):
     srv = smtp_server(users={"sales@example.com": PASSWORD})
     workspace.write_config(
         {
-            "sales": workspace.sender(srv, email="sales@example.com", password=PASSWORD, ca_file=None, tls_verify=False),
+            "sales": workspace.sender(
+                srv, email="sales@example.com", password=PASSWORD, ca_file=None, tls_verify=False
+            ),
             "other": workspace.sender(srv, email="sales@example.com", password=PASSWORD),
         },
         routes={"default": "sales"},

@@ -105,10 +105,18 @@ def test_group_entry_with_an_unquoted_comma_says_to_quote_the_name(setup, cli):
 
 def test_what_the_config_accepts_is_exactly_what_is_sent(setup, cli):
     workspace, srv = setup
-    members = ['"Müller, Jürgen" <jm@example.com>', "J. R. Doe <jrd@example.com>", "Ann (Sales) <ann@example.com>",
-               "bob@Example.COM"]
+    members = [
+        '"Müller, Jürgen" <jm@example.com>',
+        "J. R. Doe <jrd@example.com>",
+        "Ann (Sales) <ann@example.com>",
+        "bob@Example.COM",
+    ]
     workspace.write_config(
-        {"sales": workspace.sender(srv, email="sales@example.com", password=PASSWORD, reply_to="Desk <desk@example.com>")},
+        {
+            "sales": workspace.sender(
+                srv, email="sales@example.com", password=PASSWORD, reply_to="Desk <desk@example.com>"
+            )
+        },
         routes={"default": "sales"},
         groups={"team": members},
     )
@@ -135,8 +143,11 @@ CONTROL = "is not allowed in a header (subject, name, address); remove it from t
         (["--to", "a@example.com", "--subject", "Hi \x1b[2J", "--body", "B"], "message: subject", "\\x1b"),
         (["--to", "a@example.com", "--subject", "Ding\x07", "--body", "B"], "message: subject", "\\x07"),
         (["--to", "Eve\x9b <a@example.com>", "--subject", "S", "--body", "B"], "--to", "\\x9b"),
-        (["--to", "a@example.com", "--reply-to", "Desk\x7f <d@example.com>", "--subject", "S", "--body", "B"],
-         "--reply-to", "\\x7f"),
+        (
+            ["--to", "a@example.com", "--reply-to", "Desk\x7f <d@example.com>", "--subject", "S", "--body", "B"],
+            "--reply-to",
+            "\\x7f",
+        ),
     ],
 )
 def test_control_characters_in_options_are_refused(setup, cli, args, where, char):
@@ -150,7 +161,9 @@ def test_control_characters_in_options_are_refused(setup, cli, args, where, char
     _nothing_sent(workspace, srv)
 
 
-@pytest.mark.parametrize(("name", "char"), [("Eve\x1b]0;owned\x07", "\\x1b"), ("Bell\x07", "\\x07"), ("V\x0btab", "\\x0b")])
+@pytest.mark.parametrize(
+    ("name", "char"), [("Eve\x1b]0;owned\x07", "\\x1b"), ("Bell\x07", "\\x07"), ("V\x0btab", "\\x0b")]
+)
 def test_control_characters_in_a_data_name_are_refused(setup, cli, name, char):
     workspace, srv = setup
     data = workspace.root / "c.json"
@@ -203,8 +216,9 @@ def test_database_text_is_escaped_in_tables_and_kept_in_json(setup, cli):
     workspace.query("UPDATE attempts SET subject = ?", "Hi \x1b[31mred\x9b [bold]x[/bold]")
     # and a server's reply kept as the sender's last error
     workspace.query("DELETE FROM sender_state WHERE sender = 'sales'")
-    workspace.query("INSERT INTO sender_state (sender, healthy, checked_at, last_error) VALUES ('sales', 0, 1, ?)",
-                    HOSTILE_REPLY)
+    workspace.query(
+        "INSERT INTO sender_state (sender, healthy, checked_at, last_error) VALUES ('sales', 0, 1, ?)", HOSTILE_REPLY
+    )
 
     outputs = {
         "log": cli("log"),

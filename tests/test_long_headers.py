@@ -74,7 +74,7 @@ def test_ordinary_headers_are_written_as_before():
     subject = list(prepared.mime.split(b"\r\n\r\n")[0].split(b"\r\n"))
     start = subject.index(next(line for line in subject if line.startswith(b"Subject:")))
     # folded at spaces, no encoded-words, a double space kept with the word after it
-    assert subject[start:start + 2] == [
+    assert subject[start : start + 2] == [
         b"Subject: Your renewal  for  2026 word word word word word word word word",
         b" word word word word word word word word word word word word end",
     ]

@@ -34,8 +34,7 @@ def header_problem(value: str) -> str | None:
         return None
     char = match.group()
     return (
-        f"the control character {char!r} is not allowed in a header (subject, name, address); "
-        "remove it from the value"
+        f"the control character {char!r} is not allowed in a header (subject, name, address); remove it from the value"
     )
 
 

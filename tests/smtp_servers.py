@@ -396,3 +396,13 @@ def fail_first(times: int, reply: str) -> Callable[[Any], str | None]:
             return reply if calls["n"] <= times else None
 
     return hook
+
+
+def refusing(*addresses: str, reply: str = "550 5.1.1 no such user") -> Callable[[str], str | None]:
+    """An ``rcpt_hook`` that refuses the chosen recipients at RCPT with ``reply`` and accepts the rest."""
+    chosen = {a.lower() for a in addresses}
+
+    def hook(address: str) -> str | None:
+        return reply if address.lower() in chosen else None
+
+    return hook

@@ -177,13 +177,14 @@ def test_partial_refusal_records_each_recipient(workspace, srv, cli):
 
     result = cli("send", "--to", "ok@example.org", "--to", "gone@example.org", "--subject", "S", "--body", "B")
 
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output  # a refused recipient is a failure of that recipient
     [received] = srv.messages
     assert received.rcpt_tos == ["ok@example.org"]
     [(status,)] = workspace.query("SELECT recipient_status FROM messages")
     assert json.loads(status) == {"ok@example.org": "sent", "gone@example.org": "failed: 550 5.1.1 no such user"}
-    [row] = log_json(cli)
+    refused, row = log_json(cli)
     assert row["outcome"] == "partial" and "gone@example.org: 550" in row["detail"]
+    assert (refused["outcome"], refused["recipients"], refused["smtp_code"]) == ("failed", "gone@example.org", 550)
 
 
 def test_non_ascii_names_and_subjects_arrive_encoded_without_defects(workspace, srv, cli):

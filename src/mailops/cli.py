@@ -448,33 +448,56 @@ def _progress_runner(total: int, enabled: bool) -> Any:
     return runner()
 
 
-def _summary(report: Any, config: Config, json_out: bool, quiet: bool, extra: dict[str, Any] | None = None) -> None:
+def _problem_lines(report: Any, config: Config) -> list[str]:
+    """What was not done and what happens next: the lines cron must mail to the operator (also with -q)."""
     from .history import humanize_wait, local_time
 
+    lines = []
+    if report.total_deferred and report.next_due_at:
+        when = local_time(report.next_due_at, config.timezone)
+        lines.append(
+            f"{report.total_deferred} message(s) deferred until {when} "
+            f"(in {humanize_wait(report.next_due_at - _now())}); 'mailops deliver' sends them when due"
+        )
+    shown = report.problems[:10]
+    lines.extend(f"  {_safe(problem)}" for problem in shown)
+    more = len(report.problems) - len(shown) + report.hidden_problems
+    if more:
+        lines.append(f"  ... and {more} more (see 'mailops log --status failed' and 'mailops queue list')")
+    return lines
+
+
+def _summary(report: Any, config: Config, json_out: bool, quiet: bool, extra: dict[str, Any] | None = None) -> None:
     data = report.to_dict()
     if extra:
         data = {**extra, **data}
+    if STATE.debug:
+        for trace in report.tracebacks:
+            _err(trace.rstrip())
     if json_out:
         _print_json(data)
         return
     if quiet:
+        # Cron mails what a job prints: silence only when everything was done.
+        if report.has_problems:
+            for line in _problem_lines(report, config):
+                _err(line)
         return
     rows = [[s, v["sent"], v["deferred"], v["failed"]] for s, v in data["per_sender"].items()]
     if rows:
         _table("summary", ["sender", "sent", "deferred", "failed"], rows)
-    _out(f"sent {report.total_sent}, deferred {report.total_deferred}, failed {report.total_failed}")
-    if report.total_deferred and report.next_due_at:
-        when = local_time(report.next_due_at, config.timezone)
-        _out(
-            f"{report.total_deferred} message(s) deferred until {when} "
-            f"(in {humanize_wait(report.next_due_at - _now())}); 'mailops deliver' sends them when due"
-        )
-    for problem in report.problems[:10]:
-        _out(f"  {_safe(problem)}")
+    refused = (
+        f"; {report.refused_recipients} recipient(s) refused in {report.partially_refused} message(s)"
+        if report.refused_recipients
+        else ""
+    )
+    _out(f"sent {report.total_sent}, deferred {report.total_deferred}, failed {report.total_failed}{refused}")
+    for line in _problem_lines(report, config):
+        _out(line)
 
 
 def _exit_for(report: Any, extra_problem: bool = False) -> None:
-    if report.total_deferred or report.total_failed or report.interrupted or extra_problem:
+    if report.has_problems or report.interrupted or extra_problem:
         raise typer.Exit(1)
 
 
@@ -753,8 +776,11 @@ def queue_retry(
 
     _one_target(message, batch, all_)
     config = _load_config()
-    n = Outbox(_open_store(config), config.delivery).retry(_now(), msg_id=message, batch=batch, all_=all_)
+    n, refused = Outbox(_open_store(config), config.delivery).retry_refused(_now(), msg_id=message, batch=batch, all_=all_)
     _out(f"{n} message(s) due now; run 'mailops deliver' to send them")
+    if refused:
+        shown = ", ".join(refused[:5]) + (f" and {len(refused) - 5} more" if len(refused) > 5 else "")
+        _out(f"retrying {len(refused)} recipient(s) the server refused permanently ({shown})")
 
 
 @queue_app.command("cancel")

@@ -53,6 +53,11 @@ class DeliveryReport:
     interrupted: bool = False
     returned: int = 0  # claimed but not attempted, put back in the queue (stop or deadline)
     problems: list[str] = field(default_factory=list)  # one line per deferral/failure reason (deduplicated)
+    refused_recipients: int = 0  # recipients refused for good in messages the server accepted for others
+    partially_refused: int = 0  # messages accepted for some recipients and refused for others
+    internal_errors: int = 0  # messages whose delivery met an unexpected error (deferred or failed)
+    tracebacks: list[str] = field(default_factory=list)  # of those errors, for --debug
+    hidden_problems: int = 0  # problem lines left out (beyond the first 50)
 
     @property
     def total_sent(self) -> int:
@@ -69,10 +74,19 @@ class DeliveryReport:
         """Messages that failed for good."""
         return sum(self.failed.values())
 
+    @property
+    def has_problems(self) -> bool:
+        """True when something was not done: a deferral, a failure, a refused recipient (exit code 1)."""
+        return bool(self.total_deferred or self.total_failed or self.refused_recipients or self.internal_errors)
+
     def note(self, text: str) -> None:
         """Remember a reason once."""
-        if text and text not in self.problems and len(self.problems) < 50:
+        if not text or text in self.problems:
+            return
+        if len(self.problems) < 50:
             self.problems.append(text)
+        else:
+            self.hidden_problems += 1
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary."""
@@ -81,6 +95,9 @@ class DeliveryReport:
             "sent": self.total_sent,
             "deferred": self.total_deferred,
             "failed": self.total_failed,
+            "refused_recipients": self.refused_recipients,
+            "partially_refused_messages": self.partially_refused,
+            "internal_errors": self.internal_errors,
             "returned_to_queue": self.returned,
             "next_due_at": self.next_due_at,
             "interrupted": self.interrupted,
@@ -121,6 +138,8 @@ class _Result:
     outcome: str  # sent | deferred | failed | next | returned
     sender: str | None = None
     note: str | None = None
+    refused: int = 0  # recipients refused for good while others got the message
+    trace: str | None = None  # traceback of an unexpected error (shown with --debug)
 
 
 class _Worker(threading.Thread):
@@ -217,8 +236,9 @@ class _Worker(threading.Thread):
                     continue
                 try:
                     result = self.d._attempt(job, self, held)
-                # a bug must not strand the dispatcher; the lease brings the message back
-                except BaseException as exc:  # noqa: BLE001 - reported as the job's note
+                except Exception as exc:  # noqa: BLE001 - a bug must neither strand the dispatcher nor loop the message
+                    result = self.d._record_internal_error(job, self.sender, exc)
+                except BaseException as exc:  # noqa: BLE001 - not a bug of one message: the lease brings it back
                     result = _Result(job, "returned", note=f"internal error: {exc!r}")
                 if result is not None:
                     self.d.results.put(result)
@@ -414,7 +434,15 @@ class Deliverer:
     def _handle(self, result: _Result, report: DeliveryReport, in_flight: dict[int, _Job], progress: Any) -> None:
         job = result.job
         if result.note:
-            report.note(result.note)
+            for line in result.note.split("\n"):
+                report.note(line)
+        if result.trace is not None:
+            report.internal_errors += 1
+            if len(report.tracebacks) < 5:
+                report.tracebacks.append(result.trace)
+        if result.refused:
+            report.refused_recipients += result.refused
+            report.partially_refused += 1
         if result.outcome == "next":
             self._dispatch(job, report, in_flight, progress)
             return
@@ -484,6 +512,9 @@ class Deliverer:
 
     def _dispatch(self, job: _Job, report: DeliveryReport, in_flight: dict[int, _Job], progress: Any) -> None:
         """Hand the job to its next usable candidate's worker, or settle it when none is left."""
+        if not job.msg.pending_recipients:
+            self._handle(self._settle_without_recipients(job), report, in_flight, progress)
+            return
         if job.order is None:
             self._order(job)
         assert job.order is not None
@@ -607,6 +638,10 @@ class Deliverer:
         except SmtpFailure as failure:
             worker.flush()
             return self._record_failure(job, sender, held, failure, time.monotonic() - started)
+        except Exception as exc:  # noqa: BLE001 - a bug: this message waits with backoff, the run goes on
+            session.close()  # its state is unknown: the next message starts on a fresh connection
+            worker.flush()
+            return self._record_internal_error(job, sender, exc, held)
         worker.pending = (
             job,
             functools.partial(self._record_sent, job, sender, result, time.monotonic() - started, self.clock()),
@@ -618,44 +653,83 @@ class Deliverer:
     def _record_sent(
         self, job: _Job, sender: Sender, result: SendResult, duration: float, now: float, conn: Any
     ) -> _Result:
-        """Write a server's acceptance (some recipients may have been refused) and the attempt's log row."""
+        """Write a server's acceptance (some recipients may have been refused) and the attempt's log rows.
+
+        A recipient refused for good while others got the message is a failure of that
+        recipient: its own ``failed`` log row with the server's reply, and a problem line.
+        """
         msg = job.msg
         status = dict(msg.recipient_status)
         for rcpt in result.accepted:
             status[rcpt] = "sent"
         temp_refused = 0
+        rows = []
+        problems = []
         for rcpt, (code, text) in result.refused.items():
             if 500 <= code < 600:
                 status[rcpt] = f"failed: {code} {text}"
+                problems.append(f"{msg.subject!r}: {rcpt} refused: {code} {text}; the other recipients got the message")
+                rows.append(
+                    self._attempt_row(
+                        msg, sender, "failed", at=now, recipients=rcpt, smtp_code=code, smtp_text=text,
+                        detail="recipient refused at RCPT; the other recipients got the message",
+                    )
+                )
             else:
                 temp_refused += 1
         refused_note = "; ".join(f"{r}: {c} {t}" for r, (c, t) in result.refused.items()) or None
-        note = None
+        note = "\n".join(problems) or None
         self.outbox.log(
             conn,
-            self._attempt_row(
-                msg,
-                sender,
-                "partial" if result.refused else "sent",
-                at=now,
-                smtp_code=result.code,
-                smtp_text=result.text,
-                detail=refused_note,
-                duration=duration,
-            ),
+            [
+                self._attempt_row(
+                    msg,
+                    sender,
+                    "partial" if result.refused else "sent",
+                    at=now,
+                    smtp_code=result.code,
+                    smtp_text=result.text,
+                    detail=refused_note,
+                    duration=duration,
+                ),
+                *rows,
+            ],
         )
         if temp_refused:
             # Accepted ones are done; only the temporarily refused recipients wait for a retry.
-            outcome, note = self._defer_temporary(
-                conn, msg, sender, f"{temp_refused} recipient(s) temporarily refused", now, status
+            outcome, deferral = self._defer_temporary(
+                conn, msg, sender, f"{temp_refused} recipient(s) temporarily refused: {refused_note}", now, status
             )
+            note = "\n".join([*problems, deferral])
         else:
             self.outbox.mark_sent(conn, msg, sender.key, now, status)
             outcome = "sent"
         if sender.key not in self._known_healthy:  # one health write per run and sender
             health.record(conn, sender.key, True, now)
             self._known_healthy.add(sender.key)
-        return _Result(job, outcome, sender.key, note)
+        return _Result(job, outcome, sender.key, note, refused=len(problems))
+
+    def _record_internal_error(
+        self, job: _Job, sender: Sender | None, exc: Exception, held: quota.Reservation | None = None
+    ) -> _Result:
+        """An unexpected error while delivering one message: that message waits with backoff (and fails
+        after the give-up age) with the error as its reason; the run goes on."""
+        import traceback
+
+        msg = job.msg
+        trace = "".join(traceback.format_exception(exc))
+        text = f"internal error: {exc!r}"
+        now = self.clock()
+        try:
+            with self.store.write() as conn:
+                if held is not None:
+                    quota.release(conn, held)
+                self.outbox.log(conn, self._attempt_row(msg, sender, "deferred", detail=text))
+                outcome, note = self._defer_temporary(conn, msg, sender, text, now, None)
+        except Exception as again:  # noqa: BLE001 - the database fails too: the message goes back to the queue
+            return _Result(job, "returned", note=f"{text}; could not record it: {again}", trace=trace)
+        where = f" via {sender.key}" if sender else ""
+        return _Result(job, outcome, sender.key if sender else None, f"{msg.subject!r}{where}: {note}", trace=trace)
 
     def _record_failure(
         self, job: _Job, sender: Sender, held: quota.Reservation, failure: SmtpFailure, duration: float
@@ -710,7 +784,13 @@ class Deliverer:
             for rcpt in msg.pending_recipients:
                 status.setdefault(rcpt, f"failed: {failure.code} {failure.text}")
             self.outbox.mark_failed(conn, msg, text, now, attempted=True, sender=sender.key, recipient_status=status)
-        return _Result(job, "failed", sender.key, f"{msg.subject!r} to {', '.join(msg.pending_recipients)}: {text}")
+        return _Result(
+            job,
+            "failed",
+            sender.key,
+            f"failed: {msg.subject!r} to {', '.join(msg.pending_recipients)}: {text} "
+            f"(message {msg.id}; 'mailops queue retry {msg.id}' tries again)",
+        )
 
     def _defer_temporary(
         self,
@@ -738,6 +818,19 @@ class Deliverer:
         return "deferred", f"temporary failure: {reason}"
 
     # ------------------------------------------------------------ no candidate left (dispatcher side)
+
+    def _settle_without_recipients(self, job: _Job) -> _Result:
+        """A message whose every recipient already has an outcome (never an empty envelope to a server)."""
+        msg = job.msg
+        now = self.clock()
+        refused = {r: s for r, s in msg.recipient_status.items() if s != "sent"}
+        with self.store.write() as conn:
+            if not refused:
+                self.outbox.mark_sent(conn, msg, msg.nominal_sender, now, msg.recipient_status)
+                return _Result(job, "sent", msg.nominal_sender)
+            reason = "every recipient already has an outcome: " + "; ".join(f"{r}: {s}" for r, s in refused.items())
+            self.outbox.mark_failed(conn, msg, reason, now, attempted=False)
+        return _Result(job, "failed", None, f"failed: {msg.subject!r}: {reason}")
 
     def _settle(self, job: _Job) -> tuple[str, str | None, str]:
         """Every candidate was tried, blocked or skipped: defer (nothing is dropped)."""

@@ -377,13 +377,39 @@ class Outbox:
         raise ValueError("nothing selected")
 
     def retry(self, now: float, *, msg_id: int | None = None, batch: str | None = None, all_: bool = False) -> int:
-        """Make deferred or failed messages due now (a failed one starts a fresh retry window)."""
+        """Make deferred or failed messages due now (a failed one starts a fresh retry window); see :meth:`retry_refused`."""
+        return self.retry_refused(now, msg_id=msg_id, batch=batch, all_=all_)[0]
+
+    def retry_refused(
+        self, now: float, *, msg_id: int | None = None, batch: str | None = None, all_: bool = False
+    ) -> tuple[int, list[str]]:
+        """:meth:`retry`, returning also the permanently refused recipients that are tried again.
+
+        A failed message's refused recipients get their turn again (recipients that
+        got it keep their ``sent``), so a retried message never has an empty envelope.
+        """
+        target = self._select(msg_id, batch, all_)
+        has_refused = MESSAGES.c.recipient_status.contains('"failed:', autoescape=True)
+        # A sent message whose server refused some recipients is a failure of those recipients.
+        chosen = target & (MESSAGES.c.state.in_([DEFERRED, FAILED, QUEUED]) | ((MESSAGES.c.state == SENT) & has_refused))
+        again: list[str] = []
         with self.store.write() as conn:
-            return conn.execute(
+            rows = conn.execute(sa.select(MESSAGES.c.id, MESSAGES.c.recipient_status).where(chosen & has_refused)).all()
+            for row in rows:
+                status = json.loads(row.recipient_status or "{}")
+                refused = [r for r, v in status.items() if v.startswith("failed")]
+                again.extend(refused)
+                kept = {r: v for r, v in status.items() if r not in refused}
+                conn.execute(
+                    sa.update(MESSAGES).where(MESSAGES.c.id == row.id).values(recipient_status=json.dumps(kept))
+                )
+            retried = [row.id for row in rows]
+            count = conn.execute(
                 sa.update(MESSAGES)
-                .where(self._select(msg_id, batch, all_) & MESSAGES.c.state.in_([DEFERRED, FAILED, QUEUED]))
+                .where(target & (MESSAGES.c.state.in_([DEFERRED, FAILED, QUEUED]) | MESSAGES.c.id.in_(retried)))
                 .values(state=QUEUED, due_at=now, updated_at=now, first_attempt_at=None, reason=None)
             ).rowcount
+        return count, again
 
     def release_quota_deferred(self, sender_keys: builtins.list[str], now: float) -> int:
         """After a counter reset: messages deferred only for quota on these senders become due now."""

@@ -1,0 +1,195 @@
+"""Honest outcomes for unattended runs: every problem is printed (also with -q), counted and in the exit code.
+
+Each test runs the real CLI against a real aiosmtpd server (or a closed port for a server that is down)
+and checks the printed lines, the exit code, the outbox states and what the server received.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from tests.fixtures_cli import log_json
+from tests.smtp_servers import refusing
+
+PASSWORD = "s3cret-pass"
+
+
+@pytest.fixture
+def srv(smtp_server):
+    return smtp_server(users={"sales@example.com": PASSWORD, "finance@example.com": PASSWORD})
+
+
+def _config(workspace, srv, **sales_keys):
+    workspace.write_config(
+        {"sales": workspace.sender(srv, email="sales@example.com", password=PASSWORD, **sales_keys)},
+        routes={"default": "sales"},
+    )
+
+
+def _no_ids(line: str) -> str:
+    return re.sub(r"(message|retry) \d+", r"\1 N", line)
+
+
+def _send(cli, *args):
+    return cli("send", *args, "--subject", "S", "--body", "B")
+
+
+# ---------------------------------------------------------------- 1. -q is quiet on success only
+
+
+def test_quiet_success_prints_nothing(workspace, srv, cli):
+    _config(workspace, srv)
+    result = _send(cli, "--to", "ok@example.org", "-q")
+    assert (result.exit_code, result.stdout, result.stderr) == (0, "", "")
+    assert len(srv.messages) == 1
+
+
+def test_quiet_prints_a_refused_recipient_on_stderr(workspace, srv, cli):
+    _config(workspace, srv)
+    srv.rcpt_hook = refusing("gone@example.org")
+
+    loud = _send(cli, "--to", "gone@example.org")
+    quiet = _send(cli, "--to", "gone@example.org", "-q")
+
+    assert loud.exit_code == quiet.exit_code == 1
+    assert quiet.stdout == ""
+    lines = quiet.stderr.splitlines()
+    assert any(
+        line.startswith("  failed: 'S' to gone@example.org: rcpt: 550 ") and "no such user" in line for line in lines
+    ), quiet.stderr
+    # the same problem lines as without -q (but for the message's id)
+    assert {_no_ids(line) for line in lines} <= {_no_ids(line) for line in loud.output.splitlines()}
+    assert workspace.states() == {"failed": 2}
+    assert srv.messages == []
+
+
+def test_quiet_prints_a_server_that_is_down(workspace, srv, cli, closed_port):
+    workspace.write_config(
+        {"sales": workspace.sender(srv, email="sales@example.com", password=PASSWORD, port=closed_port)},
+        routes={"default": "sales"},
+    )
+    result = _send(cli, "--to", "a@example.org", "-q")
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert "1 message(s) deferred until" in result.stderr
+    assert f"127.0.0.1:{closed_port}" in result.stderr and "refused" in result.stderr
+    assert workspace.states() == {"deferred": 1}
+
+
+def test_quiet_prints_a_quota_deferral(workspace, srv, cli):
+    _config(workspace, srv, daily_limit=1)
+    data = workspace.csv("c.csv", [{"email": f"u{i}@example.org"} for i in range(2)])
+    result = cli("send", "--data", data, "--subject", "S", "--body", "B", "-q")
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert "1 message(s) deferred until" in result.stderr
+    assert "quota: daily limit of 1 reached for sales" in result.stderr, result.stderr
+    assert workspace.states() == {"sent": 1, "deferred": 1}
+    assert len(srv.messages) == 1
+
+
+# ---------------------------------------------------------------- 2. partial refusal fails that recipient
+
+
+def test_partial_refusal_is_a_failure_of_that_recipient(workspace, srv, cli):
+    _config(workspace, srv)
+    srv.rcpt_hook = refusing("gone@example.org")
+
+    result = _send(cli, "--to", "ok@example.org", "--to", "gone@example.org")
+
+    assert result.exit_code == 1, result.output
+    assert "sent 1, deferred 0, failed 0; 1 recipient(s) refused in 1 message(s)" in result.stdout
+    assert "gone@example.org refused: 550 5.1.1 no such user; the other recipients got the message" in result.stdout
+    [received] = srv.messages
+    assert received.rcpt_tos == ["ok@example.org"]
+    assert workspace.states() == {"sent": 1}
+    failed = log_json(cli, "--status", "failed")
+    assert [(r["recipients"], r["smtp_code"], r["smtp_text"]) for r in failed] == [
+        ("gone@example.org", 550, "5.1.1 no such user")
+    ]
+    as_json = json.loads(_send(cli, "--to", "ok2@example.org", "--to", "gone@example.org", "--json").stdout)
+    assert as_json["refused_recipients"] == 1 and as_json["partially_refused_messages"] == 1
+    assert any("gone@example.org refused" in p for p in as_json["problems"])
+
+
+def test_partial_refusal_quiet_prints_it(workspace, srv, cli):
+    _config(workspace, srv)
+    srv.rcpt_hook = refusing("gone@example.org")
+    result = _send(cli, "--to", "ok@example.org", "--to", "gone@example.org", "-q")
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert "gone@example.org refused: 550 5.1.1 no such user" in result.stderr
+
+
+# ---------------------------------------------------------------- 3. no message loops or hangs in the queue
+
+
+def test_retry_of_a_refused_message_retries_its_recipients(workspace, srv, cli):
+    _config(workspace, srv)
+    srv.rcpt_hook = refusing("gone@example.org")
+    assert _send(cli, "--to", "gone@example.org").exit_code == 1
+    assert workspace.states() == {"failed": 1}
+
+    retried = cli("queue", "retry", "--all")
+    assert retried.exit_code == 0
+    assert "1 message(s) due now" in retried.stdout
+    assert "retrying 1 recipient(s) the server refused permanently (gone@example.org)" in retried.stdout
+
+    srv.rcpt_hook = None  # the mailbox exists now
+    delivered = cli("deliver", "-q")
+    assert (delivered.exit_code, delivered.stdout, delivered.stderr) == (0, "", "")
+    assert [m.rcpt_tos for m in srv.messages] == [["gone@example.org"]]
+    assert workspace.states() == {"sent": 1}
+
+
+def test_retry_of_a_partly_refused_message_keeps_the_delivered_recipients(workspace, srv, cli):
+    _config(workspace, srv)
+    srv.rcpt_hook = refusing("gone@example.org")
+    assert _send(cli, "--to", "ok@example.org", "--to", "gone@example.org").exit_code == 1
+    [(msg_id,)] = workspace.query("SELECT id FROM messages")
+
+    retried = cli("queue", "retry", str(msg_id))
+    assert "retrying 1 recipient(s) the server refused permanently (gone@example.org)" in retried.stdout
+    srv.rcpt_hook = refusing("gone@example.org")
+    again = cli("deliver", "-q")
+    assert again.exit_code == 1
+    assert "gone@example.org refused" in again.stderr or "gone@example.org" in again.stderr
+    # the message went only once to the recipient who had it
+    assert [m.rcpt_tos for m in srv.messages] == [["ok@example.org"]]
+    assert all(state in ("failed", "sent") for state in workspace.states())
+
+
+def test_an_unexpected_error_fails_the_message_not_the_run(workspace, srv, cli, monkeypatch):
+    from mailops import transport
+
+    _config(workspace, srv)
+    data = workspace.csv("c.csv", [{"email": f"u{i}@example.org"} for i in range(3)])
+    real_send = transport.SmtpSession.send
+
+    def send(self, mime, mail_from, rcpt_to, **kwargs):
+        if rcpt_to == ["u1@example.org"]:
+            raise RuntimeError("boom in the transport")
+        return real_send(self, mime, mail_from, rcpt_to, **kwargs)
+
+    monkeypatch.setattr(transport.SmtpSession, "send", send)
+    result = cli("send", "--data", data, "--subject", "S", "--body", "B", "-q")
+
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert "internal error: RuntimeError('boom in the transport')" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert sorted(m.rcpt_tos[0] for m in srv.messages) == ["u0@example.org", "u2@example.org"]
+    assert workspace.states() == {"sent": 2, "deferred": 1}
+    [(reason, due, updated)] = workspace.query("SELECT reason, due_at, updated_at FROM messages WHERE state = 'deferred'")
+    assert "internal error: RuntimeError('boom in the transport')" in reason
+    assert due > updated  # backoff, not due again at once
+
+    # --debug shows the traceback; a deliver of the message (due again) reports it the same way
+    workspace.query("UPDATE messages SET due_at = 0 WHERE state = 'deferred'")
+    debug = cli("--debug", "deliver", "-q")
+    assert debug.exit_code == 1
+    assert "Traceback" in debug.stderr and "boom in the transport" in debug.stderr
+    assert workspace.states() == {"sent": 2, "deferred": 1}

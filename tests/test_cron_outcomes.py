@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
 
 import pytest
 
@@ -27,6 +28,23 @@ def _config(workspace, srv, **sales_keys):
         {"sales": workspace.sender(srv, email="sales@example.com", password=PASSWORD, **sales_keys)},
         routes={"default": "sales"},
     )
+
+
+def _execute(workspace, sql: str) -> None:
+    """Change the workspace database behind mailops' back (SQLite file or PostgreSQL), committed."""
+    if workspace.database_url is None:
+        with sqlite3.connect(workspace.db_path, timeout=30) as conn:
+            conn.execute(sql)
+        return
+    import sqlalchemy as sa
+    from sqlalchemy.pool import NullPool
+
+    engine = sa.create_engine(workspace.database_url.replace("postgresql://", "postgresql+psycopg://", 1), poolclass=NullPool)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text(sql))
+    finally:
+        engine.dispose()
 
 
 def _no_ids(line: str) -> str:
@@ -188,8 +206,118 @@ def test_an_unexpected_error_fails_the_message_not_the_run(workspace, srv, cli, 
     assert due > updated  # backoff, not due again at once
 
     # --debug shows the traceback; a deliver of the message (due again) reports it the same way
-    workspace.query("UPDATE messages SET due_at = 0 WHERE state = 'deferred'")
+    _execute(workspace, "UPDATE messages SET due_at = 0 WHERE state = 'deferred'")
     debug = cli("--debug", "deliver", "-q")
     assert debug.exit_code == 1
     assert "Traceback" in debug.stderr and "boom in the transport" in debug.stderr
     assert workspace.states() == {"sent": 2, "deferred": 1}
+
+
+# ---------------------------------------------------------------- 4. re-running send --batch K finishes the batch
+
+
+@pytest.fixture
+def shared(workspace, database_url):
+    """The workspace on an SQLite file or on a throw-away PostgreSQL database."""
+    workspace.use_database(database_url)
+    return workspace
+
+
+def _batch_args(data):
+    return ["send", "--data", data, "--subject", "S {{ n }}", "--body", "B", "--batch", "K"]
+
+
+def test_rerunning_the_same_batch_delivers_what_an_earlier_run_left(shared, srv, cli):
+    _config(shared, srv)
+    data = shared.csv("c.csv", [{"email": f"u{i}@example.org", "n": i} for i in range(6)])
+    # an earlier run queued the batch and died: one message claimed by a dead process (lease expired),
+    # one still claimed by a live one, one deferred and due again, three never tried
+    assert cli(*_batch_args(data), "--queue-only").exit_code == 0
+    _execute(shared, "UPDATE messages SET state = 'sending', claimed_by = 'dead', lease_until = 1 WHERE recipients LIKE '%u0@example.org%'")
+    _execute(shared, "UPDATE messages SET state = 'sending', claimed_by = 'live', lease_until = 9999999999 WHERE recipients LIKE '%u1@example.org%'")
+    _execute(shared, "UPDATE messages SET state = 'deferred', due_at = 1, reason = 'temporary failure: x' WHERE recipients LIKE '%u2@example.org%'")
+
+    again = cli(*_batch_args(data))
+
+    assert again.exit_code == 1, again.output  # one message of the batch is still in flight elsewhere
+    assert "6 row(s) already sent or queued under batch 'K': skipped" in again.stdout
+    assert "sent 5, deferred 0, failed 0" in again.stdout
+    assert "batch 'K': 6 message(s): 5 sent, 1 sending; left: 1 in flight in another process" in again.stdout
+    assert sorted(m.rcpt_tos[0] for m in srv.messages) == [f"u{i}@example.org" for i in (0, 2, 3, 4, 5)]
+
+    # the live process finished elsewhere (or died and its lease ran out): the next run completes the batch
+    _execute(shared, "UPDATE messages SET lease_until = 1 WHERE state = 'sending'")
+    quiet = cli(*_batch_args(data), "-q")
+    assert (quiet.exit_code, quiet.stdout, quiet.stderr) == (0, "", "")
+    assert sorted(m.rcpt_tos[0] for m in srv.messages) == [f"u{i}@example.org" for i in range(6)]
+    assert shared.states() == {"sent": 6}
+    as_json = json.loads(cli(*_batch_args(data), "--json").stdout)
+    assert as_json["backlog"]["batch_states"] == {"sent": 6}
+
+
+def test_rerun_of_a_batch_with_a_deferred_message_exits_1_and_says_until_when(workspace, srv, cli):
+    _config(workspace, srv)
+    data = workspace.csv("c.csv", [{"email": f"u{i}@example.org", "n": i} for i in range(3)])
+    assert cli(*_batch_args(data), "--queue-only").exit_code == 0
+    _execute(workspace, "UPDATE messages SET state = 'deferred', due_at = 4102444800, reason = 'quota: x' WHERE id = 1")
+
+    result = cli(*_batch_args(data), "-q")
+
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert "batch 'K': 3 message(s): 2 sent, 1 deferred; left: 1 deferred (the next at 2100-01-01 00:00:00)" in result.stderr
+    assert len(srv.messages) == 2
+
+
+# ---------------------------------------------------------------- 7. backlog at the end of deliver and send
+
+
+def test_deliver_reports_the_backlog(shared, srv, cli, closed_port):
+    shared.write_config(
+        {
+            "sales": shared.sender(srv, email="sales@example.com", password=PASSWORD),
+            "down": shared.sender(srv, email="finance@example.com", password=PASSWORD, port=closed_port),
+        },
+        routes={"default": "sales", "down": "down"},
+    )
+    assert cli("send", "--to", "a@example.org", "--subject", "S", "--body", "B", "--queue-only").exit_code == 0
+    assert cli("send", "--to", "b@example.org", "--subject", "S", "--body", "B", "--queue-only").exit_code == 0
+    assert cli("send", "--route", "down", "--to", "c@example.org", "--subject", "S", "--body", "B", "--queue-only").exit_code == 0
+    _execute(shared, "UPDATE messages SET state = 'sending', claimed_by = 'other', lease_until = 9999999999 WHERE id = 2")
+
+    result = cli("deliver")
+
+    assert result.exit_code == 1
+    assert "sent 1, deferred 1, failed 0" in result.stdout
+    assert "left: 1 deferred (the next at " in result.stdout and "1 in flight in another process" in result.stdout
+    as_json = json.loads(cli("deliver", "--json").stdout)
+    assert as_json["backlog"]["deferred"] == 1 and as_json["backlog"]["in_flight_elsewhere"] == 1
+    assert as_json["backlog"]["due_now"] == 0 and as_json["backlog"]["next_due_at"] > 0
+    assert [m.rcpt_tos for m in srv.messages] == [["a@example.org"]]
+
+
+def test_max_seconds_with_work_left_is_not_an_error(workspace, srv, cli):
+    import time as _time
+
+    _config(workspace, srv)
+    data = workspace.csv("c.csv", [{"email": f"u{i}@example.org", "n": i} for i in range(10)])
+    assert cli("send", "--data", data, "--subject", "S", "--body", "B", "--queue-only").exit_code == 0
+
+    def slow(envelope):
+        _time.sleep(0.3)  # a slow server: ten messages take three seconds at least
+
+    srv.data_hook = slow
+    result = cli("deliver", "--max-seconds", "1", "--json")
+
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["interrupted"] is True and summary["deadline_reached"] is True
+    assert summary["sent"] < 10
+    assert summary["sent"] + summary["backlog"]["due_now"] == 10
+    assert summary["deferred"] == summary["failed"] == 0
+    assert workspace.states() == {"sent": summary["sent"], "queued": 10 - summary["sent"]}
+
+    rest = cli("deliver", "--max-seconds", "0")
+    assert rest.exit_code == 0
+    assert f"stopped at --max-seconds; left: {10 - summary['sent']} due now" in rest.stdout
+    assert len(srv.messages) == summary["sent"]

@@ -459,12 +459,50 @@ def _problem_lines(report: Any, config: Config) -> list[str]:
             f"{report.total_deferred} message(s) deferred until {when} "
             f"(in {humanize_wait(report.next_due_at - _now())}); 'mailops deliver' sends them when due"
         )
+    left = _backlog_line(report, config)
+    if left:
+        lines.append(left)
     shown = report.problems[:10]
     lines.extend(f"  {_safe(problem)}" for problem in shown)
     more = len(report.problems) - len(shown) + report.hidden_problems
     if more:
         lines.append(f"  ... and {more} more (see 'mailops log --status failed' and 'mailops queue list')")
     return lines
+
+
+def _backlog_line(report: Any, config: Config) -> str | None:
+    """What is left in the outbox (of the run or batch): due now, deferred until when, in flight elsewhere."""
+    from .history import local_time
+
+    left = report.backlog
+    if not left:
+        return None
+    parts = []
+    if left["due_now"]:
+        parts.append(f"{left['due_now']} due now")
+    if left["deferred"]:
+        parts.append(f"{left['deferred']} deferred (the next at {local_time(left['next_due_at'], config.timezone)})")
+    if left["in_flight_elsewhere"]:
+        parts.append(f"{left['in_flight_elsewhere']} in flight in another process")
+    head = ""
+    if "batch" in left:
+        states = left["batch_states"]
+        order = ["sent", "sending", "queued", "deferred", "failed", "cancelled"]
+        counts = ", ".join(f"{states[k]} {k}" for k in order if states.get(k))
+        head = f"batch {left['batch']!r}: {sum(states.values())} message(s): {counts or 'none'}"
+        if not parts:
+            return head
+        head += "; "
+    if not parts:
+        return None
+    stop = "stopped at --max-seconds; " if report.deadline_reached else ""
+    return f"{head}{stop}left: {', '.join(parts)}; 'mailops deliver' (or the next run) sends what is due"
+
+
+def _batch_done(report: Any) -> bool:
+    """True when every message of the send's batch is sent (or cancelled by the operator)."""
+    states = report.backlog.get("batch_states")
+    return states is None or not (set(states) - {"sent", "cancelled"})
 
 
 def _summary(report: Any, config: Config, json_out: bool, quiet: bool, extra: dict[str, Any] | None = None) -> None:
@@ -479,7 +517,7 @@ def _summary(report: Any, config: Config, json_out: bool, quiet: bool, extra: di
         return
     if quiet:
         # Cron mails what a job prints: silence only when everything was done.
-        if report.has_problems:
+        if report.has_problems or not _batch_done(report) or (report.interrupted and not report.deadline_reached):
             for line in _problem_lines(report, config):
                 _err(line)
         return
@@ -497,11 +535,13 @@ def _summary(report: Any, config: Config, json_out: bool, quiet: bool, extra: di
 
 
 def _exit_for(report: Any, extra_problem: bool = False) -> None:
-    if report.has_problems or report.interrupted or extra_problem:
+    # --max-seconds with work left is the plan, not a failure; a signal is an interruption
+    interrupted = report.interrupted and not report.deadline_reached
+    if report.has_problems or interrupted or extra_problem or not _batch_done(report):
         raise typer.Exit(1)
 
 
-def _deliver(config: Config, store: Store, run_id: str | None, limit: int | None, max_seconds: float | None, show_progress: bool, total: int) -> Any:
+def _deliver(config: Config, store: Store, run_id: str | None, limit: int | None, max_seconds: float | None, show_progress: bool, total: int, batch: str | None = None) -> Any:
     import signal
 
     from .delivery import Deliverer
@@ -515,7 +555,7 @@ def _deliver(config: Config, store: Store, run_id: str | None, limit: int | None
     previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
         with _progress_runner(total, show_progress) as advance:
-            return deliverer.run(run_id=run_id, limit=limit, max_seconds=max_seconds, progress=advance)
+            return deliverer.run(run_id=run_id, batch=batch, limit=limit, max_seconds=max_seconds, progress=advance)
     finally:
         signal.signal(signal.SIGTERM, previous)
 
@@ -646,7 +686,11 @@ def send(
             raise typer.Exit(1)
         return
     show_progress = result.queued > 1 and not quiet and not json_out and sys.stderr.isatty()
-    report = _deliver(config, store, result.run_id, None, None, show_progress, result.queued)
+    # With --batch, a re-run finishes the batch: every due message of it (an earlier run's too, and
+    # those whose process died holding them), not only the rows queued now.
+    report = _deliver(
+        config, store, None if batch else result.run_id, None, None, show_progress, result.queued, batch=batch
+    )
     _summary(report, config, json_out, quiet, extra=result.to_dict())
     _exit_for(report, extra_problem=bool(result.problem_count))
 

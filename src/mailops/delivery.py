@@ -58,6 +58,8 @@ class DeliveryReport:
     internal_errors: int = 0  # messages whose delivery met an unexpected error (deferred or failed)
     tracebacks: list[str] = field(default_factory=list)  # of those errors, for --debug
     hidden_problems: int = 0  # problem lines left out (beyond the first 50)
+    deadline_reached: bool = False  # --max-seconds stopped the run with work left (not an error)
+    backlog: dict[str, Any] = field(default_factory=dict)  # what is left: Outbox.backlog()
 
     @property
     def total_sent(self) -> int:
@@ -101,6 +103,8 @@ class DeliveryReport:
             "returned_to_queue": self.returned,
             "next_due_at": self.next_due_at,
             "interrupted": self.interrupted,
+            "deadline_reached": self.deadline_reached,
+            "backlog": self.backlog,
             "per_sender": {
                 s: {"sent": self.sent[s], "deferred": self.deferred[s], "failed": self.failed[s]} for s in senders
             },
@@ -356,11 +360,13 @@ class Deliverer:
         self,
         *,
         run_id: str | None = None,
+        batch: str | None = None,
         limit: int | None = None,
         max_seconds: float | None = None,
         progress: Callable[[str], None] | None = None,
     ) -> DeliveryReport:
-        """Deliver due messages (of one ``run_id`` when given) until none is due, ``limit`` or the deadline."""
+        """Deliver due messages (of one ``run_id`` or ``batch`` when given) until none is due, ``limit`` or
+        the deadline; the report ends with what is left (:meth:`Outbox.backlog`)."""
         report = DeliveryReport()
         # Workers mostly wait on sockets; a short GIL switch interval lets a thread whose reply
         # has arrived run at once instead of waiting up to 5 ms behind a busy sibling.
@@ -388,7 +394,9 @@ class Deliverer:
                             jobs[:] = [_Job(msg) for msg in batch]
                             self._take_turns(conn, jobs)
 
-                        self.outbox.claim(self.worker_id, self.clock(), want, run_id=run_id, then=take_turns)
+                        self.outbox.claim(
+                            self.worker_id, self.clock(), want, run_id=run_id, batch=batch, then=take_turns
+                        )
                         self._leases.hold([job.msg.id for job in jobs])
                         if len(jobs) < want:
                             exhausted_claims = True
@@ -418,8 +426,16 @@ class Deliverer:
                 self._leases.stop()  # after the workers: a message still with a server stays renewed
         if self.stop_event.is_set():
             report.interrupted = True
-        summary = self.outbox.due_summary(self.clock(), run_id)
-        report.next_due_at = summary["next_due_at"]
+        report.backlog = self.outbox.backlog(self.clock(), run_id=run_id, batch=batch)
+        report.next_due_at = report.backlog["next_due_at"]
+        if (
+            not self.stop_event.is_set()
+            and self._deadline is not None
+            and self.clock() >= self._deadline
+            and (report.returned or report.backlog["due_now"])
+        ):
+            # --max-seconds with work left: the next run goes on; not an error
+            report.interrupted = report.deadline_reached = True
         return report
 
     def _shutdown(self) -> None:

@@ -197,8 +197,10 @@ class Outbox:
         limit: int,
         run_id: str | None = None,
         then: Callable[[Connection, list[QueuedMessage]], None] | None = None,
+        batch: str | None = None,
     ) -> list[QueuedMessage]:
-        """Atomically take up to ``limit`` due messages (or another worker's whose lease expired) for ``worker``.
+        """Atomically take up to ``limit`` due messages (or another worker's whose lease expired) for ``worker``,
+        only of one run or one batch when given.
 
         A worker never takes back its own claims: they are in its hands (perhaps
         with a server right now) however late their renewal is.
@@ -211,6 +213,8 @@ class Outbox:
         )
         if run_id is not None:
             due = due & (MESSAGES.c.run_id == run_id)
+        if batch is not None:
+            due = due & (MESSAGES.c.batch == batch)
         # FOR UPDATE SKIP LOCKED on PostgreSQL; SQLite ignores it (BEGIN IMMEDIATE already serialises).
         ids = sa.select(MESSAGES.c.id).where(due).order_by(MESSAGES.c.due_at, MESSAGES.c.id).limit(limit)
         ids = ids.with_for_update(skip_locked=True)
@@ -437,17 +441,39 @@ class Outbox:
                 sa.delete(MESSAGES).where((MESSAGES.c.state == SENT) & (MESSAGES.c.updated_at < before))
             ).rowcount
 
-    def due_summary(self, now: float, run_id: str | None = None) -> dict[str, Any]:
-        """What is left: counts of due, deferred-later and in-flight messages and the next due time."""
-        cond = sa.true() if run_id is None else (MESSAGES.c.run_id == run_id)
+    def backlog(self, now: float, *, run_id: str | None = None, batch: str | None = None) -> dict[str, Any]:
+        """What is left (of one run or batch when given): messages due now (expired leases included),
+        deferred to later with the next due time, and in flight under a live lease elsewhere; with
+        ``batch``, also the batch's messages per state."""
+        cond: Any = sa.true()
+        if run_id is not None:
+            cond = MESSAGES.c.run_id == run_id
+        if batch is not None:
+            cond = MESSAGES.c.batch == batch
+        waiting = MESSAGES.c.state.in_(DUE_STATES)
+        due = (waiting & (MESSAGES.c.due_at <= now)) | ((MESSAGES.c.state == SENDING) & (MESSAGES.c.lease_until < now))
         with self.store.read() as conn:
-            due = conn.execute(
-                sa.select(sa.func.count()).where(cond & MESSAGES.c.state.in_(DUE_STATES) & (MESSAGES.c.due_at <= now))
-            ).scalar_one()
+            due_now = conn.execute(sa.select(sa.func.count()).where(cond & due)).scalar_one()
             later, next_at = conn.execute(
                 sa.select(sa.func.count(), sa.func.min(MESSAGES.c.due_at)).where(
-                    cond & MESSAGES.c.state.in_(DUE_STATES) & (MESSAGES.c.due_at > now)
+                    cond & waiting & (MESSAGES.c.due_at > now)
                 )
             ).one()
-        return {"due": due, "waiting": later, "next_due_at": next_at}
-
+            in_flight = conn.execute(
+                sa.select(sa.func.count()).where(
+                    cond & (MESSAGES.c.state == SENDING) & (MESSAGES.c.lease_until >= now)
+                )
+            ).scalar_one()
+            states = None
+            if batch is not None:
+                rows = conn.execute(
+                    sa.select(MESSAGES.c.state, sa.func.count())
+                    .where(cond & (MESSAGES.c.state != STAGED))
+                    .group_by(MESSAGES.c.state)
+                )
+                states = {state: n for state, n in rows}
+        out: dict[str, Any] = {"due_now": due_now, "deferred": later, "next_due_at": next_at, "in_flight_elsewhere": in_flight}
+        if states is not None:
+            out["batch"] = batch
+            out["batch_states"] = states
+        return out

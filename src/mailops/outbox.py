@@ -471,7 +471,7 @@ class Outbox:
                     .where(cond & (MESSAGES.c.state != STAGED))
                     .group_by(MESSAGES.c.state)
                 )
-                states = {state: n for state, n in rows}
+                states = {str(row[0]): int(row[1]) for row in rows}
         out: dict[str, Any] = {"due_now": due_now, "deferred": later, "next_due_at": next_at, "in_flight_elsewhere": in_flight}
         if states is not None:
             out["batch"] = batch

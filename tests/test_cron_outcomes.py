@@ -321,3 +321,37 @@ def test_max_seconds_with_work_left_is_not_an_error(workspace, srv, cli):
     assert rest.exit_code == 0
     assert f"stopped at --max-seconds; left: {10 - summary['sent']} due now" in rest.stdout
     assert len(srv.messages) == summary["sent"]
+
+
+# ---------------------------------------------------------------- 8. doctor: a login that can never happen
+
+
+def test_doctor_flags_security_none_with_auth_and_says_no_login_for_auth_false(workspace, smtp_server, cli):
+    relay = smtp_server(mode="plain", auth=False)
+    workspace.write_config(
+        {
+            "relay": workspace.sender(relay, email="relay@example.com"),
+            "broken": {"email": "broken@example.com", "host": "127.0.0.1", "port": relay.port, "security": "none"},
+        },
+        routes={"default": "relay"},
+    )
+    workspace.template("renewal", "s", "b")
+
+    result = cli("doctor", "--connect")
+
+    assert result.exit_code == 1
+    lines = result.stdout.splitlines()
+    assert (
+        "PROBLEM  broken: security: none with auth: true can never log in (mailops does not send a password "
+        "unencrypted); set 'auth: false' for a local relay that needs no login, or 'security: starttls' / 'ssl' "
+        "for a server that does"
+    ) in lines
+    assert f"ok       relay: connected (no login: auth false) to 127.0.0.1:{relay.port}" in lines
+    assert relay.messages == [] and "AUTH" not in relay.commands
+
+    # allow_plaintext_auth: the operator chose it; doctor does not flag the combination
+    workspace.write_config(
+        {"relay": workspace.sender(relay, email="relay@example.com", auth=True, allow_plaintext_auth=True)},
+        routes={"default": "relay"},
+    )
+    assert "can never log in" not in cli("doctor").stdout

@@ -409,7 +409,11 @@ def doctor(
         keys = [k for k, s in config.senders.items() if s.active]
         for result in _run_checks(config, keys, None):
             if result.ok:
-                report.ok.append(f"{result.sender}: connected to {result.host}:{result.port} and logged in")
+                where = f"{result.host}:{result.port}"
+                if config.senders[result.sender].auth:
+                    report.ok.append(f"{result.sender}: connected to {where} and logged in")
+                else:
+                    report.ok.append(f"{result.sender}: connected (no login: auth false) to {where}")
             else:
                 report.problems.append(
                     f"{result.sender}: {_safe(result.error)}" + (f"; {_safe(result.hint)}" if result.hint else "")

@@ -61,6 +61,14 @@ def run_doctor(config: Config) -> DoctorReport:
         report.ok.append(f"keyring backend: {backend.name}")
     needs_keyring = False
     for sender in active:
+        if sender.security == "none" and sender.auth and not sender.allow_plaintext_auth:
+            # mailops never sends a password in clear text: this sender can never log in
+            report.problems.append(
+                f"{sender.key}: security: none with auth: true can never log in (mailops does not send a "
+                "password unencrypted); set 'auth: false' for a local relay that needs no login, or "
+                "'security: starttls' / 'ssl' for a server that does"
+            )
+            continue
         if not sender.auth:
             report.ok.append(f"{sender.key}: no login needed (auth: false)")
             continue

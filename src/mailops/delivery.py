@@ -150,11 +150,13 @@ class _Worker(threading.Thread):
     """Sends jobs for one sender over one reused SMTP session.
 
     Bookkeeping is pipelined with the SMTP traffic: while a message's data is
-    with the server (20 ms or more on a real one), the worker writes the
-    previous message's outcome and reserves quota for the next queued message,
-    in one transaction. So each message costs one database write, and it is
-    off the critical path. Every job still gets exactly one result, sent to the
-    dispatcher once its outcome is committed.
+    on its way to the server, the worker writes the previous message's outcome
+    and reserves quota for the next queued message, in one transaction. So
+    each message costs one database write. The write is done before the
+    message's end of data is sent, so the server never holds two accepted
+    messages that the database has not recorded: a crash sends at most one
+    message per worker twice. Every job still gets exactly one result, sent to
+    the dispatcher once its outcome is committed.
     """
 
     def __init__(self, deliverer: Deliverer, sender: Sender, password: str | None, jobs: queue.Queue[_Job | None]) -> None:
@@ -632,7 +634,7 @@ class Deliverer:
         """Reserve (unless ``reserved``), send and record one job on the worker's sender (in its thread).
 
         A success is not written here: it becomes the worker's pending outcome,
-        written while the next message is with the server when that one already
+        written while the next message is transferred (before its end of data) when that one already
         holds its quota, else at once; its result reaches the dispatcher from
         :meth:`_Worker.flush`, and None is returned.
         """

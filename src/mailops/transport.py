@@ -429,10 +429,12 @@ class SmtpSession:
         """Send one message; returns accepted and refused recipients, raises SmtpFailure if nothing was accepted.
 
         ``while_waiting`` runs once the message data is out and before the
-        server's final reply is read: the caller's bookkeeping overlaps the
-        server's processing instead of adding to every message's time. It is
-        not called when the transaction fails earlier. If it raises, the
-        connection is dropped and the exception propagates.
+        end of data (the final dot) is sent: the caller's bookkeeping of the
+        previous message overlaps this message's transfer, and is done before
+        the server may accept this one (so a crash leaves at most one accepted
+        message unrecorded). It is not called when the transaction fails
+        earlier. If it raises, the connection is dropped (the message is
+        abandoned, never accepted) and the exception propagates.
         """
         if not rcpt_to:
             raise ValueError("send() needs at least one recipient")
@@ -534,20 +536,23 @@ class SmtpSession:
 
     def _data(self, smtp: smtplib.SMTP, mime: bytes, while_waiting: Callable[[], None] | None) -> tuple[int, bytes]:
         """DATA as ``smtplib.SMTP.data`` does it (``mime`` already has CRLF line ends), with ``while_waiting``
-        run between sending the message and reading the final reply."""
+        run between sending the message and sending its end of data."""
         code, reply = smtp.docmd("data")
         if code != 354:
             raise smtplib.SMTPDataError(code, reply)
         payload = _LEADING_DOT_RE.sub(b"..", mime)
         if not payload.endswith(b"\r\n"):
             payload += b"\r\n"
-        smtp.send(payload + b".\r\n")
+        smtp.send(payload)
         if while_waiting is not None:
+            # Before the end of data, not after: until the server has the final dot it cannot deliver
+            # this message, so a crash while the caller records the previous outcome sends neither twice.
             try:
                 while_waiting()
             except BaseException:
-                self._abort()  # the final reply is unread: this connection cannot carry another message
+                self._abort()  # the message is unfinished: dropping the connection abandons it
                 raise
+        smtp.send(b".\r\n")
         return smtp.getreply()
 
     def _mail_options(self, smtp: smtplib.SMTP, mime: bytes, mail_from: str, rcpt_to: list[str]) -> list[str]:

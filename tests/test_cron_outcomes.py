@@ -355,3 +355,43 @@ def test_doctor_flags_security_none_with_auth_and_says_no_login_for_auth_false(w
         routes={"default": "relay"},
     )
     assert "can never log in" not in cli("doctor").stdout
+
+
+# ---------------------------------------------------------------- 5. health belongs to the settings it was measured with
+
+
+def test_fixing_a_senders_port_makes_its_failure_history_irrelevant(shared, srv, cli, closed_port):
+    def config(port):
+        shared.write_config(
+            {"sales": shared.sender(srv, email="sales@example.com", password=PASSWORD, port=port)},
+            routes={"default": "sales"},
+        )
+
+    config(closed_port)
+    data = shared.csv("c.csv", [{"email": f"u{i}@example.org", "n": i} for i in range(3)])
+    first = cli(*_batch_args(data), "-q")
+    assert first.exit_code == 1
+    assert f"refused by 127.0.0.1:{closed_port}" in first.stderr
+    assert shared.states() == {"deferred": 3}
+
+    # same settings: the failure is recent, the sender is skipped without a connection
+    assert cli("queue", "retry", "--batch", "K").exit_code == 0
+    skipped = cli("deliver", "-q")
+    assert skipped.exit_code == 1 and "unhealthy" in skipped.stderr
+    assert shared.states() == {"deferred": 3}
+
+    stats = json.loads(cli("stats", "--json").stdout)
+    [row] = stats
+    assert row["health"] == "unhealthy" and row["last_error_at"] > 0 and str(closed_port) in row["last_error"]
+    assert re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d: connect", cli("stats").stdout), cli("stats").stdout
+
+    # the operator fixes the port: the next run tries it at once
+    config(srv.port)
+    assert json.loads(cli("stats", "--json").stdout)[0]["health"] == "unknown (settings changed)"
+    assert cli("queue", "retry", "--batch", "K").exit_code == 0
+    fixed = cli("deliver", "-q")
+    assert (fixed.exit_code, fixed.stdout, fixed.stderr) == (0, "", "")
+    assert shared.states() == {"sent": 3}
+    assert sorted(m.rcpt_tos[0] for m in srv.messages) == [f"u{i}@example.org" for i in range(3)]
+    row = json.loads(cli("stats", "--json").stdout)[0]
+    assert row["health"] == "healthy" and row["last_error_at"] > 0  # when the last error happened stays on record

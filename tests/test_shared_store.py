@@ -277,10 +277,12 @@ def test_outbox_operations_round_trip(database_url: str) -> None:
     message, attempts = outbox.get(1)
     assert message["state"] == "sent" and message["attempts"] == 1 and bytes(message["mime"]).endswith(b"binary-safe\r\n")
     assert [a["smtp_code"] for a in attempts] == [250]
-    assert outbox.due_summary(now) == {"due": 1, "waiting": 1, "next_due_at": pytest.approx(now + 3600)}
+    assert outbox.backlog(now) == {
+        "due_now": 1, "deferred": 1, "next_due_at": pytest.approx(now + 3600), "in_flight_elsewhere": 0
+    }
 
     assert outbox.release_quota_deferred(["sales"], now) == 1
-    assert outbox.due_summary(now)["due"] == 2
+    assert outbox.backlog(now)["due_now"] == 2
     assert outbox.cancel(now, msg_id=3) == 1
     assert outbox.retry(now, all_=True) == 1  # the deferred one; sent and cancelled stay as they are
     assert outbox.purge(now + 1) == 1
@@ -309,9 +311,13 @@ def test_quota_health_and_history_round_trip(database_url: str, tmp_path: Path) 
     assert minute == 0
 
     with store.write() as conn:
-        health.record(conn, "sales", False, now, "535 5.7.8 Authentication credentials invalid")
+        health.record(conn, "sales", False, now, "535 5.7.8 Authentication credentials invalid", "h:587 starttls")
     with store.read() as conn:
-        assert health.load(conn) == {"sales": health.Health(False, pytest.approx(now), "535 5.7.8 Authentication credentials invalid")}
+        assert health.load(conn) == {
+            "sales": health.Health(
+                False, pytest.approx(now), "535 5.7.8 Authentication credentials invalid", "h:587 starttls", pytest.approx(now)
+            )
+        }
         assert health.load(conn)["sales"].healthy is False  # a real boolean on both backends
     with store.write() as conn:
         health.record(conn, "sales", True, now)
@@ -542,7 +548,9 @@ def test_log_and_stats_on_a_blank_or_older_database_bring_it_up_to_date_first(da
 
     with store.write() as conn:  # back to a database of an older mailops: the last step not applied yet
         conn.execute(sa.text("DELETE FROM schema_migrations WHERE name = :name"), {"name": names[-1]})
-        conn.execute(sa.text("DROP INDEX ix_attempts_sender_outcome_at"))
+        assert names[-1] == "003_health_settings"  # undone here
+        conn.execute(sa.text("ALTER TABLE sender_state DROP COLUMN settings"))
+        conn.execute(sa.text("ALTER TABLE sender_state DROP COLUMN last_error_at"))
     assert open_reader(database_url) is None
     out, loaded = _light("log", "--json")
     assert json.loads(out) == [] and "sqlalchemy" in loaded

@@ -337,7 +337,8 @@ def _run_checks(config: Config, keys: list[str], send_to: str | None) -> list[An
             continue
         result = check_sender(sender, password, send_to)
         with store.write() as conn:
-            health.record(conn, key, result.ok, _now(), None if result.ok else (result.error or "check failed"))
+            error = None if result.ok else (result.error or "check failed")
+            health.record(conn, key, result.ok, _now(), error, health.settings_of(sender))
         results.append(result)
     return results
 
@@ -980,7 +981,8 @@ def stats(
                 f"{r['success_rate']:g}% of {r['attempts']}" if r["success_rate"] is not None else "-",
                 r["avg_response_s"] if r["avg_response_s"] is not None else "-",
                 r["health"] + (f" ({local_time(r['checked_at'], config.timezone)})" if r["checked_at"] else ""),
-                r["last_error"] or "",
+                (f"{local_time(r['last_error_at'], config.timezone)}: " if r["last_error_at"] else "")
+                + (r["last_error"] or ""),
             ]
             for r in rows
         ],

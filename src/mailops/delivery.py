@@ -723,7 +723,7 @@ class Deliverer:
             self.outbox.mark_sent(conn, msg, sender.key, now, status)
             outcome = "sent"
         if sender.key not in self._known_healthy:  # one health write per run and sender
-            health.record(conn, sender.key, True, now)
+            health.record(conn, sender.key, True, now, settings=health.settings_of(sender))
             self._known_healthy.add(sender.key)
         return _Result(job, outcome, sender.key, note, refused=len(problems))
 
@@ -758,9 +758,10 @@ class Deliverer:
         with self.store.write() as conn:
             quota.release(conn, held)
             if failure.sender_problem:
-                health.record(conn, sender.key, False, now, text)
+                settings = health.settings_of(sender)
+                health.record(conn, sender.key, False, now, text, settings)
                 self._known_healthy.discard(sender.key)
-                self._healths[sender.key] = health.Health(False, now, text)
+                self._healths[sender.key] = health.Health(False, now, text, settings, now)
                 self.outbox.log(
                     conn,
                     self._attempt_row(

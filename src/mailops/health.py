@@ -15,6 +15,8 @@ from .reader import Reader
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
 
+    from .config import Sender
+
 #: how long a sender that failed (auth, TLS, connection) is skipped before it is tried again
 UNHEALTHY_COOLDOWN = 600.0
 
@@ -26,36 +28,64 @@ class Health:
     healthy: bool | None  # None: never checked
     checked_at: float | None
     last_error: str | None
+    settings: str | None = None  # settings_of() the sender when measured (None: recorded before 003)
+    last_error_at: float | None = None
 
 
-def record(conn: Connection, sender: str, ok: bool, now: float, error: str | None = None) -> None:
-    """Store the outcome of a check or a delivery attempt as the sender's health."""
+def settings_of(sender: Sender) -> str:
+    """The connection settings a health record is valid for: changing any of them makes it irrelevant."""
+    return f"{sender.host}:{sender.port} {sender.security} user={sender.username} auth={sender.auth}"
+
+
+def record(
+    conn: Connection, sender: str, ok: bool, now: float, error: str | None = None, settings: str | None = None
+) -> None:
+    """Store the outcome of a check or a delivery attempt as the sender's health (for ``settings``)."""
     import sqlalchemy as sa
 
     from .store import insert_ignore
     from .tables import SenderState
 
     insert_ignore(conn, SenderState, {"sender": sender})
-    values: dict[str, object] = {"healthy": ok, "checked_at": now}
+    values: dict[str, object] = {"healthy": ok, "checked_at": now, "settings": settings}
     if error is not None:
         values["last_error"] = error
+        values["last_error_at"] = now
     conn.execute(sa.update(SenderState).where(SenderState.c.sender == sender).values(**values))
 
 
 def load(conn: Reader | Connection) -> dict[str, Health]:
     """Health of every sender that has a record."""
-    rows = Reader.over(conn).all("SELECT sender, healthy, checked_at, last_error FROM sender_state")
+    rows = Reader.over(conn).all(
+        "SELECT sender, healthy, checked_at, last_error, settings, last_error_at FROM sender_state"
+    )
     # SQLite keeps booleans as 0 and 1
     return {
-        r["sender"]: Health(None if r["healthy"] is None else bool(r["healthy"]), r["checked_at"], r["last_error"])
+        r["sender"]: Health(
+            None if r["healthy"] is None else bool(r["healthy"]),
+            r["checked_at"],
+            r["last_error"],
+            r["settings"],
+            r["last_error_at"],
+        )
         for r in rows
     }
 
 
-def is_cooling_down(health: Health | None, now: float) -> bool:
-    """True while a recently failed sender should be skipped by routing."""
+def applies_to(health: Health | None, settings: str | None) -> bool:
+    """True when ``health`` was measured with these settings (or the caller does not know them)."""
+    return health is not None and (settings is None or health.settings is None or health.settings == settings)
+
+
+def is_cooling_down(health: Health | None, now: float, settings: str | None = None) -> bool:
+    """True while a recently failed sender should be skipped by routing.
+
+    A failure measured with other settings (the operator fixed host, port,
+    security, username or auth since) does not count: the sender is tried at once.
+    """
     return bool(
         health is not None
+        and applies_to(health, settings)
         and health.healthy is False
         and health.checked_at is not None
         and now - health.checked_at < UNHEALTHY_COOLDOWN

@@ -127,6 +127,7 @@ def sender_stats(db: Reader, config: Config, since: float, now: float) -> list[d
         ok = c.get("sent", 0) + c.get("partial", 0)
         tried = ok + c.get("failed", 0) + c.get("deferred", 0)
         h = healths.get(key)
+        current = h is None or health.applies_to(h, health.settings_of(sender))
         day, month = used[key]["day"], used[key]["month"]
         out.append(
             {
@@ -143,7 +144,12 @@ def sender_stats(db: Reader, config: Config, since: float, now: float) -> list[d
                 "success_rate": round(100 * ok / tried, 1) if tried else None,
                 "avg_response_s": round(d, 3) if (d := durations.get(key)) is not None else None,
                 "last_error": h.last_error if h else None,
-                "health": "unknown" if h is None or h.healthy is None else ("healthy" if h.healthy else "unhealthy"),
+                "last_error_at": h.last_error_at if h else None,
+                "health": (
+                    "unknown" if h is None or h.healthy is None
+                    else "unknown (settings changed)" if not current
+                    else "healthy" if h.healthy else "unhealthy"
+                ),
                 "checked_at": h.checked_at if h else None,
             }
         )

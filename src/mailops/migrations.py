@@ -135,10 +135,20 @@ def _m002_stats_index(conn: Connection) -> None:
     sa.Index("ix_attempts_sender_outcome_at", table.c.sender, table.c.outcome, table.c.at, table.c.duration).create(conn)
 
 
+def _m003_health_settings(conn: Connection) -> None:
+    import sqlalchemy as sa
+
+    # Health belongs to the settings it was measured with (host, port, security, username, auth):
+    # after the operator changes them, the old failures say nothing. And when the last error happened.
+    conn.execute(sa.text("ALTER TABLE sender_state ADD COLUMN settings TEXT"))
+    conn.execute(sa.text("ALTER TABLE sender_state ADD COLUMN last_error_at FLOAT"))
+
+
 #: name -> step, applied in this order; never edit or reorder a released step, add a new one.
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("001_initial", _m001_initial),
     ("002_stats_index", _m002_stats_index),
+    ("003_health_settings", _m003_health_settings),
 ]
 
 

@@ -107,6 +107,8 @@ class SenderState(SQLModel, table=True):
     healthy: bool | None = None
     checked_at: float | None = None
     last_error: str | None = None
+    settings: str | None = None
+    last_error_at: float | None = None
 
 
 class RouteState(SQLModel, table=True):

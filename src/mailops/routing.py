@@ -132,7 +132,7 @@ def order(
             skipped.append(Skip(key, "inactive (active: false)"))
         elif not has_password.get(key, True):
             skipped.append(Skip(key, f"no password (run 'mailops password set {key}')"))
-        elif health.is_cooling_down(healths.get(key), now):
+        elif health.is_cooling_down(healths.get(key), now, health.settings_of(sender)):
             skipped.append(Skip(key, f"unhealthy: {healths[key].last_error or 'last attempt failed'}"))
         else:
             chosen.append(sender)

@@ -87,6 +87,8 @@ SenderState = sa.Table(
     sa.Column("healthy", sa.Boolean),
     sa.Column("checked_at", sa.Float),
     sa.Column("last_error", sa.String),
+    sa.Column("settings", sa.String),  # health.settings_of() of the sender when health was recorded
+    sa.Column("last_error_at", sa.Float),
 )
 
 RouteState = sa.Table(

@@ -466,7 +466,7 @@ def _problem_lines(report: Any, config: Config) -> list[str]:
         )
     left = _backlog_line(report, config)
     if left:
-        lines.append(left)
+        lines.append(_safe(left))
     shown = report.problems[:10]
     lines.extend(f"  {_safe(problem)}" for problem in shown)
     more = len(report.problems) - len(shown) + report.hidden_problems

@@ -395,3 +395,119 @@ def test_fixing_a_senders_port_makes_its_failure_history_irrelevant(shared, srv,
     assert sorted(m.rcpt_tos[0] for m in srv.messages) == [f"u{i}@example.org" for i in range(3)]
     row = json.loads(cli("stats", "--json").stdout)[0]
     assert row["health"] == "healthy" and row["last_error_at"] > 0  # when the last error happened stays on record
+
+
+# ---------------------------------------------------------------- 6. missing credentials are a config error
+
+NO_PASSWORD = (
+    "no password for sender '{0}': run 'mailops password set {0}' "
+    "(or set MAILOPS_PASSWORD_{1} / password_command on a headless machine)"
+)
+
+
+def test_a_route_without_credentials_is_refused_before_queueing(workspace, srv, cli):
+    workspace.write_config(
+        {
+            "sales": workspace.sender(srv, email="sales@example.com", password=None),
+            "finance": workspace.sender(srv, email="finance@example.com", password=None),
+        },
+        routes={"default": ["sales", "finance"]},
+    )
+    expected = (
+        "mailops: error: route 'default': no sender can log in, nothing was queued: "
+        + NO_PASSWORD.format("sales", "SALES") + "; " + NO_PASSWORD.format("finance", "FINANCE")
+    )
+    for args in (["--dry-run"], [], ["--queue-only"], ["-q"]):
+        result = _send(cli, "--to", "a@example.org", *args)
+        assert (result.exit_code, result.stdout, result.stderr.strip()) == (2, "", expected), args
+    assert not workspace.db_path.exists()  # stopped before the outbox was even opened
+    assert srv.connections == 0 and srv.messages == []
+
+
+def test_a_sender_without_credentials_in_a_route_is_named_in_one_warning(workspace, srv, cli):
+    workspace.write_config(
+        {
+            "sales": workspace.sender(srv, email="sales@example.com", password=None, priority=1),
+            "finance": workspace.sender(srv, email="finance@example.com", password=PASSWORD, priority=2),
+        },
+        routes={"default": ["sales", "finance"]},
+    )
+    result = _send(cli, "--to", "a@example.org", "-q")
+    assert result.exit_code == 0
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        "mailops: warning: route 'default': 1 of 2 senders cannot log in and are skipped: "
+        + NO_PASSWORD.format("sales", "SALES")
+    ]
+    [received] = srv.messages
+    assert received.mail_from == "finance@example.com"
+    assert workspace.states() == {"sent": 1}
+
+
+def test_deliver_reports_messages_whose_sender_lost_its_credentials(workspace, srv, cli):
+    _config(workspace, srv)
+    assert _send(cli, "--to", "a@example.org", "--queue-only").exit_code == 0
+    assert cli("password", "delete", "sales").exit_code == 0
+
+    result = cli("deliver", "-q")
+
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert NO_PASSWORD.format("sales", "SALES") in result.stderr
+    assert workspace.states() == {"deferred": 1}
+    assert srv.connections == 0
+
+
+def test_a_password_command_that_times_out_is_reported_as_such(workspace, srv, cli, monkeypatch):
+    workspace.write_config(
+        {"sales": workspace.sender(srv, email="sales@example.com", password=None, password_command="sleep 5")},
+        routes={"default": "sales"},
+    )
+    monkeypatch.setenv("MAILOPS_PASSWORD_COMMAND_TIMEOUT", "0.2")
+    result = _send(cli, "--to", "a@example.org", "-q")
+    assert result.exit_code == 1
+    assert (
+        "password_command of sender 'sales' ('sleep 5') did not finish within 0.2 s; make it work without a "
+        "terminal (cron has none) or raise MAILOPS_PASSWORD_COMMAND_TIMEOUT"
+    ) in result.stderr
+    assert "mailops password set" not in result.stderr
+    assert workspace.states() == {"deferred": 1}
+
+    monkeypatch.setenv("MAILOPS_PASSWORD_COMMAND_TIMEOUT", "soon")
+    bad = _send(cli, "--to", "b@example.org")
+    assert bad.exit_code == 2
+    assert bad.stderr.strip() == (
+        "mailops: error: route 'default': no sender can log in, nothing was queued: sender 'sales': "
+        "MAILOPS_PASSWORD_COMMAND_TIMEOUT='soon': must be a number of seconds above 0, such as 10; fix or unset it"
+    )
+    assert workspace.states() == {"deferred": 1} and srv.messages == []
+
+
+# ---------------------------------------------------------------- 552 from every candidate: failed, not deferred
+
+
+def test_552_from_every_candidate_fails_the_message_at_once(workspace, srv, cli):
+    workspace.write_config(
+        {
+            "sales": workspace.sender(srv, email="sales@example.com", password=PASSWORD, priority=1),
+            "finance": workspace.sender(srv, email="finance@example.com", password=PASSWORD, priority=2),
+        },
+        routes={"default": ["sales", "finance"]},
+    )
+    srv.mail_hook = lambda address: "552 5.3.4 Message size exceeds fixed limit"
+
+    result = _send(cli, "--to", "a@example.org", "-q")
+
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert "failed: 'S' to a@example.org: every sender refused it for good: sales: permanent 552 5.3.4 Message size exceeds fixed limit; finance: permanent 552 5.3.4 Message size exceeds fixed limit" in result.stderr, result.stderr
+    assert workspace.states() == {"failed": 1}
+    [(reason,)] = workspace.query("SELECT reason FROM messages")
+    assert reason.startswith("every sender refused it for good: sales: permanent 552")
+    assert sum(1 for c in srv.commands if c == "MAIL") == 2 and srv.messages == []
+    assert cli("deliver").exit_code == 0  # nothing left to retry
+    assert sum(1 for c in srv.commands if c == "MAIL") == 2
+    # a message too large says nothing about the sender: the next message goes at once
+    srv.mail_hook = None
+    assert _send(cli, "--to", "b@example.org", "-q").exit_code == 0
+    assert [m.mail_from for m in srv.messages] == ["sales@example.com"]

@@ -643,6 +643,9 @@ def send(
         reply_to=reply_to,
         limit=limit,
     )
+    credentials_warning = sending.check_credentials(config, plan)
+    if credentials_warning:
+        _err(f"mailops: warning: {_safe(credentials_warning)}")
     store = _open_store(config)
     result = sending.enqueue(
         config,

@@ -34,6 +34,8 @@ from .store import Store
 from .transport import SendResult, SmtpFailure, SmtpSession
 
 CLAIM_SIZE = 50
+#: skip reasons (routing.order) of senders that will not take the message later either
+_FOR_GOOD_SKIPS = ("inactive", "no longer in senders.yaml")
 #: a rate limit (per_minute, min_interval) that frees up within this many seconds is waited for, not deferred
 MAX_PACING_WAIT = 65.0
 #: how often the dispatcher re-reads sender health written by other processes
@@ -132,6 +134,7 @@ class _Job:
     next_index: int = 0
     blocked: list[quota.Blocked] = field(default_factory=list)
     failures: list[tuple[Sender, SmtpFailure]] = field(default_factory=list)
+    waits_for_skipped: bool = False
 
 
 @dataclass
@@ -491,12 +494,16 @@ class Deliverer:
                 self._password_errors[sender.key] = str(exc)
         return self._passwords.get(sender.key)
 
-    def _has_password(self, keys: list[str]) -> dict[str, bool]:
-        out = {}
+    def _has_password(self, keys: list[str]) -> dict[str, bool | str]:
+        """Per active candidate: True when it can log in, else why not (the lookup's error, with its fix)."""
+        out: dict[str, bool | str] = {}
         for key in keys:
             sender = self.config.senders.get(key)
             if sender is not None and sender.active:
-                out[key] = (not sender.auth) or self._password(sender) is not None
+                if (not sender.auth) or self._password(sender) is not None:
+                    out[key] = True
+                else:
+                    out[key] = self._password_errors.get(key, False) or False
         return out
 
     def _strategy(self, msg: QueuedMessage) -> str:
@@ -527,6 +534,8 @@ class Deliverer:
             order, skips = routing.order(None, *args, turn=job.turn)
         job.order = order
         job.skips = [f"skipped {s.sender}: {s.reason}" for s in skips]
+        # a skipped sender that may work later (unhealthy, no password yet) keeps the message waiting
+        job.waits_for_skipped = any(not s.reason.startswith(_FOR_GOOD_SKIPS) for s in skips)
 
     def _dispatch(self, job: _Job, report: DeliveryReport, in_flight: dict[int, _Job], progress: Any) -> None:
         """Hand the job to its next usable candidate's worker, or settle it when none is left."""
@@ -758,10 +767,11 @@ class Deliverer:
         with self.store.write() as conn:
             quota.release(conn, held)
             if failure.sender_problem:
-                settings = health.settings_of(sender)
-                health.record(conn, sender.key, False, now, text, settings)
-                self._known_healthy.discard(sender.key)
-                self._healths[sender.key] = health.Health(False, now, text, settings, now)
+                if failure.code != 552:  # message too large (SIZE at MAIL FROM) says nothing of the sender's health
+                    settings = health.settings_of(sender)
+                    health.record(conn, sender.key, False, now, text, settings)
+                    self._known_healthy.discard(sender.key)
+                    self._healths[sender.key] = health.Health(False, now, text, settings, now)
                 self.outbox.log(
                     conn,
                     self._attempt_row(
@@ -863,8 +873,24 @@ class Deliverer:
                 self.outbox.log(conn, self._attempt_row(msg, None, "deferred", detail=reason))
             return "deferred", job.blocked[0].sender, reason
         parts = [f"{s.key}: {f.kind} {f.code or ''} {f.text}".replace("  ", " ") for s, f in job.failures]
-        reason = "no sender could take it: " + ("; ".join(parts + job.skips) or "the route has no usable sender")
         last = job.failures[-1][0] if job.failures else None
+        if (
+            job.failures
+            and not job.blocked
+            and not job.waits_for_skipped
+            and all(f.kind == "permanent" and f.code is not None and 500 <= f.code < 600 for _, f in job.failures)
+        ):
+            # Every sender that could take it refused it for good (552 message too large, 554 ...):
+            # retrying for days would get the same answer.
+            reason = "every sender refused it for good: " + "; ".join(parts)
+            with self.store.write() as conn:
+                self.outbox.mark_failed(conn, msg, reason, now, attempted=True, sender=last.key if last else None)
+                self.outbox.log(conn, self._attempt_row(msg, last, "failed", detail=reason))
+            return "failed", last.key if last else None, (
+                f"failed: {msg.subject!r} to {', '.join(msg.pending_recipients)}: {reason} "
+                f"(message {msg.id}; 'mailops queue retry {msg.id}' tries again)"
+            )
+        reason = "no sender could take it: " + ("; ".join(parts + job.skips) or "the route has no usable sender")
         with self.store.write() as conn:
             if job.failures:
                 outcome, note = self._defer_temporary(conn, msg, last, reason, now, None)

@@ -94,7 +94,7 @@ def order(
     strategy: str,
     now: float,
     healths: dict[str, health.Health],
-    has_password: dict[str, bool],
+    has_password: dict[str, bool | str],
     rng: random.Random | None = None,
     turn: int | None = None,
 ) -> tuple[list[Sender], list[Skip]]:
@@ -130,8 +130,10 @@ def order(
             skipped.append(Skip(key, "no longer in senders.yaml"))
         elif not sender.active:
             skipped.append(Skip(key, "inactive (active: false)"))
-        elif not has_password.get(key, True):
-            skipped.append(Skip(key, f"no password (run 'mailops password set {key}')"))
+        elif has_password.get(key, True) is not True:
+            # the lookup's own reason when known (a password_command that timed out is not a missing password)
+            why = has_password[key]
+            skipped.append(Skip(key, why if isinstance(why, str) else f"no password (run 'mailops password set {key}')"))
         elif health.is_cooling_down(healths.get(key), now, health.settings_of(sender)):
             skipped.append(Skip(key, f"unhealthy: {healths[key].last_error or 'last attempt failed'}"))
         else:

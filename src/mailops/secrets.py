@@ -318,11 +318,40 @@ def get_password(sender: Sender) -> str:
     backend, name = _usable_backend(sender.key, "read")
     value = _keyring_call(lambda: backend.get_password(SERVICE, sender.key), name, "read", sender.key)
     if not value:
-        raise SecretError(
-            f"no password for sender {sender.key!r}: run 'mailops password set {sender.key}' "
-            f"(or set {env_var} / password_command on a headless machine)"
-        )
+        raise SecretError(_missing(sender.key, env_var))
     return value
+
+
+def _missing(sender_key: str, env_var: str) -> str:
+    return (
+        f"no password for sender {sender_key!r}: run 'mailops password set {sender_key}' "
+        f"(or set {env_var} / password_command on a headless machine)"
+    )
+
+
+def credentials_problem(sender: Sender) -> str | None:
+    """Why the sender cannot log in for lack of credentials (one line with the fix), or None when it can.
+
+    Nothing is revealed and password_command is not run (its own failure is
+    reported when it runs); a bad MAILOPS_PASSWORD_COMMAND_TIMEOUT is a problem.
+    """
+    if not sender.auth:
+        return None
+    env_var = password_env_var(sender.key)
+    if os.environ.get(env_var):
+        return None
+    if sender.password_command:
+        try:
+            _seconds_from_env(COMMAND_TIMEOUT_ENV, DEFAULT_COMMAND_TIMEOUT)
+        except SecretError as exc:
+            return f"sender {sender.key!r}: {exc}"
+        return None
+    try:
+        backend, name = _usable_backend(sender.key, "read")
+        value = _keyring_call(lambda: backend.get_password(SERVICE, sender.key), name, "read", sender.key)
+    except SecretError as exc:
+        return str(exc)
+    return None if value else _missing(sender.key, env_var)
 
 
 def password_source(sender: Sender) -> PasswordSource:

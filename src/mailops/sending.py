@@ -16,7 +16,7 @@ from typing import Any
 
 from . import quota
 from .config import Config
-from .errors import InvalidBatchError
+from .errors import ConfigError, InvalidBatchError
 from .outbox import Outbox
 from .prepare import PreparedMessage, RowProblem, SendRequest, check_request, prepare_messages
 from .routing import Plan
@@ -52,6 +52,21 @@ class EnqueueResult:
             "invalid": self.problem_count,
             "invalid_rows": [p.message for p in self.problems],
         }
+
+
+def check_credentials(config: Config, plan: Plan) -> str | None:
+    """Refuse a route none of whose active senders can log in (ConfigError, exit 2, before anything is
+    queued); when only some cannot, the warning line naming them (else None)."""
+    from . import secrets
+
+    active = [config.senders[k] for k in plan.candidates if k in config.senders and config.senders[k].active]
+    problems = [p for p in (secrets.credentials_problem(s) for s in active) if p]
+    if not problems:
+        return None
+    where = f"route {plan.route!r}" if plan.route else f"sender {plan.nominal!r}"
+    if len(problems) == len(active):
+        raise ConfigError(f"{where}: no sender can log in, nothing was queued: " + "; ".join(problems))
+    return f"{where}: {len(problems)} of {len(active)} senders cannot log in and are skipped: " + "; ".join(problems)
 
 
 def _row(prepared: PreparedMessage, plan: Plan, run_id: str, batch: str | None, now: float) -> dict[str, Any]:

@@ -386,7 +386,7 @@ class Outbox:
 
     def retry_refused(
         self, now: float, *, msg_id: int | None = None, batch: str | None = None, all_: bool = False
-    ) -> tuple[int, list[str]]:
+    ) -> tuple[int, builtins.list[str]]:
         """:meth:`retry`, returning also the permanently refused recipients that are tried again.
 
         A failed message's refused recipients get their turn again (recipients that

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-import threading
 import time
 import traceback
 from email.message import EmailMessage
@@ -477,27 +476,35 @@ def test_failure_str_is_one_line_with_step_and_code():
 # ------------------------------------------------------------------ bookkeeping while the server works
 
 
-def test_while_waiting_runs_once_the_data_is_out_and_before_the_final_reply(smtp_server):
-    # The server holds its reply until the client's callback has run: the callback must come after the
-    # payload (the server has it) and before the reply is read (else the server times out waiting).
+def test_while_waiting_runs_before_the_end_of_data(smtp_server):
+    # The caller writes the previous message's outcome in the callback: the server must not be able to
+    # accept this message before it has run (a crash there would leave two accepted messages unrecorded).
     server = smtp_server()
-    data_in, callback_ran, released = threading.Event(), threading.Event(), []
+    seen: list[object] = []
+    server.data_hook = lambda _envelope: seen.append("end of data") or None
 
-    def hold_reply(_envelope):
-        data_in.set()
-        released.append(callback_ran.wait(5))
-        return None
-
-    def while_waiting():
-        assert data_in.wait(5), "the callback ran before the server had the message"
-        callback_ran.set()
-
-    server.data_hook = hold_reply
     with SmtpSession(make_sender(server), DEFAULT_PASSWORD) as session:
-        result = session.send(mime(), "sales@example.com", [RCPT], while_waiting=while_waiting)
-    assert released == [True]
+        result = session.send(
+            mime(), "sales@example.com", [RCPT], while_waiting=lambda: seen.append(("callback", len(server.messages)))
+        )
+    assert seen == [("callback", 0), "end of data"]
     assert (result.code, result.accepted) == (250, [RCPT])
     assert len(server.messages) == 1
+
+
+def test_a_failing_while_waiting_abandons_the_message_before_the_server_has_it(smtp_server):
+    server = smtp_server()
+
+    def crash() -> None:
+        raise RuntimeError("the outcome could not be written")
+
+    with SmtpSession(make_sender(server), DEFAULT_PASSWORD) as session:
+        with pytest.raises(RuntimeError):
+            session.send(mime(subject="abandoned"), "sales@example.com", [RCPT], while_waiting=crash)
+        result = session.send(mime(subject="next"), "sales@example.com", [RCPT])  # on a fresh connection
+    assert result.code == 250
+    assert [m.subject for m in server.messages] == ["next"]
+    assert server.connections == 2
 
 
 def test_while_waiting_is_not_called_when_the_transaction_fails_first(smtp_server):

@@ -626,7 +626,9 @@ class Deliverer:
             wait = held.until - self.clock()
             short = held.kind in ("minute", "interval") and wait <= MAX_PACING_WAIT
             fits = self._deadline is None or self.clock() + wait < self._deadline
-            if not (short and fits) or self.stop_event.is_set():
+            if short and self.stop_event.is_set():
+                return None  # stopping (Ctrl-C, SIGTERM): back to the queue as it was, not deferred for pacing
+            if not (short and fits):
                 return held
             if wait > IDLE_CLOSE_AFTER:
                 session.close()  # reopened on the next send rather than failing on a connection the server dropped

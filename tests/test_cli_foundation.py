@@ -683,7 +683,7 @@ MALFORMED = [
         _replace("security: starttls", "security: tls"),
         "{f}: senders.sales.security: must be one of 'starttls', 'ssl' or 'none' (got 'tls')",
     ),
-    ("port too big", _replace("port: {port}", "port: 99999"), "{f}: senders.sales.port: must be at most 65535 (got 99999)"),
+    ("port too big", _replace("port: {port}", "port: 99999"), "{f}: senders.sales.port: must be from 1 to 65535 (got 99999)"),
     ("port not a number", _replace("port: {port}", "port: smtp"), "{f}: senders.sales.port: must be a whole number (got 'smtp')"),
     (
         "unknown sender in route",
@@ -740,7 +740,7 @@ MALFORMED = [
         "contains invalid characters: '@'.",
     ),
     ("boolean as a limit", _add_to_sender("daily_limit: yes"), "{f}: senders.sales.daily_limit: must be a number (got true)"),
-    ("negative timeout", _replace("timeout: 5", "timeout: -1"), "{f}: senders.sales.timeout: must be more than 0.0 (got -1)"),
+    ("negative timeout", _replace("timeout: 5", "timeout: -1"), "{f}: senders.sales.timeout: must be more than 0 and at most 600 (got -1)"),
     ("active not a boolean", _add_to_sender("active: maybe"), "{f}: senders.sales.active: must be true or false (got 'maybe')"),
     (
         "sender name with a space",

@@ -271,3 +271,109 @@ def test_yaml_aliases_in_a_data_file_are_refused(ws):
         f"{path} line 4 column 12: invalid YAML: aliases (*name) are not allowed in a data file "
         "(write each value out); fix the file",
     )
+
+
+# ---------------------------------------------------------------- one line, exit 2, for every bad input
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("c.json", '[{"email": "a@example.org", "x": ' + "[" * 100_000 + "]" * 100_000 + "}]"),
+        ("c.yaml", "- email: a@example.org\n  x: " + "[" * 100_000 + "]" * 100_000 + "\n"),
+        ("c.json", '[{"email": "a@example.org", "x": ' + "[" * 60 + "]" * 60 + "}]"),
+    ],
+    ids=["json 100,000 deep", "yaml 100,000 deep", "json 60 deep"],
+)
+def test_a_data_file_nested_too_deeply_is_one_line(ws, name, text):
+    path = ws.root / name
+    path.write_text(text, encoding="utf-8")
+    result = run_bounded("send", "--data", path, "--subject", "S", "--body", "B")
+    _refused(
+        ws, result, f"{path}: values are nested too deeply (more than 50 levels of lists and mappings); flatten the data"
+    )
+
+
+def test_senders_yaml_nested_100000_deep_is_one_line(ws):
+    text = ws.config_path.read_text(encoding="utf-8")
+    ws.config_path.write_text(text + "groups:\n  g: " + "[" * 100_000 + "]" * 100_000 + "\n", encoding="utf-8")
+    result = run_bounded("send", "--to", "a@example.org", "--subject", "S", "--body", "B")
+    _refused(
+        ws,
+        result,
+        f"{ws.config_path}: values are nested too deeply (more than 50 levels of lists and mappings); fix the file",
+    )
+
+
+def test_an_out_of_range_number_in_senders_yaml_names_the_range(ws):
+    text = ws.config_path.read_text(encoding="utf-8")
+    ws.config_path.write_text(text.replace("    timeout: 5\n", "    timeout: 5\n    min_interval: 1.0e+300\n"), encoding="utf-8")
+    result = run_bounded("send", "--to", "a@example.org", "--subject", "S", "--body", "B")
+    _refused(ws, result, f"{ws.config_path}: senders.sales.min_interval: must be from 0 to 86400 (got 1e+300)")
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["log", "--limit", "9223372036854775808"], "log: Invalid value for '--limit': must be from 1 to 10000000; see 'mailops log --help'"),
+        (["queue", "list", "--limit", str(10**30)], "queue list: Invalid value for '--limit': must be from 1 to 10000000; see 'mailops queue list --help'"),
+        *[
+            (
+                ["queue", command, str(10**30)],
+                f"queue {command}: Invalid value for 'message': must be from 1 to 9223372036854775807; "
+                f"see 'mailops queue {command} --help'",
+            )
+            for command in ("show", "retry", "cancel")
+        ],
+        (["deliver", "--limit", str(10**30)], "deliver: Invalid value for '--limit': must be from 1 to 10000000; see 'mailops deliver --help'"),
+        (["deliver", "--max-seconds", "1e300"], "deliver: Invalid value for '--max-seconds': must be from 0 to 604800; see 'mailops deliver --help'"),
+        (
+            ["send", "--to", "a@example.org", "--subject", "S", "--body", "B", "--limit", str(10**30)],
+            "send: Invalid value for '--limit': must be from 1 to 10000000; see 'mailops send --help'",
+        ),
+        (["dev-server", "--port", "99999"], "dev-server: Invalid value for '--port': must be from 1 to 65535; see 'mailops dev-server --help'"),
+        (["init", "/etc/hostname"], "/etc/hostname is a file, not a folder; pass a folder for senders.yaml and templates/"),
+        (["queue", "cancel", "999999"], "no message with id 999999 in the outbox; see 'mailops queue list'"),
+        (["queue", "retry", "999999"], "no message with id 999999 in the outbox; see 'mailops queue list'"),
+        (["queue", "show", "999999"], "no message with id 999999 in the outbox; see 'mailops queue list'"),
+        (["queue", "cancel", "--batch", "nope"], "no message in batch 'nope' in the outbox; see 'mailops queue list'"),
+        (["queue", "retry", "--batch", "nope"], "no message in batch 'nope' in the outbox; see 'mailops queue list'"),
+    ],
+    ids=lambda v: " ".join(v)[:40] if isinstance(v, list) else None,
+)
+def test_an_out_of_range_option_or_unknown_id_is_one_line(ws, cli, args, line):
+    assert cli("send", "--to", "a@example.org", "--subject", "S", "--body", "B", "--queue-only").exit_code == 0
+    ws.srv.connections = 0
+    before = ws.query("SELECT id, state, due_at, updated_at FROM messages")
+
+    result = run_bounded(*args)
+
+    assert (result.exit_code, result.stderr.splitlines()) == (2, [f"mailops: error: {line}"]), result.output
+    assert ws.srv.messages == [] and ws.query("SELECT id, state, due_at, updated_at FROM messages") == before
+
+
+def test_an_impossible_due_time_in_the_outbox_cannot_crash_queue_list_or_show(ws, cli):
+    assert cli("send", "--to", "a@example.org", "--subject", "S", "--body", "B", "--queue-only").exit_code == 0
+    ws.query("UPDATE messages SET state = 'deferred', due_at = 1e300, reason = 'quota: min_interval'")
+
+    listed = run_bounded("queue", "list")
+    shown = run_bounded("queue", "show", "1")
+    delivered = run_bounded("deliver")
+
+    assert listed.exit_code == 0 and "(invalid time 1e+300)" in listed.stdout, listed.output
+    assert shown.exit_code == 0 and "due: (invalid time 1e+300)" in shown.stdout, shown.output
+    assert delivered.exit_code == 0 and "Traceback" not in delivered.output, delivered.output
+    assert ws.srv.messages == [] and ws.states() == {"deferred": 1}
+
+
+def test_a_database_written_by_a_newer_mailops_is_refused(ws, cli):
+    assert cli("send", "--to", "a@example.org", "--subject", "S", "--body", "B", "--queue-only").exit_code == 0
+    ws.query("INSERT INTO schema_migrations (name, applied_at) VALUES ('999_from_the_future', 1.0)")
+    line = (
+        "this database was written by a newer mailops (schema step '999_from_the_future' is unknown to this version): "
+        f"sqlite:///{ws.db_path}; upgrade mailops on this host, or point 'database:' at another database; nothing was sent"
+    )
+    for args in (["deliver"], ["log"], ["queue", "list"], ["db", "status"]):
+        result = run_bounded(*args)
+        assert (result.exit_code, result.stderr.splitlines()) == (2, [f"mailops: error: {line}"]), (args, result.output)
+    assert ws.srv.messages == [] and ws.states() == {"queued": 1}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Iterator
@@ -41,6 +42,14 @@ def _usage_errors_in_one_line() -> Iterator[None]:
         path = exc.ctx.command_path if exc.ctx is not None else "mailops"
         where = path.removeprefix("mailops").strip()
         text = " ".join(exc.format_message().split()).rstrip(".")
+        param = getattr(exc, "param", None)
+        low, high = getattr(param, "min", None), getattr(param, "max", None)
+        if low is not None and high is not None and re.search(r": Input should be (less|greater) than", text):
+            # a number out of its range: say the whole range, not just the end it crossed
+            def show(bound: object) -> str:
+                return f"{bound:g}" if isinstance(bound, float) else str(bound)
+
+            text = f"{text.partition(': Input should be')[0]}: must be from {show(low)} to {show(high)}"
         raise UsageError(f"{where + ': ' if where else ''}{text}; see '{path} --help'") from None
 
 
@@ -54,6 +63,12 @@ class _Commands(TyperGroup):
     def invoke(self, ctx: Any) -> Any:
         with _usage_errors_in_one_line():
             return super().invoke(ctx)
+
+
+#: Bounds of numeric options, so that no number reaches the database (64-bit integers) or a clock out of range.
+MAX_ID = 2**63 - 1  # message ids are 64-bit integers
+MAX_ROWS = 10_000_000  # --limit, --preview
+MAX_SECONDS = 7 * 86400.0  # deliver --max-seconds
 
 
 app = typer.Typer(
@@ -224,7 +239,7 @@ def init(
 @app.command("dev-server")
 def dev_server(
     host: Annotated[str, typer.Option(help="Address to bind; keep loopback unless you mean to expose it.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8025,
+    port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 8025,
     maildir: Annotated[Path | None, typer.Option(help="Store every message in this Maildir.")] = None,
 ) -> None:
     """Run a local capture SMTP server for trying templates and routes safely (Ctrl-C stops it)."""
@@ -611,8 +626,8 @@ def send(
     allow_attachments_outside: Annotated[bool, typer.Option("--allow-attachments-outside", help="Let data rows attach files outside their attachments folder.")] = False,
     batch: Annotated[str | None, typer.Option("--batch", help="Batch key: a re-run skips rows already sent or queued under it.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate, render and check quotas; connect to nothing, queue nothing.")] = False,
-    preview: Annotated[int, typer.Option("--preview", help="Print the first N rendered messages.", min=0)] = 0,
-    limit: Annotated[int | None, typer.Option("--limit", help="Send at most N messages (the first N rows).", min=1)] = None,
+    preview: Annotated[int, typer.Option("--preview", help="Print the first N rendered messages.", min=0, max=MAX_ROWS)] = 0,
+    limit: Annotated[int | None, typer.Option("--limit", help="Send at most N messages (the first N rows).", min=1, max=MAX_ROWS)] = None,
     skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="Send the valid rows and report the invalid ones.")] = False,
     queue_only: Annotated[bool, typer.Option("--queue-only", help="Validate and queue, send nothing now; 'mailops deliver' (cron) sends.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
@@ -705,8 +720,8 @@ def send(
 
 @app.command()
 def deliver(
-    limit: Annotated[int | None, typer.Option("--limit", help="Send at most N messages.", min=1)] = None,
-    max_seconds: Annotated[float | None, typer.Option("--max-seconds", help="Stop claiming new messages after S seconds.", min=0)] = None,
+    limit: Annotated[int | None, typer.Option("--limit", help="Send at most N messages.", min=1, max=MAX_ROWS)] = None,
+    max_seconds: Annotated[float | None, typer.Option("--max-seconds", help="Stop claiming new messages after S seconds.", min=0, max=MAX_SECONDS)] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors (for cron).")] = False,
 ) -> None:
@@ -731,7 +746,7 @@ def queue_list(
     state: Annotated[str | None, typer.Option("--state", help="queued, sending, sent, deferred, failed or cancelled.")] = None,
     batch: Annotated[str | None, typer.Option("--batch", help="Only this batch.")] = None,
     sender: Annotated[str | None, typer.Option("--sender", help="Only this sender.")] = None,
-    limit: Annotated[int, typer.Option("--limit", help="At most N rows.", min=1)] = 50,
+    limit: Annotated[int, typer.Option("--limit", help="At most N rows.", min=1, max=MAX_ROWS)] = 50,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """List messages in the outbox, newest first, with counts per state."""
@@ -771,7 +786,7 @@ def queue_list(
 
 @queue_app.command("show")
 def queue_show(
-    message: Annotated[int, typer.Argument(help="Message id (from 'mailops queue list').")],
+    message: Annotated[int, typer.Argument(help="Message id (from 'mailops queue list').", min=1, max=MAX_ID)],
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Show one message: state, headers and every attempt."""
@@ -809,6 +824,16 @@ def queue_show(
         _out(f"  attempt {local_time(a['at'], tz)} {_safe(a['sender'] or '-')}: {a['outcome']} {_safe(text)}".rstrip())
 
 
+def _must_exist(outbox: Any, message: int | None, batch: str | None) -> None:
+    """InputError for an id (or batch) the outbox does not hold: a typo must not look like success."""
+    from .errors import InputError
+
+    if message is not None and not outbox.exists(msg_id=message):
+        raise InputError(f"no message with id {message} in the outbox; see 'mailops queue list'")
+    if batch is not None and not outbox.exists(batch=batch):
+        raise InputError(f"no message in batch {batch!r} in the outbox; see 'mailops queue list'")
+
+
 def _one_target(message: int | None, batch: str | None, all_: bool | None = None) -> None:
     """Exactly one of: a message id, --batch, or (where offered, ``all_`` not None) --all."""
     chosen = [message is not None, batch is not None, bool(all_)]
@@ -819,7 +844,7 @@ def _one_target(message: int | None, batch: str | None, all_: bool | None = None
 
 @queue_app.command("retry")
 def queue_retry(
-    message: Annotated[int | None, typer.Argument(help="Message id.")] = None,
+    message: Annotated[int | None, typer.Argument(help="Message id.", min=1, max=MAX_ID)] = None,
     batch: Annotated[str | None, typer.Option("--batch", help="Every message of this batch.")] = None,
     all_: Annotated[bool, typer.Option("--all", help="Every deferred or failed message.")] = False,
 ) -> None:
@@ -828,7 +853,9 @@ def queue_retry(
 
     _one_target(message, batch, all_)
     config = _load_config()
-    n, refused = Outbox(_open_store(config), config.delivery).retry_refused(_now(), msg_id=message, batch=batch, all_=all_)
+    outbox = Outbox(_open_store(config), config.delivery)
+    _must_exist(outbox, message, batch)
+    n, refused = outbox.retry_refused(_now(), msg_id=message, batch=batch, all_=all_)
     _out(f"{n} message(s) due now; run 'mailops deliver' to send them")
     if refused:
         shown = ", ".join(refused[:5]) + (f" and {len(refused) - 5} more" if len(refused) > 5 else "")
@@ -837,7 +864,7 @@ def queue_retry(
 
 @queue_app.command("cancel")
 def queue_cancel(
-    message: Annotated[int | None, typer.Argument(help="Message id.")] = None,
+    message: Annotated[int | None, typer.Argument(help="Message id.", min=1, max=MAX_ID)] = None,
     batch: Annotated[str | None, typer.Option("--batch", help="Every unsent message of this batch.")] = None,
 ) -> None:
     """Cancel messages that are not sent yet (in-flight ones cannot be cancelled)."""
@@ -845,7 +872,9 @@ def queue_cancel(
 
     _one_target(message, batch)
     config = _load_config()
-    n = Outbox(_open_store(config), config.delivery).cancel(_now(), msg_id=message, batch=batch)
+    outbox = Outbox(_open_store(config), config.delivery)
+    _must_exist(outbox, message, batch)
+    n = outbox.cancel(_now(), msg_id=message, batch=batch)
     _out(f"cancelled {n} message(s)")
 
 
@@ -910,7 +939,7 @@ def log(
     to: Annotated[str | None, typer.Option("--to", help="Only attempts to this recipient (substring).")] = None,
     batch: Annotated[str | None, typer.Option("--batch", help="Only this batch.")] = None,
     since: Annotated[str | None, typer.Option("--since", help="24h, 7d or a date like 2026-11-01.")] = None,
-    limit: Annotated[int, typer.Option("--limit", help="At most N rows, newest first.", min=1)] = 50,
+    limit: Annotated[int, typer.Option("--limit", help="At most N rows, newest first.", min=1, max=MAX_ROWS)] = 50,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Show delivery attempts, newest first."""
@@ -1004,6 +1033,7 @@ def db_status(json_out: Annotated[bool, typer.Option("--json", help="Print JSON.
     config = _load_config()
     store = Store(config.database_url)  # no automatic migration: status reports what is pending
     _OPEN_STORES.append(store)
+    store.check_not_newer()
     url, schema, pending = mask_url(config.database_url), store.schema_version(), store.pending_migrations()
     rows = store.row_counts() if not pending else {}
     if json_out:

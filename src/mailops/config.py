@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import ConfigError
+from .limits import MAX_DEPTH, nested_deeper_than
 from .paths import config_candidates, user_data_dir
 
 if TYPE_CHECKING:
@@ -37,6 +38,8 @@ _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 #: are in flight, so another run can take one over only if that process stalls for two thirds of the lease
 #: (swapping, a suspended VM, a long database wait); below this a routine stall would send a message twice.
 MIN_LEASE = 30.0
+#: The longest retry_initial, retry_max and give_up_after: beyond it a message would wait for ever.
+MAX_RETRY_DURATION = 30 * 86400.0
 #: The longest claim lease: the claims of a process that died wait this long before another run sends them.
 MAX_LEASE = 86400.0
 
@@ -82,18 +85,18 @@ class SenderFields(_Strict):
     auth: bool | None = None
     allow_plaintext_auth: bool | None = None
     reply_to: str | None = None
-    daily_limit: int | None = Field(default=None, ge=1)
-    monthly_limit: int | None = Field(default=None, ge=1)
-    per_minute: int | None = Field(default=None, ge=1)
-    min_interval: float | None = Field(default=None, ge=0)
-    priority: int | None = None
+    daily_limit: int | None = Field(default=None, ge=1, le=10_000_000)
+    monthly_limit: int | None = Field(default=None, ge=1, le=300_000_000)
+    per_minute: int | None = Field(default=None, ge=1, le=100_000)
+    min_interval: float | None = Field(default=None, ge=0, le=86_400, allow_inf_nan=False)
+    priority: int | None = Field(default=None, ge=-1_000_000, le=1_000_000)
     active: bool | None = None
-    timeout: float | None = Field(default=None, gt=0, le=600)
+    timeout: float | None = Field(default=None, gt=0, le=600, allow_inf_nan=False)
     ca_file: str | None = None
     tls_verify: bool | None = None
     password_command: str | None = None
     connections: int | None = Field(default=None, ge=1, le=16)
-    max_per_connection: int | None = Field(default=None, ge=1)
+    max_per_connection: int | None = Field(default=None, ge=1, le=100_000)
 
     @field_validator(
         "port", "daily_limit", "monthly_limit", "per_minute", "min_interval", "priority", "timeout",
@@ -258,8 +261,14 @@ def _read_yaml(path: Path) -> Any:
         raise ConfigError(f"{path}: not UTF-8 text; save the file as UTF-8") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    too_deep = ConfigError(
+        f"{path}: values are nested too deeply (more than {MAX_DEPTH} levels of lists and mappings); "
+        "fix the file"
+    )
     try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass: no arbitrary objects
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass: no arbitrary objects
+    except RecursionError:
+        raise too_deep from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
@@ -267,6 +276,9 @@ def _read_yaml(path: Path) -> Any:
         raise ConfigError(f"{where}: invalid YAML: {problem}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+    if nested_deeper_than(data, MAX_DEPTH):
+        raise too_deep
+    return data
 
 
 # ---------------------------------------------------------------- validation
@@ -297,6 +309,9 @@ def _describe(error: ErrorDetails, model: type[BaseModel]) -> str:
         return f"must be one of {ctx.get('expected', '')} (got {given!r})"
     if kind in ("int_parsing", "int_type", "int_from_float"):
         return f"must be a whole number (got {given!r})"
+    if kind == "finite_number":
+        allowed = _range(model, str(error["loc"][-1]))
+        return f"must be a finite number{' ' + allowed if allowed else ''} (got {given!r})"
     if kind in ("float_parsing", "float_type"):
         return f"must be a number (got {given!r})"
     if kind in ("bool_parsing", "bool_type"):
@@ -304,6 +319,9 @@ def _describe(error: ErrorDetails, model: type[BaseModel]) -> str:
     if kind == "string_type":
         return f"must be text (got {given!r})"
     if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
+        allowed = _range(model, str(error["loc"][-1]))
+        if allowed is not None:
+            return f"must be {allowed} (got {given!r})"
         bound = next(iter(ctx.values()), "")
         words = {
             "greater_than_equal": "at least",
@@ -317,6 +335,29 @@ def _describe(error: ErrorDetails, model: type[BaseModel]) -> str:
     if kind == "value_error":
         return str(ctx.get("error", error["msg"]))
     return str(error["msg"])
+
+
+def _number(value: float) -> str:
+    """A bound for people: 600, 86400, 10,000,000."""
+    if float(value).is_integer():
+        return f"{int(value):,}" if abs(value) >= 1_000_000 else str(int(value))
+    return f"{value:g}"
+
+
+def _range(model: type[BaseModel], name: str) -> str | None:
+    """A numeric field's allowed range in words ("from 1 to 16", "more than 0 and at most 600"), if it has both ends."""
+    field_info = model.model_fields.get(name)
+    low = high = None
+    for constraint in field_info.metadata if field_info is not None else []:
+        if getattr(constraint, "ge", None) is not None:
+            low = f"from {_number(constraint.ge)}"
+        elif getattr(constraint, "gt", None) is not None:
+            low = f"more than {_number(constraint.gt)} and"
+        elif getattr(constraint, "le", None) is not None:
+            high = _number(constraint.le)
+    if low is None or high is None:
+        return None
+    return f"{low} to {high}" if low.startswith("from") else f"{low} at most {high}"
 
 
 def _validate(model: type[BaseModel], data: Any, path: Path, prefix: tuple[Any, ...]) -> Any:
@@ -611,6 +652,12 @@ def parse_config(data: Any, path: Path) -> Config:
     delivery = DeliveryPolicy(
         **{k: v for k, v in delivery_fields.model_dump().items() if v is not None}
     )
+    for name in ("retry_initial", "retry_max", "give_up_after"):
+        if not 0 <= getattr(delivery, name) <= MAX_RETRY_DURATION:  # also NaN
+            raise ConfigError(
+                f"{path}: delivery.{name}: must be from 0s to {format_duration(MAX_RETRY_DURATION)} "
+                f"(got {(raw_delivery or {}).get(name)!r})"
+            )
     if not MIN_LEASE <= delivery.lease <= MAX_LEASE:
         why = (
             "a shorter lease could let another run send a message that is still being sent"

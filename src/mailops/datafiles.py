@@ -20,7 +20,7 @@ import yaml
 
 from .errors import InputError
 from .files import FileRefused, read_regular_file, regular_file_problem
-from .limits import DATA_FILE_MAX_BYTES, MAX_DEPTH
+from .limits import DATA_FILE_MAX_BYTES, MAX_DEPTH, nested_deeper_than
 
 KINDS = {".csv": "csv", ".json": "json", ".yaml": "yaml", ".yml": "yaml"}
 _DELIMITERS = (",", ";", "\t")
@@ -85,23 +85,6 @@ def _too_deep(path: Path) -> InputError:
         f"{path}: values are nested too deeply (more than {MAX_DEPTH} levels of lists and mappings); "
         "flatten the data"
     )
-
-
-def _depth_exceeds(value: Any, limit: int) -> bool:
-    """True if ``value`` nests lists/mappings more than ``limit`` deep (iterative: no recursion to run out of)."""
-    stack = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict):
-            children: Any = item.values()
-        elif isinstance(item, list):
-            children = item
-        else:
-            continue
-        if depth > limit:
-            return True
-        stack.extend((child, depth + 1) for child in children)
-    return False
 
 
 def _no_rows(path: Path) -> InputError:
@@ -266,7 +249,7 @@ def _load_json(path: Path) -> Any:
         ) from None
     except _DuplicateKey as exc:
         raise InputError(f"{path}: an object has the key {exc.key!r} twice; remove one of them") from None
-    if _depth_exceeds(data, MAX_DEPTH):
+    if nested_deeper_than(data, MAX_DEPTH):
         raise _too_deep(path)
     return data
 
@@ -295,7 +278,7 @@ def _load_yaml(path: Path) -> Any:
         raise InputError(f"{where}: invalid YAML: {exc.problem or exc.context}; fix the file") from None
     except yaml.YAMLError as exc:
         raise InputError(f"{path}: invalid YAML: {exc}; fix the file") from None
-    if _depth_exceeds(data, MAX_DEPTH):
+    if nested_deeper_than(data, MAX_DEPTH):
         raise _too_deep(path)
     return data
 

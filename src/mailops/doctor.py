@@ -88,6 +88,7 @@ def run_doctor(config: Config) -> DoctorReport:
 
     try:
         store = Store(config.database_url)
+        store.check_not_newer()
         pending = store.pending_migrations()
         if store.schema_version() is None:
             # never used yet: every command creates the schema on first use, nothing to fix

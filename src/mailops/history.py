@@ -170,11 +170,17 @@ def local_time(ts: float | None, tz: ZoneInfo) -> str:
     """A timestamp as ``YYYY-MM-DD HH:MM:SS`` in the config zone (empty for None)."""
     if ts is None:
         return ""
-    return datetime.fromtimestamp(ts, tz).strftime("%Y-%m-%d %H:%M:%S")
+    try:
+        return datetime.fromtimestamp(ts, tz).strftime("%Y-%m-%d %H:%M:%S")
+    except (OverflowError, OSError, ValueError):
+        # a time no calendar holds (an old mailops could defer by 1e300 s): show it, never crash on it
+        return f"(invalid time {ts!r})"
 
 
 def humanize_wait(seconds: float) -> str:
     """``in 3 h 20 min`` style for deferral messages."""
+    if not seconds < 100 * 365 * 86400:  # also inf and NaN: no timedelta holds them
+        return "more than 100 years"
     seconds = max(0, int(seconds))
     delta = timedelta(seconds=seconds)
     if seconds < 60:

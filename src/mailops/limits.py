@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 from .errors import UsageError
 
@@ -64,3 +65,20 @@ def human_size(size: float) -> str:
     if size >= MB and size % MB == 0:
         return f"{size / MB:g} MB"
     return f"{size:,.0f} bytes"
+
+
+def nested_deeper_than(value: Any, limit: int) -> bool:
+    """True if ``value`` nests lists/mappings more than ``limit`` deep (iterative: no recursion to run out of)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False

@@ -175,6 +175,12 @@ def applied(conn: Connection) -> list[str]:
     return [row[0] for row in conn.execute(sa.select(table.c.name).order_by(table.c.name))]
 
 
+def unknown(conn: Connection) -> list[str]:
+    """Applied steps this version does not know: a newer mailops wrote the database."""
+    known = {name for name, _ in MIGRATIONS}
+    return [name for name in applied(conn) if name not in known]
+
+
 def pending(conn: Connection) -> list[str]:
     """Names of the steps not yet applied."""
     done = set(applied(conn))

@@ -371,6 +371,12 @@ class Outbox:
             ).all()
         return dict(row._mapping), [dict(a._mapping) for a in attempts]
 
+    def exists(self, *, msg_id: int | None = None, batch: str | None = None) -> bool:
+        """True if the outbox holds the message ``msg_id`` (or any message of ``batch``)."""
+        cond = (MESSAGES.c.id == msg_id) if msg_id is not None else (MESSAGES.c.batch == batch)
+        with self.store.read() as conn:
+            return conn.execute(sa.select(MESSAGES.c.id).where(cond).limit(1)).first() is not None
+
     def _select(self, msg_id: int | None, batch: str | None, all_: bool) -> Any:
         if msg_id is not None:
             return MESSAGES.c.id == msg_id

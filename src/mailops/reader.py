@@ -192,7 +192,8 @@ def open_reader(url: str) -> Reader | None:
     except (driver.Error, StoreError):  # no such table, not a database, no rights...: the Store deals with it
         reader.close()
         return None
-    if any(name not in applied for name, _ in MIGRATIONS):
+    known = {name for name, _ in MIGRATIONS}
+    if applied != known:  # older (to migrate) or newer (to refuse): the Store does either
         reader.close()
         return None
     return reader

@@ -63,11 +63,21 @@ def write_template(templates_dir: Path, name: str) -> list[Path]:
 
 def write_starter(directory: Path) -> list[Path]:
     """Create ``senders.yaml`` and ``templates/renewal/`` in ``directory``; refuse to overwrite."""
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise UsageError(f"{directory} is a file, not a folder; pass a folder for senders.yaml and templates/") from None
+    except NotADirectoryError:
+        raise UsageError(f"{directory}: a part of the path is a file, not a folder; pass a folder") from None
+    except OSError as exc:
+        raise UsageError(f"{directory}: cannot create the folder: {exc.strerror or exc}; pass another folder") from None
     config = directory / "senders.yaml"
     if config.exists():
         raise UsageError(f"{config} already exists; edit it, or run 'mailops init' in another folder")
-    config.write_text(STARTER_CONFIG, encoding="utf-8")
+    try:
+        config.write_text(STARTER_CONFIG, encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"{config}: cannot write: {exc.strerror or exc}; pass a folder you may write to") from None
     created = [config]
     if not (directory / "templates" / "renewal").exists():
         created += write_template(directory / "templates", "renewal")

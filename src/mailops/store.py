@@ -175,8 +175,20 @@ class Store:
             with conn.begin():
                 yield conn
 
+    def check_not_newer(self) -> None:
+        """StoreError if a newer mailops has migrated this database: its schema may mean what this one cannot read."""
+        with self.read() as conn:
+            newer = migrations.unknown(conn)
+        if newer:
+            raise StoreError(
+                f"this database was written by a newer mailops (schema step {newer[-1]!r} is unknown to this "
+                f"version): {mask_url(self.url)}; upgrade mailops on this host, or point 'database:' at another "
+                "database; nothing was sent"
+            )
+
     def migrate(self) -> list[str]:
-        """Apply pending migrations; safe when several processes start at once."""
+        """Apply pending migrations; safe when several processes start at once. Refuses a newer schema."""
+        self.check_not_newer()
         with self.read() as conn:
             if not migrations.pending(conn):
                 return []

@@ -47,7 +47,15 @@ def _file(ws, name: str, data: bytes = b"%PDF-1.4 test") -> str:
 
 
 def test_a_row_attachment_that_looks_like_a_template_is_not_rendered(ws):
-    data = ws.csv("c.csv", [{"email": "a@example.org", "attachments": "{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}x.pdf"}])
+    data = ws.csv(
+        "c.csv",
+        [
+            {
+                "email": "a@example.org",
+                "attachments": "{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}x.pdf",
+            }
+        ],
+    )
     result = run_bounded("send", "--data", data, "--subject", "S", "--body", "B", "--dry-run")
     value = "{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}x.pdf"
     _refused(
@@ -61,14 +69,40 @@ def test_a_row_attachment_that_looks_like_a_template_is_not_rendered(ws):
 def test_an_attach_template_gives_each_row_its_own_file(ws, cli, monkeypatch):
     _file(ws, "invoices/C-1.pdf", b"invoice one")
     _file(ws, "invoices/C-2.pdf", b"invoice two")
-    data = ws.csv("c.csv", [{"email": "a@example.org", "contract": "C-1"}, {"email": "b@example.org", "contract": "C-2"}])
+    data = ws.csv(
+        "c.csv", [{"email": "a@example.org", "contract": "C-1"}, {"email": "b@example.org", "contract": "C-2"}]
+    )
     monkeypatch.chdir(ws.root)
 
     result = cli("send", "--data", data, "--subject", "S", "--body", "B", "--attach", "invoices/{{ contract }}.pdf")
 
     assert result.exit_code == 0, result.output
-    got = {m.rcpt_tos[0]: [(a.get_filename(), a.get_content()) for a in m.message.iter_attachments()] for m in ws.srv.messages}
+    got = {
+        m.rcpt_tos[0]: [(a.get_filename(), a.get_content()) for a in m.message.iter_attachments()]
+        for m in ws.srv.messages
+    }
     assert got == {"a@example.org": [("C-1.pdf", b"invoice one")], "b@example.org": [("C-2.pdf", b"invoice two")]}
+
+
+def test_an_attach_template_renders_with_var_for_a_single_message(ws, cli, monkeypatch):
+    _file(ws, "invoices/C-9.pdf", b"nine")
+    monkeypatch.chdir(ws.root)
+    result = cli(
+        "send",
+        "--to",
+        "a@example.org",
+        "--subject",
+        "S",
+        "--body",
+        "B",
+        "--var",
+        "contract=C-9",
+        "--attach",
+        "invoices/{{ contract }}.pdf",
+    )
+    assert result.exit_code == 0, result.output
+    [received] = ws.srv.messages
+    assert [(a.get_filename(), a.get_content()) for a in received.message.iter_attachments()] == [("C-9.pdf", b"nine")]
 
 
 def test_an_attach_template_cannot_leave_the_folder_it_names(ws, monkeypatch):
@@ -77,14 +111,16 @@ def test_an_attach_template_cannot_leave_the_folder_it_names(ws, monkeypatch):
     data = ws.csv("c.csv", [{"email": "a@example.org", "contract": "../secret"}])
     monkeypatch.chdir(ws.root)
 
-    result = run_bounded("send", "--data", data, "--subject", "S", "--body", "B", "--attach", "invoices/{{ contract }}.pdf")
+    result = run_bounded(
+        "send", "--data", data, "--subject", "S", "--body", "B", "--attach", "invoices/{{ contract }}.pdf"
+    )
 
     _refused(
         ws,
         result,
         f"c.csv row 1: --attach 'invoices/{{{{ contract }}}}.pdf' renders 'invoices/../secret.pdf': outside "
-        f"{ws.root / 'invoices'} (the folder it names); data rows may only attach files from there: move the file, "
-        "point --attachments-dir at its folder, or pass --allow-attachments-outside (nothing was sent)",
+        f"{ws.root / 'invoices'} (the folder it names); data rows may only attach files from there: fix the row's "
+        "value or the pattern, or pass --allow-attachments-outside (nothing was sent)",
     )
 
 
@@ -117,7 +153,10 @@ def test_allow_attachments_outside_and_attachments_dir_are_the_operators_way_out
     data = ws.csv("run/c.csv", [{"email": "a@example.org", "attachments": "../outside.pdf"}])
     assert cli("send", "--data", data, "--subject", "S", "--body", "B", "--allow-attachments-outside").exit_code == 0
     data2 = ws.csv("run/d.csv", [{"email": "b@example.org", "attachments": "inv.pdf"}])
-    assert cli("send", "--data", data2, "--subject", "S", "--body", "B", "--attachments-dir", ws.root / "files").exit_code == 0
+    assert (
+        cli("send", "--data", data2, "--subject", "S", "--body", "B", "--attachments-dir", ws.root / "files").exit_code
+        == 0
+    )
     got = [[a.get_content() for a in m.message.iter_attachments()] for m in ws.srv.messages]
     assert got == [[b"outside"], [b"inv"]]
 
@@ -181,7 +220,15 @@ def test_an_attachment_over_the_size_limit_is_refused_before_reading(ws):
 
 def test_a_bad_limit_variable_is_one_line(ws):
     result = run_bounded(
-        "send", "--to", "a@example.org", "--subject", "S", "--body", "B", "--attach", _file(ws, "a.pdf"),
+        "send",
+        "--to",
+        "a@example.org",
+        "--subject",
+        "S",
+        "--body",
+        "B",
+        "--attach",
+        _file(ws, "a.pdf"),
         env={"MAILOPS_ATTACHMENT_MAX_BYTES": "lots"},
     )
     _refused(
@@ -290,7 +337,9 @@ def test_a_data_file_nested_too_deeply_is_one_line(ws, name, text):
     path.write_text(text, encoding="utf-8")
     result = run_bounded("send", "--data", path, "--subject", "S", "--body", "B")
     _refused(
-        ws, result, f"{path}: values are nested too deeply (more than 50 levels of lists and mappings); flatten the data"
+        ws,
+        result,
+        f"{path}: values are nested too deeply (more than 50 levels of lists and mappings); flatten the data",
     )
 
 
@@ -307,7 +356,9 @@ def test_senders_yaml_nested_100000_deep_is_one_line(ws):
 
 def test_an_out_of_range_number_in_senders_yaml_names_the_range(ws):
     text = ws.config_path.read_text(encoding="utf-8")
-    ws.config_path.write_text(text.replace("    timeout: 5\n", "    timeout: 5\n    min_interval: 1.0e+300\n"), encoding="utf-8")
+    ws.config_path.write_text(
+        text.replace("    timeout: 5\n", "    timeout: 5\n    min_interval: 1.0e+300\n"), encoding="utf-8"
+    )
     result = run_bounded("send", "--to", "a@example.org", "--subject", "S", "--body", "B")
     _refused(ws, result, f"{ws.config_path}: senders.sales.min_interval: must be from 0 to 86400 (got 1e+300)")
 
@@ -315,8 +366,14 @@ def test_an_out_of_range_number_in_senders_yaml_names_the_range(ws):
 @pytest.mark.parametrize(
     ("args", "line"),
     [
-        (["log", "--limit", "9223372036854775808"], "log: Invalid value for '--limit': must be from 1 to 10000000; see 'mailops log --help'"),
-        (["queue", "list", "--limit", str(10**30)], "queue list: Invalid value for '--limit': must be from 1 to 10000000; see 'mailops queue list --help'"),
+        (
+            ["log", "--limit", "9223372036854775808"],
+            "log: Invalid value for '--limit': must be from 1 to 10000000; see 'mailops log --help'",
+        ),
+        (
+            ["queue", "list", "--limit", str(10**30)],
+            "queue list: Invalid value for '--limit': must be from 1 to 10000000; see 'mailops queue list --help'",
+        ),
         *[
             (
                 ["queue", command, str(10**30)],
@@ -325,14 +382,26 @@ def test_an_out_of_range_number_in_senders_yaml_names_the_range(ws):
             )
             for command in ("show", "retry", "cancel")
         ],
-        (["deliver", "--limit", str(10**30)], "deliver: Invalid value for '--limit': must be from 1 to 10000000; see 'mailops deliver --help'"),
-        (["deliver", "--max-seconds", "1e300"], "deliver: Invalid value for '--max-seconds': must be from 0 to 604800; see 'mailops deliver --help'"),
+        (
+            ["deliver", "--limit", str(10**30)],
+            "deliver: Invalid value for '--limit': must be from 1 to 10000000; see 'mailops deliver --help'",
+        ),
+        (
+            ["deliver", "--max-seconds", "1e300"],
+            "deliver: Invalid value for '--max-seconds': must be from 0 to 604800; see 'mailops deliver --help'",
+        ),
         (
             ["send", "--to", "a@example.org", "--subject", "S", "--body", "B", "--limit", str(10**30)],
             "send: Invalid value for '--limit': must be from 1 to 10000000; see 'mailops send --help'",
         ),
-        (["dev-server", "--port", "99999"], "dev-server: Invalid value for '--port': must be from 1 to 65535; see 'mailops dev-server --help'"),
-        (["init", "/etc/hostname"], "/etc/hostname is a file, not a folder; pass a folder for senders.yaml and templates/"),
+        (
+            ["dev-server", "--port", "99999"],
+            "dev-server: Invalid value for '--port': must be from 1 to 65535; see 'mailops dev-server --help'",
+        ),
+        (
+            ["init", "/etc/hostname"],
+            "/etc/hostname is a file, not a folder; pass a folder for senders.yaml and templates/",
+        ),
         (["queue", "cancel", "999999"], "no message with id 999999 in the outbox; see 'mailops queue list'"),
         (["queue", "retry", "999999"], "no message with id 999999 in the outbox; see 'mailops queue list'"),
         (["queue", "show", "999999"], "no message with id 999999 in the outbox; see 'mailops queue list'"),

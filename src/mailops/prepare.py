@@ -215,7 +215,10 @@ class _Attachments:
             rendered = render_string(text, variables, where=where, source=f"--attach {text!r}").strip()
             path = Path(rendered).expanduser()
             if row is not None and self.contained:
-                _check_inside(path, folder, f"{where}: --attach {text!r} renders {rendered!r}", "the folder it names")
+                _check_inside(
+                    path, folder, f"{where}: --attach {text!r} renders {rendered!r}", "the folder it names",
+                    "fix the row's value or the pattern",
+                )
             paths.append(path)
         if row is not None and self.row_base is not None:
             paths.extend(self._row_paths(row))
@@ -242,12 +245,15 @@ class _Attachments:
             path = Path(item)
             path = path if path.is_absolute() else self.row_base / path
             if self.contained:
-                _check_inside(path, self.row_base, f"{where}: {item!r}", "the attachments folder")
+                _check_inside(
+                    path, self.row_base, f"{where}: {item!r}", "the attachments folder",
+                    "move the file, point --attachments-dir at its folder",
+                )
             paths.append(path)
         return paths
 
 
-def _check_inside(path: Path, folder: Path, what: str, name: str) -> None:
+def _check_inside(path: Path, folder: Path, what: str, name: str, fix: str) -> None:
     """InputError unless ``path`` (symlinks resolved) lies inside ``folder``."""
     try:
         inside = Path(os.path.realpath(path)).is_relative_to(os.path.realpath(folder))
@@ -255,8 +261,8 @@ def _check_inside(path: Path, folder: Path, what: str, name: str) -> None:
         inside = False
     if not inside:
         raise InputError(
-            f"{what}: outside {folder} ({name}); data rows may only attach files from there: move the file, "
-            "point --attachments-dir at its folder, or pass --allow-attachments-outside"
+            f"{what}: outside {folder} ({name}); data rows may only attach files from there: {fix}, "
+            "or pass --allow-attachments-outside"
         )
 
 
@@ -275,8 +281,7 @@ def _attachments(request: SendRequest) -> _Attachments:
     for item in request.attachments:
         text = str(item)
         if _is_template(text):
-            folder = Path(request.attachments_dir) if request.attachments_dir else _template_folder(text)
-            templates.append((text, folder.absolute()))
+            templates.append((text, _template_folder(text)))
             continue
         problem = regular_file_problem(Path(item))
         if problem is not None:

@@ -435,6 +435,21 @@ def test_an_impossible_due_time_in_the_outbox_cannot_crash_queue_list_or_show(ws
     assert ws.srv.messages == [] and ws.states() == {"deferred": 1}
 
 
+def test_damaged_columns_in_the_outbox_cannot_crash_queue_list_or_show(ws, cli):
+    assert cli("send", "--to", "a@example.org", "--subject", "S", "--body", "B", "--queue-only").exit_code == 0
+    ws.query(
+        "UPDATE messages SET recipients = 'not json', candidates = '{}', recipient_status = '[1]', mime = X'00', "
+        "due_at = -1e300"
+    )
+
+    listed = run_bounded("queue", "list")
+    shown = run_bounded("queue", "show", "1")
+
+    assert listed.exit_code == 0 and "not json" in listed.stdout, listed.output
+    assert shown.exit_code == 0 and "-> not json" in shown.stdout and "  ?: [1]" in shown.stdout, shown.output
+    assert ws.srv.messages == []
+
+
 def test_a_database_written_by_a_newer_mailops_is_refused(ws, cli):
     assert cli("send", "--to", "a@example.org", "--subject", "S", "--body", "B", "--queue-only").exit_code == 0
     ws.query("INSERT INTO schema_migrations (name, applied_at) VALUES ('999_from_the_future', 1.0)")

@@ -773,7 +773,7 @@ def queue_list(
                 r["state"],
                 local_time(r["due_at"], tz) if r["state"] in ("queued", "deferred") else "",
                 r["sender"] or r["nominal_sender"],
-                ", ".join(json.loads(r["recipients"])),
+                _stored_list(r["recipients"]),
                 r["subject"],
                 r["attempts"],
                 r["reason"] or "",
@@ -802,7 +802,7 @@ def queue_show(
     if found is None:
         raise InputError(f"no message with id {message} in the outbox; see 'mailops queue list'")
     row, attempts = found
-    parsed = email.message_from_bytes(bytes(row.pop("mime")), policy=policy.default)
+    parsed = email.message_from_bytes(bytes(row.pop("mime") or b""), policy=policy.default)
     headers = {k: str(v) for k, v in parsed.items()}
     if json_out:
         _print_json({"message": row, "headers": headers, "attempts": attempts})
@@ -810,11 +810,11 @@ def queue_show(
     tz = config.timezone
     # every value here may come from a data file or a server: _safe() shows control characters as escapes
     _out(f"message {row['id']}: {row['state']}" + (f" ({_safe(row['reason'])})" if row["reason"] else ""))
-    _out(f"  batch: {_safe(row['batch'] or '-')}  route: {_safe(row['route'] or '-')}  candidates: {_safe(', '.join(json.loads(row['candidates'])))}")
+    _out(f"  batch: {_safe(row['batch'] or '-')}  route: {_safe(row['route'] or '-')}  candidates: {_safe(_stored_list(row['candidates']))}")
     _out(f"  created: {local_time(row['created_at'], tz)}  due: {local_time(row['due_at'], tz)}  attempts: {row['attempts']}")
-    _out(f"  envelope: {_safe(row['envelope_from'])} -> {_safe(', '.join(json.loads(row['recipients'])))}")
+    _out(f"  envelope: {_safe(row['envelope_from'])} -> {_safe(_stored_list(row['recipients']))}")
     if row["recipient_status"]:
-        for rcpt, status in json.loads(row["recipient_status"]).items():
+        for rcpt, status in _stored_mapping(row["recipient_status"]).items():
             _out(f"  {_safe(rcpt)}: {_safe(status)}")
     for key, value in headers.items():
         _out(f"  {_safe(key)}: {_safe(value)}")
@@ -822,6 +822,24 @@ def queue_show(
         code = f"{a['smtp_code']} " if a["smtp_code"] else ""
         text = f"{code}{a['smtp_text'] or ''} {a['detail'] or ''}"
         _out(f"  attempt {local_time(a['at'], tz)} {_safe(a['sender'] or '-')}: {a['outcome']} {_safe(text)}".rstrip())
+
+
+def _stored_list(text: Any) -> str:
+    """A JSON list column (recipients, candidates) for display; text that is not one is shown as it is."""
+    try:
+        value = json.loads(text)
+    except (TypeError, ValueError):
+        return str(text)
+    return ", ".join(str(item) for item in value) if isinstance(value, list) else str(value)
+
+
+def _stored_mapping(text: Any) -> dict[str, Any]:
+    """A JSON object column (recipient_status) for display; anything else is shown under '?'."""
+    try:
+        value = json.loads(text)
+    except (TypeError, ValueError):
+        return {"?": text}
+    return {str(k): v for k, v in value.items()} if isinstance(value, dict) else {"?": value}
 
 
 def _must_exist(outbox: Any, message: int | None, batch: str | None) -> None:

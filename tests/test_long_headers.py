@@ -137,3 +137,16 @@ def test_long_data_names_reach_the_server(setup, cli):
         text = decoded(header(received.data, b"To"))
         assert text in (f"{row['name']} <{row['email']}>", f'"{row["name"]}" <{row["email"]}>'), text[:80]
         _check_received(received, LONG_SUBJECTS["long word"], sender_name)
+
+
+def test_test_smtp_message_with_a_long_sender_name_reaches_the_server(setup, cli):
+    _workspace, srv, sender_name = setup
+
+    result = cli("test-smtp", "sales", "--send-to", "Ops Desk <ops@example.com>")
+
+    assert result.exit_code == 0, result.output
+    [received] = srv.messages
+    assert received.rcpt_tos == ["ops@example.com"]  # the parsed address
+    head = received.data.split(b"\r\n\r\n", 1)[0]
+    assert all(len(line) <= 998 for line in head.split(b"\r\n"))
+    assert decoded(header(received.data, b"From")) == f"{sender_name} <sales@example.com>"

@@ -9,11 +9,13 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from email.message import EmailMessage
-from email.utils import format_datetime, make_msgid
+from typing import TYPE_CHECKING
 
 from .config import Sender
 from .transport import SmtpFailure, SmtpSession
+
+if TYPE_CHECKING:
+    from .compose import PreparedEmail
 
 _GMAIL_HOSTS = ("gmail", "googlemail")
 _MICROSOFT_HOSTS = ("outlook", "office365", "hotmail", "live.com")
@@ -69,22 +71,36 @@ def _warnings_for(sender: Sender) -> list[str]:
     return warnings
 
 
-def build_test_message(sender: Sender, send_to: str, now: datetime | None = None) -> EmailMessage:
-    """The small message ``test-smtp --send-to`` sends."""
-    message = EmailMessage()
-    message["From"] = sender.from_header
-    message["To"] = send_to
-    message["Subject"] = f"mailops test message from {sender.key}"
-    message["Date"] = format_datetime(now or datetime.now(UTC))
-    message["Message-ID"] = make_msgid(domain=sender.domain)
+def build_test_message(sender: Sender, send_to: str, now: datetime | None = None) -> PreparedEmail:
+    """The small message ``test-smtp --send-to`` sends, composed like every other message.
+
+    Through ``compose``: the same address parser for ``send_to`` and the
+    sender's reply_to, and the same folding, so a long display name cannot
+    give a line the server refuses.
+    """
+    from .compose import build_message, make_address, make_message_id, parse_address
+
+    reply_to = None
     if sender.reply_to:
-        message["Reply-To"] = sender.reply_to
-    message.set_content(
-        f"This is a test message sent by 'mailops test-smtp {sender.key}' through "
-        f"{sender.host}:{sender.port} (security: {sender.security}).\n"
-        "If you can read it, this sender can deliver mail.\n"
+        reply_to = [parse_address(sender.reply_to, where=f"senders.{sender.key}.reply_to")]
+    return build_message(
+        from_addr=make_address(sender.display_name or "", sender.email),
+        reply_to=reply_to,
+        to=[parse_address(send_to, where="--send-to")],
+        cc=[],
+        bcc=[],
+        subject=f"mailops test message from {sender.key}",
+        text=(
+            f"This is a test message sent by 'mailops test-smtp {sender.key}' through "
+            f"{sender.host}:{sender.port} (security: {sender.security}).\n"
+            "If you can read it, this sender can deliver mail.\n"
+        ),
+        html=None,
+        attachments=[],
+        message_id=make_message_id(sender.domain),
+        date=now or datetime.now(UTC),
+        where="test message",
     )
-    return message
 
 
 def check_sender(
@@ -100,10 +116,10 @@ def check_sender(
             session.open()
             if send_to:
                 message = build_test_message(sender, send_to, now)
-                result.message_id = str(message["Message-ID"])
+                result.message_id = message.message_id
                 start = time.monotonic()
                 try:
-                    session.send(message.as_bytes(), sender.email, [send_to])
+                    session.send(message.mime, message.envelope_from, message.envelope_to)
                 except SmtpFailure:
                     session.steps.append(("send", time.monotonic() - start, False))
                     raise

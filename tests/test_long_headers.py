@@ -112,7 +112,7 @@ def _check_received(received, subject: str, sender_name: str) -> None:
 def test_long_subject_and_names_from_options_reach_the_server(setup, cli):
     _workspace, srv, sender_name = setup
     subject = LONG_SUBJECTS["2000 spaces"]
-    name = LONG_NAMES["one long word"]
+    name = "N" * 1900  # an address entry may be 2,000 characters long
 
     result = cli("send", "--to", f"{name} <jane@example.com>", "--subject", subject, "--body", "B")
 
@@ -150,3 +150,18 @@ def test_test_smtp_message_with_a_long_sender_name_reaches_the_server(setup, cli
     head = received.data.split(b"\r\n\r\n", 1)[0]
     assert all(len(line) <= 998 for line in head.split(b"\r\n"))
     assert decoded(header(received.data, b"From")) == f"{sender_name} <sales@example.com>"
+
+
+def test_an_address_entry_over_2000_characters_is_refused(setup, cli):
+    workspace, srv, _sender_name = setup
+    value = "N" * 2000 + " <jane@example.com>"
+
+    result = cli("send", "--to", value, "--subject", "S", "--body", "B")
+
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == [
+        "mailops: error: --to: the address is 2,019 characters long; an address with its display name may be at "
+        "most 2,000"
+    ]
+    assert srv.connections == 0
+    assert workspace.query("SELECT COUNT(*) FROM messages") == [(0,)]

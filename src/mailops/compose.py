@@ -320,11 +320,9 @@ def _validated_addr_spec(addr: str) -> str:
 # An address with none of these characters is one addr-spec or nothing: no display name, no quoting,
 # no comment, no second address. Such values (a data file's email column) skip the header parser.
 _BARE_ADDRESS_RE = re.compile(r'[^\s<>()\[\]",;:\\]+')
-# "Müller, Jürgen <a@b.c>": an unquoted display name with a comma, which reads as two entries.
-_UNQUOTED_COMMA_NAME_RE = re.compile(r'\s*([^"<>@]*,[^"<>@]*?)\s*<([^<>"]*)>\s*')
-# "Name <addr>" in shape (a quoted or plain name, one angle-addr at the end): when such an entry is refused,
-# a bad address inside the brackets gets email-validator's own explanation.
-_NAME_ANGLE_ADDR_RE = re.compile(r'\s*(?:"[^"]*"|[^"<>]*)\s*<([^<>]*)>\s*')
+# The header parser's time grows with the square of an entry's length in the worst case (thousands
+# of quotes: 0.15 s at 2,000 characters, 3 s at 10,000); a data file may hold one such value per row.
+MAX_ADDRESS_ENTRY = 2000
 # Harmless defects: "J. Doe" is obsolete syntax every reader takes as meant; a non-ASCII local part
 # is refused below by email-validator, with its own message.
 _TOLERATED_DEFECTS = ("period in 'phrase'", "local-part contains non-ASCII characters)")
@@ -360,20 +358,31 @@ def _one_mailbox(text: str) -> tuple[str, str] | str:
     return mailbox.display_name or "", mailbox.addr_spec or ""
 
 
+def _name_and_brackets(text: str) -> tuple[str, str] | None:
+    """(name, text in the brackets) if ``text`` is shaped ``Name <...>`` with one pair of brackets at its end.
+
+    String operations rather than a regular expression: linear in the length
+    of a hostile value.
+    """
+    if not text.endswith(">") or text.count("<") != 1 or text.count(">") != 1:
+        return None
+    name, _, addr = text[:-1].partition("<")
+    return name.strip(), addr.strip()
+
+
 def _not_one_address(value: str, text: str, where: str, problem: str) -> InputError:
-    comma_name = _UNQUOTED_COMMA_NAME_RE.fullmatch(text)
-    if comma_name:
-        name, addr = comma_name.groups()
-        return InputError(
-            f"{where}: {value!r}: a display name with a comma must be in double quotes; "
-            f"write '\"{name}\" <{addr.strip()}>'"
-        )
-    in_brackets = _NAME_ANGLE_ADDR_RE.fullmatch(text)
-    if in_brackets:
-        try:
-            _validated_addr_spec(in_brackets.group(1).strip())
-        except EmailNotValidError as exc:
-            return InputError(f"{where}: {value!r} is not a valid email address: {exc}")
+    shaped = _name_and_brackets(text)
+    if shaped is not None:
+        name, addr = shaped
+        if "," in name and '"' not in name and "@" not in name:  # "Müller, Jürgen <a@b.c>" reads as two entries
+            return InputError(
+                f"{where}: {value!r}: a display name with a comma must be in double quotes; write '\"{name}\" <{addr}>'"
+            )
+        if name.count('"') in (0, 2) and (name.count('"') == 0 or (name[0] == name[-1] == '"')):
+            try:  # the shape is right: say what is wrong with the address itself
+                _validated_addr_spec(addr)
+            except EmailNotValidError as exc:
+                return InputError(f"{where}: {value!r} is not a valid email address: {exc}")
     if problem == "several":
         return InputError(f"{where}: {value!r} holds more than one address; give each address its own entry")
     return InputError(
@@ -394,6 +403,11 @@ def parse_address(value: str, *, where: str, display_name: bool = True) -> Addre
     """
     check_header_text(value, where=where)
     text = value.strip()
+    if len(text) > MAX_ADDRESS_ENTRY:
+        raise InputError(
+            f"{where}: the address is {len(text):,} characters long; an address with its display name may be at "
+            f"most {MAX_ADDRESS_ENTRY:,}"
+        )
     if _BARE_ADDRESS_RE.fullmatch(text):
         name, addr = "", text
     else:

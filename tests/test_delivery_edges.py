@@ -8,6 +8,7 @@ the log hold afterwards.
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import pytest
 
@@ -229,3 +230,63 @@ def test_an_inactive_sender_in_a_route_is_passed_over(workspace, srv, cli):
     assert result.exit_code == 0, result.output
     assert [m.mail_from for m in srv.messages] == ["finance@example.com"]
     assert [(r["sender"], r["outcome"]) for r in log_json(cli)] == [("finance", "sent")]
+
+
+# ---------------------------------------------------------------- routes: usage errors, a sender removed after queueing
+
+
+def test_route_and_sender_together_or_no_default_route_are_one_line_exit_2(workspace, srv, cli):
+    workspace.write_config(
+        {"sales": workspace.sender(srv, email="sales@example.com", password=PASSWORD)}, routes={"bills": "sales"}
+    )
+    send = ["--to", "cust@example.org", "--subject", "S", "--body", "B"]
+
+    both = cli("send", "--route", "bills", "--sender", "sales", *send)
+    neither = cli("send", *send)
+
+    assert both.exit_code == 2
+    assert both.stderr.strip() == "mailops: error: --route and --sender exclude each other; pass one of them"
+    assert neither.exit_code == 2
+    [line] = neither.stderr.strip().splitlines()
+    assert line.startswith("mailops: error: no --route or --sender given and ") and line.endswith(
+        "has no 'default' route; pass --route NAME, --sender NAME, or add a 'default' route"
+    )
+    assert srv.connections == 0
+    assert not workspace.db_path.exists()  # refused before the outbox was opened
+
+
+def test_a_queued_message_whose_sender_left_senders_yaml_goes_through_the_next_one(workspace, srv, cli):
+    both = {
+        "sales": workspace.sender(srv, email="sales@example.com", password=PASSWORD, priority=1),
+        "finance": workspace.sender(srv, email="finance@example.com", password=PASSWORD, priority=2),
+    }
+    workspace.write_config(both, routes={"default": ["sales", "finance"]})
+    queued = cli("send", "--to", "cust@example.org", "--subject", "S", "--body", "B", "--queue-only")
+    assert queued.exit_code == 0, queued.output
+    workspace.write_config({"finance": both["finance"]}, routes={"default": ["finance"]})
+
+    result = cli("deliver")
+
+    assert result.exit_code == 0, result.output
+    assert [m.mail_from for m in srv.messages] == ["finance@example.com"]
+    assert workspace.states() == {"sent": 1}
+
+
+def test_a_sender_at_its_daily_limit_is_not_asked_again_in_the_run_and_failover_takes_the_rest(workspace, srv, cli):
+    workspace.write_config(
+        {
+            "sales": workspace.sender(srv, email="sales@example.com", password=PASSWORD, priority=1, daily_limit=1),
+            "finance": workspace.sender(srv, email="finance@example.com", password=PASSWORD, priority=2),
+        },
+        routes={"default": ["sales", "finance"]},
+    )
+    # more than one claim's worth (50), so later claims meet sales already known to be exhausted
+    data = workspace.csv("c.csv", [{"email": f"u{i}@example.org"} for i in range(60)])
+
+    result = cli("send", "--data", data, "--subject", "S", "--body", "B")
+
+    assert result.exit_code == 0, result.output
+    assert Counter(m.mail_from for m in srv.messages) == {"sales@example.com": 1, "finance@example.com": 59}
+    assert len({m.rcpt_tos[0] for m in srv.messages}) == 60  # none twice
+    assert workspace.states() == {"sent": 60}
+    assert workspace.query("SELECT count FROM usage WHERE sender = 'sales' AND period LIKE 'day:%'") == [(1,)]

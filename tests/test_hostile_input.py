@@ -282,6 +282,28 @@ def test_an_expression_that_would_build_a_huge_text_is_refused_before_building_i
     )
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        "{% set ns = namespace(s='x') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s|length }}",
+        "{% macro f(s, n) %}{{ f(s ~ s, n - 1) if n else s|length }}{% endmacro %}{{ f('x', 40) }}",
+        "{% set ns = namespace(s=['x']) %}{% for i in range(40) %}{% set ns.s = [ns.s|join, ns.s|join] %}{% endfor %}"
+        "{{ ns.s|length }}",
+        "{% set ns = namespace(s='x') %}{% for i in range(40) %}{% set ns.s = ns.s|replace('x', 'xx') %}{% endfor %}"
+        "{{ ns.s|length }}",
+    ],
+    ids=["namespace ~", "macro recursion", "join", "replace"],
+)
+def test_a_value_doubling_in_a_loop_or_recursion_stops_at_the_size_limit(ws, body):
+    result = run_bounded("send", "--to", "a@example.org", "--subject", "S", "--body", body, "--dry-run")
+    _refused(
+        ws,
+        result,
+        "message: template --body: would build a text of 8,388,608 characters, over the limit of 5,000,000; "
+        "fix the template (or raise MAILOPS_RENDER_MAX_CHARS) (nothing was sent)",
+    )
+
+
 def test_output_beyond_the_size_limit_stops_while_streaming(ws):
     body = "{% for i in range(100000) %}{{ 'x' * 1000 }}{% endfor %}"
     result = run_bounded("send", "--to", "a@example.org", "--subject", "S", "--body", body, "--dry-run")
@@ -294,10 +316,14 @@ def test_output_beyond_the_size_limit_stops_while_streaming(ws):
 
 
 def test_ordinary_templates_still_render_with_the_bounded_sandbox(ws, cli):
-    body = "{{ range(3)|list }} {{ 'ab' * 2 }} {{ 2**10 }} {{ '%5.1f' % 2.5 }} {{ '{:>4}'.format(7) }} {{ 'x'|center(5) }}|"
+    body = (
+        "{{ range(3)|list }} {{ 'ab' * 2 }} {{ 2**10 }} {{ '%5.1f' % 2.5 }} {{ '{:>4}'.format(7) }} {{ 'x'|center(5) }}|"
+        "{% set ns = namespace(n=0) %}{% for i in range(3) %}{% set ns.n = ns.n + 1 %}{% endfor %}"
+        "{{ 'n=' ~ ns.n }} {{ ['a', 'b']|join(',') }}"
+    )
     assert cli("send", "--to", "a@example.org", "--subject", "S", "--body", body).exit_code == 0
     [received] = ws.srv.messages
-    assert received.message.get_content().rstrip("\r\n") == "[0, 1, 2] abab 1024   2.5    7   x  |"
+    assert received.message.get_content().rstrip("\r\n") == "[0, 1, 2] abab 1024   2.5    7   x  |n=3 a,b"
 
 
 # ---------------------------------------------------------------- YAML aliases

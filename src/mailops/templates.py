@@ -33,10 +33,13 @@ from jinja2 import (
     TemplateNotFound,
     TemplateSyntaxError,
     UndefinedError,
+    nodes,
     select_autoescape,
 )
+from jinja2.compiler import CodeGenerator, Frame
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment, safe_range
+from jinja2.utils import Namespace
 
 from .errors import InputError, MailopsError
 from .limits import RENDER_MAX_CHARS, RENDER_SECONDS
@@ -171,9 +174,28 @@ class _BoundedRange:
         return repr(self._range)
 
 
+class _BoundedNamespace(Namespace):
+    """``namespace()`` whose attributes may not grow past the size cap: the one place a loop can accumulate."""
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        if isinstance(value, (str, list, tuple)):
+            _check_size(len(value))
+        super().__setitem__(name, value)
+
+
+class _BoundedCodeGenerator(CodeGenerator):
+    """Compiles ``a ~ b`` so that the joined text is checked against the size cap (Jinja joins it inline)."""
+
+    def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:
+        self.write("environment.checked_text(")
+        super().visit_Concat(node, frame)
+        self.write(")")
+
+
 def _bounded_filters(filters: dict[str, Any]) -> dict[str, Any]:
     """The built-in filters that can build a text far larger than their input, with their sizes checked first."""
     center, indent, fmt, replace = filters["center"], filters["indent"], filters["format"], filters["replace"]
+    join = filters["join"]
 
     def bounded_center(value: Any, width: int = 80) -> Any:
         _check_width(width)
@@ -198,7 +220,20 @@ def _bounded_filters(filters: dict[str, Any]) -> dict[str, Any]:
 
     if bounded_replace_needs_ctx is not None:
         bounded_replace.jinja_pass_arg = bounded_replace_needs_ctx  # type: ignore[attr-defined]
-    return {"center": bounded_center, "indent": bounded_indent, "format": bounded_format, "replace": bounded_replace}
+    def bounded_join(eval_ctx: Any, value: Any, d: str = "", attribute: Any = None) -> Any:
+        if isinstance(value, (list, tuple)):
+            texts = sum(len(item) for item in value if isinstance(item, str))
+            _check_size(texts + len(str(d)) * max(len(value) - 1, 0))
+        return join(eval_ctx, value, d, attribute)
+
+    bounded_join.jinja_pass_arg = join.jinja_pass_arg  # type: ignore[attr-defined]
+    return {
+        "center": bounded_center,
+        "indent": bounded_indent,
+        "format": bounded_format,
+        "replace": bounded_replace,
+        "join": bounded_join,
+    }
 
 
 class _BoundedSandbox(ImmutableSandboxedEnvironment):
@@ -208,7 +243,9 @@ class _BoundedSandbox(ImmutableSandboxedEnvironment):
     ``'x' * 10**10`` or a loop of 10**10 turns. So the operators that can
     build huge values (``*``, ``**``, ``+``, ``%``) and the calls that can
     (padding, ``format``, ``replace``) check the size of the result before
-    computing it; every call and every 1024 turns of ``range()`` check the
+    computing it; what can accumulate (``namespace()`` attributes, macro
+    arguments, ``~`` and ``join``) is checked as it is stored, passed or
+    joined; every call and every 1024 turns of ``range()`` check the
     deadline; and :func:`_render_one` streams the output (``generate()``),
     checking its length and the deadline at every chunk. A loop that neither
     calls nor outputs nor uses ``range()`` (over a long list from a data
@@ -216,11 +253,19 @@ class _BoundedSandbox(ImmutableSandboxedEnvironment):
     """
 
     intercepted_binops = frozenset({"*", "**", "+", "%"})
+    code_generator_class = _BoundedCodeGenerator
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.globals["range"] = _BoundedRange
+        self.globals["namespace"] = _BoundedNamespace
         self.filters.update(_bounded_filters(self.filters))
+
+    @staticmethod
+    def checked_text(value: Any) -> Any:
+        """A text joined with ``~``, once its size is checked."""
+        _check_size(len(value))
+        return value
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
         """Check the size of what ``left OPERATOR right`` would build, then compute it."""
@@ -242,8 +287,12 @@ class _BoundedSandbox(ImmutableSandboxedEnvironment):
         return super().call_binop(context, operator, left, right)
 
     def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
-        """Check the deadline, and the size a text method would build, then call."""
+        """Check the deadline, the size of the arguments (a macro calling itself with ever longer text) and
+        the size a text method would build, then call."""
         _check_time()
+        for arg in (*args, *kwargs.values()):
+            if isinstance(arg, (str, list, tuple)):
+                _check_size(len(arg))
         method = getattr(__obj, "__wrapped__", __obj)  # the sandbox wraps str.format in a function of its own
         owner = getattr(method, "__self__", None)
         if isinstance(owner, str):

@@ -2,7 +2,7 @@
 """Developer entry points that work on a fresh machine with only python3.
 
     python3 tasks.py demo    # install into .venv, run a real mail merge to the local capture server
-    python3 tasks.py test    # install into .venv, run the test suite under branch coverage (pytest arguments pass through)
+    python3 tasks.py test    # install into .venv, run the tests under branch coverage (pytest arguments pass through)
     python3 tasks.py check   # lint (ruff check), format check (ruff format --check), types (mypy), then `test`
     python3 tasks.py bench   # install into .venv, run the benchmark (README: "Performance and the benchmark")
 
@@ -26,9 +26,9 @@ STAMP = VENV / ".mailops-installed"
 
 # What `check` runs before the tests, in order; the first failure stops it. Settings: pyproject.toml.
 CHECKS = [
-    ("lint", ["ruff", "check", "."]),
-    ("format", ["ruff", "format", "--check", "."]),
-    ("types", ["mypy"]),
+    ("lint", ["ruff", "check", "."], "`.venv/bin/ruff check --fix .` repairs the mechanical findings"),
+    ("format", ["ruff", "format", "--check", "."], "`.venv/bin/ruff format .` formats the tree"),
+    ("types", ["mypy"], "see [tool.mypy] in pyproject.toml; a type: ignore needs its code and a reason"),
 ]
 
 
@@ -64,11 +64,11 @@ def main(argv: list[str]) -> int:
         subprocess.run([str(PYTHON), "-m", "compileall", "-q", str(ROOT / "src")], check=True)
         return subprocess.run([str(PYTHON), str(ROOT / "bench" / "run.py"), *argv[1:]]).returncode
     if task == "check":
-        for name, command in CHECKS:
+        for name, command, hint in CHECKS:
             print(f"== {name}: {' '.join(command)}", flush=True)
             code = subprocess.run([str(PYTHON), "-m", *command], cwd=ROOT).returncode
             if code != 0:
-                print(f"{name} failed (exit {code}); fix it before the tests run", file=sys.stderr)
+                print(f"{name} failed (exit {code}); the tests did not run. {hint}", file=sys.stderr)
                 return 1
         print("== tests", flush=True)
     return run_tests(argv[1:])

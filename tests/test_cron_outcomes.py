@@ -112,8 +112,8 @@ def test_quiet_prints_a_quota_deferral(workspace, srv, cli):
 # ---------------------------------------------------------------- 2. partial refusal fails that recipient
 
 
-def test_partial_refusal_is_a_failure_of_that_recipient(workspace, srv, cli):
-    _config(workspace, srv)
+def test_partial_refusal_is_a_failure_of_that_recipient(shared, srv, cli):
+    _config(shared, srv)
     srv.rcpt_hook = refusing("gone@example.org")
 
     result = _send(cli, "--to", "ok@example.org", "--to", "gone@example.org")
@@ -123,7 +123,7 @@ def test_partial_refusal_is_a_failure_of_that_recipient(workspace, srv, cli):
     assert "gone@example.org refused: 550 5.1.1 no such user; the other recipients got the message" in result.stdout
     [received] = srv.messages
     assert received.rcpt_tos == ["ok@example.org"]
-    assert workspace.states() == {"sent": 1}
+    assert shared.states() == {"sent": 1}
     failed = log_json(cli, "--status", "failed")
     assert [(r["recipients"], r["smtp_code"], r["smtp_text"]) for r in failed] == [
         ("gone@example.org", 550, "5.1.1 no such user")
@@ -145,11 +145,11 @@ def test_partial_refusal_quiet_prints_it(workspace, srv, cli):
 # ---------------------------------------------------------------- 3. no message loops or hangs in the queue
 
 
-def test_retry_of_a_refused_message_retries_its_recipients(workspace, srv, cli):
-    _config(workspace, srv)
+def test_retry_of_a_refused_message_retries_its_recipients(shared, srv, cli):
+    _config(shared, srv)
     srv.rcpt_hook = refusing("gone@example.org")
     assert _send(cli, "--to", "gone@example.org").exit_code == 1
-    assert workspace.states() == {"failed": 1}
+    assert shared.states() == {"failed": 1}
 
     retried = cli("queue", "retry", "--all")
     assert retried.exit_code == 0
@@ -160,14 +160,14 @@ def test_retry_of_a_refused_message_retries_its_recipients(workspace, srv, cli):
     delivered = cli("deliver", "-q")
     assert (delivered.exit_code, delivered.stdout, delivered.stderr) == (0, "", "")
     assert [m.rcpt_tos for m in srv.messages] == [["gone@example.org"]]
-    assert workspace.states() == {"sent": 1}
+    assert shared.states() == {"sent": 1}
 
 
-def test_retry_of_a_partly_refused_message_keeps_the_delivered_recipients(workspace, srv, cli):
-    _config(workspace, srv)
+def test_retry_of_a_partly_refused_message_keeps_the_delivered_recipients(shared, srv, cli):
+    _config(shared, srv)
     srv.rcpt_hook = refusing("gone@example.org")
     assert _send(cli, "--to", "ok@example.org", "--to", "gone@example.org").exit_code == 1
-    [(msg_id,)] = workspace.query("SELECT id FROM messages")
+    [(msg_id,)] = shared.query("SELECT id FROM messages")
 
     retried = cli("queue", "retry", str(msg_id))
     assert "retrying 1 recipient(s) the server refused permanently (gone@example.org)" in retried.stdout
@@ -177,14 +177,14 @@ def test_retry_of_a_partly_refused_message_keeps_the_delivered_recipients(worksp
     assert "gone@example.org refused" in again.stderr or "gone@example.org" in again.stderr
     # the message went only once to the recipient who had it
     assert [m.rcpt_tos for m in srv.messages] == [["ok@example.org"]]
-    assert all(state in ("failed", "sent") for state in workspace.states())
+    assert all(state in ("failed", "sent") for state in shared.states())
 
 
-def test_an_unexpected_error_fails_the_message_not_the_run(workspace, srv, cli, monkeypatch):
+def test_an_unexpected_error_fails_the_message_not_the_run(shared, srv, cli, monkeypatch):
     from mailops import transport
 
-    _config(workspace, srv)
-    data = workspace.csv("c.csv", [{"email": f"u{i}@example.org"} for i in range(3)])
+    _config(shared, srv)
+    data = shared.csv("c.csv", [{"email": f"u{i}@example.org"} for i in range(3)])
     real_send = transport.SmtpSession.send
 
     def send(self, mime, mail_from, rcpt_to, **kwargs):
@@ -200,17 +200,17 @@ def test_an_unexpected_error_fails_the_message_not_the_run(workspace, srv, cli, 
     assert "internal error: RuntimeError('boom in the transport')" in result.stderr
     assert "Traceback" not in result.stderr
     assert sorted(m.rcpt_tos[0] for m in srv.messages) == ["u0@example.org", "u2@example.org"]
-    assert workspace.states() == {"sent": 2, "deferred": 1}
-    [(reason, due, updated)] = workspace.query("SELECT reason, due_at, updated_at FROM messages WHERE state = 'deferred'")
+    assert shared.states() == {"sent": 2, "deferred": 1}
+    [(reason, due, updated)] = shared.query("SELECT reason, due_at, updated_at FROM messages WHERE state = 'deferred'")
     assert "internal error: RuntimeError('boom in the transport')" in reason
     assert due > updated  # backoff, not due again at once
 
     # --debug shows the traceback; a deliver of the message (due again) reports it the same way
-    _execute(workspace, "UPDATE messages SET due_at = 0 WHERE state = 'deferred'")
+    _execute(shared, "UPDATE messages SET due_at = 0 WHERE state = 'deferred'")
     debug = cli("--debug", "deliver", "-q")
     assert debug.exit_code == 1
     assert "Traceback" in debug.stderr and "boom in the transport" in debug.stderr
-    assert workspace.states() == {"sent": 2, "deferred": 1}
+    assert shared.states() == {"sent": 2, "deferred": 1}
 
 
 # ---------------------------------------------------------------- 4. re-running send --batch K finishes the batch

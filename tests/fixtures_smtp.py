@@ -19,7 +19,8 @@ Fixtures
                     Then assert on ``server.messages``, ``server.auth_attempts``,
                     ``server.commands``, ``server.connections``, ``server.logins``
                     and program faults with ``server.rcpt_hook``, ``server.mail_hook``,
-                    ``server.data_hook`` (see tests/smtp_servers.py, also ``fail_first``).
+                    ``server.data_hook`` (see tests/smtp_servers.py, also ``fail_first``
+                    and ``refusing(*addresses)``, a rcpt_hook refusing chosen recipients).
 ``stalling_server`` a listener that accepts TCP connections and never greets.
 ``closed_port``     a 127.0.0.1 port with nothing listening.
 ``sender_for``      ``make_sender`` below, as a fixture.

@@ -39,7 +39,9 @@ def _execute(workspace, sql: str) -> None:
     import sqlalchemy as sa
     from sqlalchemy.pool import NullPool
 
-    engine = sa.create_engine(workspace.database_url.replace("postgresql://", "postgresql+psycopg://", 1), poolclass=NullPool)
+    engine = sa.create_engine(
+        workspace.database_url.replace("postgresql://", "postgresql+psycopg://", 1), poolclass=NullPool
+    )
     try:
         with engine.begin() as conn:
             conn.execute(sa.text(sql))
@@ -233,9 +235,18 @@ def test_rerunning_the_same_batch_delivers_what_an_earlier_run_left(shared, srv,
     # an earlier run queued the batch and died: one message claimed by a dead process (lease expired),
     # one still claimed by a live one, one deferred and due again, three never tried
     assert cli(*_batch_args(data), "--queue-only").exit_code == 0
-    _execute(shared, "UPDATE messages SET state = 'sending', claimed_by = 'dead', lease_until = 1 WHERE recipients LIKE '%u0@example.org%'")
-    _execute(shared, "UPDATE messages SET state = 'sending', claimed_by = 'live', lease_until = 9999999999 WHERE recipients LIKE '%u1@example.org%'")
-    _execute(shared, "UPDATE messages SET state = 'deferred', due_at = 1, reason = 'temporary failure: x' WHERE recipients LIKE '%u2@example.org%'")
+    _execute(
+        shared,
+        "UPDATE messages SET state = 'sending', claimed_by = 'dead', lease_until = 1 WHERE recipients LIKE '%u0@example.org%'",
+    )
+    _execute(
+        shared,
+        "UPDATE messages SET state = 'sending', claimed_by = 'live', lease_until = 9999999999 WHERE recipients LIKE '%u1@example.org%'",
+    )
+    _execute(
+        shared,
+        "UPDATE messages SET state = 'deferred', due_at = 1, reason = 'temporary failure: x' WHERE recipients LIKE '%u2@example.org%'",
+    )
 
     again = cli(*_batch_args(data))
 
@@ -265,7 +276,10 @@ def test_rerun_of_a_batch_with_a_deferred_message_exits_1_and_says_until_when(wo
 
     assert result.exit_code == 1
     assert result.stdout == ""
-    assert "batch 'K': 3 message(s): 2 sent, 1 deferred; left: 1 deferred (the next at 2100-01-01 00:00:00)" in result.stderr
+    assert (
+        "batch 'K': 3 message(s): 2 sent, 1 deferred; left: 1 deferred (the next at 2100-01-01 00:00:00)"
+        in result.stderr
+    )
     assert len(srv.messages) == 2
 
 
@@ -282,8 +296,15 @@ def test_deliver_reports_the_backlog(shared, srv, cli, closed_port):
     )
     assert cli("send", "--to", "a@example.org", "--subject", "S", "--body", "B", "--queue-only").exit_code == 0
     assert cli("send", "--to", "b@example.org", "--subject", "S", "--body", "B", "--queue-only").exit_code == 0
-    assert cli("send", "--route", "down", "--to", "c@example.org", "--subject", "S", "--body", "B", "--queue-only").exit_code == 0
-    _execute(shared, "UPDATE messages SET state = 'sending', claimed_by = 'other', lease_until = 9999999999 WHERE id = 2")
+    assert (
+        cli(
+            "send", "--route", "down", "--to", "c@example.org", "--subject", "S", "--body", "B", "--queue-only"
+        ).exit_code
+        == 0
+    )
+    _execute(
+        shared, "UPDATE messages SET state = 'sending', claimed_by = 'other', lease_until = 9999999999 WHERE id = 2"
+    )
 
     result = cli("deliver")
 
@@ -415,7 +436,9 @@ def test_a_route_without_credentials_is_refused_before_queueing(workspace, srv, 
     )
     expected = (
         "mailops: error: route 'default': no sender can log in, nothing was queued: "
-        + NO_PASSWORD.format("sales", "SALES") + "; " + NO_PASSWORD.format("finance", "FINANCE")
+        + NO_PASSWORD.format("sales", "SALES")
+        + "; "
+        + NO_PASSWORD.format("finance", "FINANCE")
     )
     for args in (["--dry-run"], [], ["--queue-only"], ["-q"]):
         result = _send(cli, "--to", "a@example.org", *args)
@@ -500,7 +523,10 @@ def test_552_from_every_candidate_fails_the_message_at_once(workspace, srv, cli)
 
     assert result.exit_code == 1
     assert result.stdout == ""
-    assert "failed: 'S' to a@example.org: every sender refused it for good: sales: permanent 552 5.3.4 Message size exceeds fixed limit; finance: permanent 552 5.3.4 Message size exceeds fixed limit" in result.stderr, result.stderr
+    assert (
+        "failed: 'S' to a@example.org: every sender refused it for good: sales: permanent 552 5.3.4 Message size exceeds fixed limit; finance: permanent 552 5.3.4 Message size exceeds fixed limit"
+        in result.stderr
+    ), result.stderr
     assert workspace.states() == {"failed": 1}
     [(reason,)] = workspace.query("SELECT reason FROM messages")
     assert reason.startswith("every sender refused it for good: sales: permanent 552")

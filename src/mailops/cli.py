@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from .reader import Reader
     from .store import Store
 
+
 @contextmanager
 def _usage_errors_in_one_line() -> Iterator[None]:
     """Click's own usage errors (unknown option or command, missing argument, bad value) become mailops'
@@ -205,7 +206,12 @@ def _version(value: bool) -> None:
 def root(
     config: Annotated[
         str | None,
-        typer.Option("--config", "-c", metavar="PATH", help="senders.yaml to use (else $MAILOPS_CONFIG, ./senders.yaml, user config dir)."),
+        typer.Option(
+            "--config",
+            "-c",
+            metavar="PATH",
+            help="senders.yaml to use (else $MAILOPS_CONFIG, ./senders.yaml, user config dir).",
+        ),
     ] = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors (never local variables).")] = False,
     version: Annotated[
@@ -238,7 +244,9 @@ def init(
 
 @app.command("dev-server")
 def dev_server(
-    host: Annotated[str, typer.Option(help="Address to bind; keep loopback unless you mean to expose it.")] = "127.0.0.1",
+    host: Annotated[
+        str, typer.Option(help="Address to bind; keep loopback unless you mean to expose it.")
+    ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 8025,
     maildir: Annotated[Path | None, typer.Option(help="Store every message in this Maildir.")] = None,
 ) -> None:
@@ -247,7 +255,11 @@ def dev_server(
 
     def show(msg: Any) -> None:
         # anything on the network may send here: show control characters as escapes
-        _out(_safe(f"received {msg.message_id or '(no Message-ID)'} from {msg.mail_from} to {', '.join(msg.rcpt_tos)}: {msg.subject!r} ({msg.size} bytes)"))
+        _out(
+            _safe(
+                f"received {msg.message_id or '(no Message-ID)'} from {msg.mail_from} to {', '.join(msg.rcpt_tos)}: {msg.subject!r} ({msg.size} bytes)"
+            )
+        )
 
     server = CaptureServer(host=host, port=port, maildir=maildir, on_message=show)
     with server:
@@ -274,7 +286,9 @@ def demo(
 @password_app.command("set")
 def password_set(
     sender: Annotated[str, typer.Argument(help="Sender name from senders.yaml.")],
-    stdin: Annotated[bool, typer.Option("--stdin", help="Read the password from standard input (for scripts).")] = False,
+    stdin: Annotated[
+        bool, typer.Option("--stdin", help="Read the password from standard input (for scripts).")
+    ] = False,
 ) -> None:
     """Store a sender's password in the system keyring (asks twice, input hidden)."""
     from . import secrets
@@ -322,9 +336,15 @@ def password_status(json_out: Annotated[bool, typer.Option("--json", help="Print
         source = secrets.password_source(sender) if sender.auth else "not needed (auth: false)"
         rows.append({"sender": sender.key, "email": sender.email, "active": sender.active, "source": source})
     if json_out:
-        _print_json({"backend": backend.name, "backend_usable": backend.usable, "problem": backend.problem, "senders": rows})
+        _print_json(
+            {"backend": backend.name, "backend_usable": backend.usable, "problem": backend.problem, "senders": rows}
+        )
         return
-    _table(None, ["sender", "email", "active", "password"], [[r["sender"], r["email"], r["active"], r["source"]] for r in rows])
+    _table(
+        None,
+        ["sender", "email", "active", "password"],
+        [[r["sender"], r["email"], r["active"], r["source"]] for r in rows],
+    )
     # the problem text names the backend itself
     _out(f"keyring backend: {backend.name}" if backend.usable else f"keyring backend refused: {backend.problem}")
 
@@ -350,7 +370,7 @@ def _run_checks(config: Config, keys: list[str], send_to: str | None) -> list[An
             result.error = str(exc)
             results.append(result)
             continue
-        result = check_sender(sender, password, send_to)
+        result = check_sender(sender, password, send_to, timezone=config.timezone)
         with store.write() as conn:
             error = None if result.ok else (result.error or "check failed")
             health.record(conn, key, result.ok, _now(), error, health.settings_of(sender))
@@ -365,7 +385,9 @@ def _show_check(result: Any) -> None:
         _out(f"  tls: {result.tls_version} {result.cipher or ''}")
     if result.auth_mechanism or result.auth_result:
         _out(f"  auth: {result.auth_mechanism or '-'} {result.auth_result or ''}")
-    steps = ", ".join(f"{name} {seconds * 1000:.0f} ms{'' if ok else ' (failed)'}" for name, seconds, ok in result.steps)
+    steps = ", ".join(
+        f"{name} {seconds * 1000:.0f} ms{'' if ok else ' (failed)'}" for name, seconds, ok in result.steps
+    )
     if steps:
         _out(f"  steps: {steps}")
     if result.message_id:
@@ -561,7 +583,16 @@ def _exit_for(report: Any, extra_problem: bool = False) -> None:
         raise typer.Exit(1)
 
 
-def _deliver(config: Config, store: Store, run_id: str | None, limit: int | None, max_seconds: float | None, show_progress: bool, total: int, batch: str | None = None) -> Any:
+def _deliver(
+    config: Config,
+    store: Store,
+    run_id: str | None,
+    limit: int | None,
+    max_seconds: float | None,
+    show_progress: bool,
+    total: int,
+    batch: str | None = None,
+) -> Any:
     import signal
 
     from .delivery import Deliverer
@@ -607,29 +638,72 @@ def _show_previews(previews: list[Any]) -> None:
 
 @app.command()
 def send(
-    route: Annotated[str | None, typer.Option("--route", "-r", help="Route (purpose) that picks the sender; default: the 'default' route.")] = None,
-    sender: Annotated[str | None, typer.Option("--sender", "-s", help="Send from this sender, bypassing routing.")] = None,
+    route: Annotated[
+        str | None,
+        typer.Option("--route", "-r", help="Route (purpose) that picks the sender; default: the 'default' route."),
+    ] = None,
+    sender: Annotated[
+        str | None, typer.Option("--sender", "-s", help="Send from this sender, bypassing routing.")
+    ] = None,
     to: Annotated[list[str] | None, typer.Option("--to", help="Recipient (repeatable); 'Name <addr>' allowed.")] = None,
-    group: Annotated[list[str] | None, typer.Option("--group", "-g", help="Recipient group from senders.yaml (repeatable).")] = None,
+    group: Annotated[
+        list[str] | None, typer.Option("--group", "-g", help="Recipient group from senders.yaml (repeatable).")
+    ] = None,
     data: Annotated[Path | None, typer.Option("--data", "-d", help="CSV/JSON/YAML file: one message per row.")] = None,
     to_column: Annotated[str, typer.Option("--to-column", help="Data column holding the recipient address.")] = "email",
     cc: Annotated[list[str] | None, typer.Option("--cc", help="Cc recipient (repeatable).")] = None,
-    bcc: Annotated[list[str] | None, typer.Option("--bcc", help="Bcc recipient (repeatable; never shown in headers).")] = None,
-    reply_to: Annotated[str | None, typer.Option("--reply-to", help="Reply-To address (default: the sender's reply_to).")] = None,
-    template: Annotated[str | None, typer.Option("--template", "-t", help="Template folder name under templates/.")] = None,
+    bcc: Annotated[
+        list[str] | None, typer.Option("--bcc", help="Bcc recipient (repeatable; never shown in headers).")
+    ] = None,
+    reply_to: Annotated[
+        str | None, typer.Option("--reply-to", help="Reply-To address (default: the sender's reply_to).")
+    ] = None,
+    template: Annotated[
+        str | None, typer.Option("--template", "-t", help="Template folder name under templates/.")
+    ] = None,
     subject: Annotated[str | None, typer.Option("--subject", help="Subject (Jinja) when not using --template.")] = None,
     body: Annotated[str | None, typer.Option("--body", help="Plain-text body (Jinja).")] = None,
-    body_file: Annotated[Path | None, typer.Option("--body-file", help="File with the plain-text body (Jinja).")] = None,
+    body_file: Annotated[
+        Path | None, typer.Option("--body-file", help="File with the plain-text body (Jinja).")
+    ] = None,
     var: Annotated[list[str] | None, typer.Option("--var", help="Template variable KEY=VALUE (repeatable).")] = None,
-    attach: Annotated[list[Path] | None, typer.Option("--attach", help="Attach this file to every message (repeatable); with {{ }} a per-row path such as 'invoices/{{ contract }}.pdf'.")] = None,
-    attachments_dir: Annotated[Path | None, typer.Option("--attachments-dir", help="Folder of the data rows' attachments (default: the data file's folder).")] = None,
-    allow_attachments_outside: Annotated[bool, typer.Option("--allow-attachments-outside", help="Let data rows attach files outside their attachments folder.")] = False,
-    batch: Annotated[str | None, typer.Option("--batch", help="Batch key: a re-run skips rows already sent or queued under it.")] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate, render and check quotas; connect to nothing, queue nothing.")] = False,
-    preview: Annotated[int, typer.Option("--preview", help="Print the first N rendered messages.", min=0, max=MAX_ROWS)] = 0,
-    limit: Annotated[int | None, typer.Option("--limit", help="Send at most N messages (the first N rows).", min=1, max=MAX_ROWS)] = None,
-    skip_invalid: Annotated[bool, typer.Option("--skip-invalid", help="Send the valid rows and report the invalid ones.")] = False,
-    queue_only: Annotated[bool, typer.Option("--queue-only", help="Validate and queue, send nothing now; 'mailops deliver' (cron) sends.")] = False,
+    attach: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--attach",
+            help="Attach this file to every message (repeatable); with {{ }} a per-row path such as 'invoices/{{ contract }}.pdf'.",
+        ),
+    ] = None,
+    attachments_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--attachments-dir", help="Folder of the data rows' attachments (default: the data file's folder)."
+        ),
+    ] = None,
+    allow_attachments_outside: Annotated[
+        bool,
+        typer.Option(
+            "--allow-attachments-outside", help="Let data rows attach files outside their attachments folder."
+        ),
+    ] = False,
+    batch: Annotated[
+        str | None, typer.Option("--batch", help="Batch key: a re-run skips rows already sent or queued under it.")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Validate, render and check quotas; connect to nothing, queue nothing.")
+    ] = False,
+    preview: Annotated[
+        int, typer.Option("--preview", help="Print the first N rendered messages.", min=0, max=MAX_ROWS)
+    ] = 0,
+    limit: Annotated[
+        int | None, typer.Option("--limit", help="Send at most N messages (the first N rows).", min=1, max=MAX_ROWS)
+    ] = None,
+    skip_invalid: Annotated[
+        bool, typer.Option("--skip-invalid", help="Send the valid rows and report the invalid ones.")
+    ] = False,
+    queue_only: Annotated[
+        bool, typer.Option("--queue-only", help="Validate and queue, send nothing now; 'mailops deliver' (cron) sends.")
+    ] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors (for cron).")] = False,
 ) -> None:
@@ -721,7 +795,10 @@ def send(
 @app.command()
 def deliver(
     limit: Annotated[int | None, typer.Option("--limit", help="Send at most N messages.", min=1, max=MAX_ROWS)] = None,
-    max_seconds: Annotated[float | None, typer.Option("--max-seconds", help="Stop claiming new messages after S seconds.", min=0, max=MAX_SECONDS)] = None,
+    max_seconds: Annotated[
+        float | None,
+        typer.Option("--max-seconds", help="Stop claiming new messages after S seconds.", min=0, max=MAX_SECONDS),
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors (for cron).")] = False,
 ) -> None:
@@ -743,7 +820,9 @@ def deliver(
 
 @queue_app.command("list")
 def queue_list(
-    state: Annotated[str | None, typer.Option("--state", help="queued, sending, sent, deferred, failed or cancelled.")] = None,
+    state: Annotated[
+        str | None, typer.Option("--state", help="queued, sending, sent, deferred, failed or cancelled.")
+    ] = None,
     batch: Annotated[str | None, typer.Option("--batch", help="Only this batch.")] = None,
     sender: Annotated[str | None, typer.Option("--sender", help="Only this sender.")] = None,
     limit: Annotated[int, typer.Option("--limit", help="At most N rows.", min=1, max=MAX_ROWS)] = 50,
@@ -810,8 +889,12 @@ def queue_show(
     tz = config.timezone
     # every value here may come from a data file or a server: _safe() shows control characters as escapes
     _out(f"message {row['id']}: {row['state']}" + (f" ({_safe(row['reason'])})" if row["reason"] else ""))
-    _out(f"  batch: {_safe(row['batch'] or '-')}  route: {_safe(row['route'] or '-')}  candidates: {_safe(_stored_list(row['candidates']))}")
-    _out(f"  created: {local_time(row['created_at'], tz)}  due: {local_time(row['due_at'], tz)}  attempts: {row['attempts']}")
+    _out(
+        f"  batch: {_safe(row['batch'] or '-')}  route: {_safe(row['route'] or '-')}  candidates: {_safe(_stored_list(row['candidates']))}"
+    )
+    _out(
+        f"  created: {local_time(row['created_at'], tz)}  due: {local_time(row['due_at'], tz)}  attempts: {row['attempts']}"
+    )
     _out(f"  envelope: {_safe(row['envelope_from'])} -> {_safe(_stored_list(row['recipients']))}")
     if row["recipient_status"]:
         for rcpt, status in _stored_mapping(row["recipient_status"]).items():
@@ -1002,7 +1085,9 @@ def log(
 
 @app.command()
 def stats(
-    since: Annotated[str, typer.Option("--since", help="Window for success rate and response time: 24h, 7d, a date.")] = "7d",
+    since: Annotated[
+        str, typer.Option("--since", help="Window for success rate and response time: 24h, 7d, a date.")
+    ] = "7d",
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Per sender: sent today / this month against limits, success rate, response time, last error, health."""
@@ -1058,7 +1143,10 @@ def db_status(json_out: Annotated[bool, typer.Option("--json", help="Print JSON.
         _print_json({"url": url, "schema": schema, "pending_migrations": pending, "rows": rows})
         return
     _out(f"database: {url}")
-    _out(f"schema: {schema or '(blank)'}" + (f"; pending: {', '.join(pending)} (run 'mailops db upgrade')" if pending else ""))
+    _out(
+        f"schema: {schema or '(blank)'}"
+        + (f"; pending: {', '.join(pending)} (run 'mailops db upgrade')" if pending else "")
+    )
     for table, n in rows.items():
         _out(f"  {table}: {n}")
 

@@ -594,13 +594,16 @@ def _encode_text_body(text: str) -> tuple[str, str]:
     sniff_qp = quoprimime.body_encode(sniff.decode("latin-1"), _MAX_BODY_LINE)
     if len(sniff_qp) > len(binascii.b2a_base64(sniff)):
         step = _MAX_BODY_LINE // 4 * 3
-        return "base64", "".join(binascii.b2a_base64(body[i : i + step]).decode("ascii") for i in range(0, len(body), step))
+        return "base64", "".join(
+            binascii.b2a_base64(body[i : i + step]).decode("ascii") for i in range(0, len(body), step)
+        )
     if len(lines) <= 10:
         return "quoted-printable", sniff_qp
     return "quoted-printable", quoprimime.body_encode(body.decode("latin-1"), _MAX_BODY_LINE)
 
 
 # ---------------------------------------------------------------- failover rewrite
+
 
 def _folded(name: str, addresses: Iterable[Address], linesep: bytes) -> bytes:
     value = _address_value(name, list(addresses))
@@ -675,3 +678,56 @@ def rewrite_sender(mime: bytes, *, from_addr: Address, reply_to: list[Address] |
         )
         out.insert(0, new_from + extra)
     return b"".join(out) + body
+
+
+# ---------------------------------------------------------------- Date at hand-over
+
+
+def format_date(date: datetime) -> str:
+    """A Date header value (RFC 5322 date-time) for ``date``; a naive time is taken as UTC."""
+    if date.tzinfo is None:  # a naive time would serialize as "-0000" (unknown zone)
+        date = date.replace(tzinfo=UTC)
+    return format_datetime(date)
+
+
+def stamp_date(mime: bytes, date_value: str) -> bytes:
+    """The message with its Date header set to ``date_value`` (inserted if it has none); every other byte as it was.
+
+    A message can wait in the outbox for hours or days (quota, retry,
+    ``--queue-only``); its Date must say when it was handed to the server,
+    or receivers score it as stale. The stored bytes are not changed, so the
+    Message-ID and everything else stay the same on every attempt. The usual
+    case (our own messages: one ``Date: `` line) is one search and one slice;
+    anything else goes through the field-by-field path.
+    """
+    check_header_text(date_value, where="Date")
+    linesep = b"\r\n" if b"\r\n" in mime[: mime.find(b"\n") + 1] else b"\n"
+    head_end = mime.find(linesep * 2)
+    if head_end < 0:
+        head_end = len(mime)
+    new = b"Date: " + date_value.encode("ascii")
+    marker = linesep + b"Date: "
+    start = mime.find(marker, 0, head_end)
+    if start >= 0 and mime[:head_end].lower().count(linesep + b"date:") == 1:  # exactly one Date field
+        start += len(linesep)
+        stop = mime.find(linesep, start)
+        if stop < 0:
+            stop = len(mime)
+        if mime[stop + len(linesep) : stop + len(linesep) + 1] not in (b" ", b"\t"):  # no continuation line
+            return mime[:start] + new + mime[stop:]
+    if head_end < len(mime):
+        head, body = mime[:head_end], mime[head_end + len(linesep) :]  # body keeps the blank separator line
+    else:  # headers only
+        head, body = mime.removesuffix(linesep), b""
+    out: list[bytes] = []
+    placed = False
+    for raw in _split_fields(head, linesep) if head else []:
+        if _field_name(raw) == b"date":
+            if not placed:  # a second Date is malformed; keep exactly one
+                out.append(new + linesep)
+                placed = True
+            continue
+        out.append(raw)
+    if not placed:
+        out.append(new + linesep)
+    return b"".join(out) + (body if body else linesep)

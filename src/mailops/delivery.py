@@ -23,10 +23,12 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from email.headerregistry import Address
 from typing import Any
 
 from . import health, quota, routing
+from .compose import format_date, stamp_date
 from .config import Config, Sender
 from .errors import SecretError
 from .outbox import Outbox, QueuedMessage, retry_delay
@@ -162,7 +164,9 @@ class _Worker(threading.Thread):
     the dispatcher once its outcome is committed.
     """
 
-    def __init__(self, deliverer: Deliverer, sender: Sender, password: str | None, jobs: queue.Queue[_Job | None]) -> None:
+    def __init__(
+        self, deliverer: Deliverer, sender: Sender, password: str | None, jobs: queue.Queue[_Job | None]
+    ) -> None:
         super().__init__(name=f"mailops-{sender.key}", daemon=True)
         self.d = deliverer
         self.sender = sender
@@ -352,6 +356,7 @@ class Deliverer:
         self._exhausted: dict[str, quota.Blocked] = {}  # day/month quota reached: skip until it rolls over
         self._known_healthy: set[str] = set()
         self._sender_addresses: dict[str, tuple[Address, list[Address] | None]] = {}
+        self._date_cache: tuple[int, str] = (-1, "")  # (second, Date value); workers share it (a tuple swap is atomic)
         self._deadline: float | None = None
         self._leases = _LeaseKeeper(self)  # replaced by a running one for each run()
 
@@ -525,8 +530,15 @@ class Deliverer:
         msg = job.msg
         self._refresh_health()
         strategy = self._strategy(msg)
-        args = (self.config, msg.route, msg.candidates, strategy, self.clock(), self._healths,
-                self._has_password(msg.candidates))
+        args = (
+            self.config,
+            msg.route,
+            msg.candidates,
+            strategy,
+            self.clock(),
+            self._healths,
+            self._has_password(msg.candidates),
+        )
         if strategy == "least-used" and len(msg.candidates) > 1:
             with self.store.write() as conn:  # current usage, read under the write lock
                 order, skips = routing.order(conn, *args)
@@ -597,12 +609,23 @@ class Deliverer:
         return row
 
     def _mime_for(self, msg: QueuedMessage, sender: Sender) -> bytes:
+        """The bytes handed to ``sender``'s server: the stored message, Date stamped now (and From rewritten
+        on failover); the stored message itself is not changed."""
+        mime = stamp_date(msg.mime, self._date_value())
         if sender.key == msg.nominal_sender:
-            return msg.mime
+            return mime
         from .compose import rewrite_sender
 
         from_addr, reply_to = self._addresses_of(sender)
-        return rewrite_sender(msg.mime, from_addr=from_addr, reply_to=reply_to, envelope_from=sender.email)
+        return rewrite_sender(mime, from_addr=from_addr, reply_to=reply_to, envelope_from=sender.email)
+
+    def _date_value(self) -> str:
+        """The Date header value for now, in the configured time zone (formatted once per second)."""
+        second = int(self.clock())
+        cached = self._date_cache
+        if cached[0] != second:
+            cached = self._date_cache = (second, format_date(datetime.fromtimestamp(second, self.config.timezone)))
+        return cached[1]
 
     def _addresses_of(self, sender: Sender) -> tuple[Address, list[Address] | None]:
         """A sender's From and Reply-To as Address objects, built once (parsing them costs per message)."""
@@ -613,7 +636,10 @@ class Deliverer:
             reply_to = None
             if sender.reply_to:
                 reply_to = [parse_address(sender.reply_to, where=f"senders.{sender.key}.reply_to")]
-            found = self._sender_addresses[sender.key] = (make_address(sender.display_name or "", sender.email), reply_to)
+            found = self._sender_addresses[sender.key] = (
+                make_address(sender.display_name or "", sender.email),
+                reply_to,
+            )
         return found
 
     def _reserve(self, job: _Job, sender: Sender, session: SmtpSession) -> quota.Reservation | quota.Blocked | None:
@@ -700,7 +726,13 @@ class Deliverer:
                 problems.append(f"{msg.subject!r}: {rcpt} refused: {code} {text}; the other recipients got the message")
                 rows.append(
                     self._attempt_row(
-                        msg, sender, "failed", at=now, recipients=rcpt, smtp_code=code, smtp_text=text,
+                        msg,
+                        sender,
+                        "failed",
+                        at=now,
+                        recipients=rcpt,
+                        smtp_code=code,
+                        smtp_text=text,
                         detail="recipient refused at RCPT; the other recipients got the message",
                     )
                 )
@@ -888,9 +920,13 @@ class Deliverer:
             with self.store.write() as conn:
                 self.outbox.mark_failed(conn, msg, reason, now, attempted=True, sender=last.key if last else None)
                 self.outbox.log(conn, self._attempt_row(msg, last, "failed", detail=reason))
-            return "failed", last.key if last else None, (
-                f"failed: {msg.subject!r} to {', '.join(msg.pending_recipients)}: {reason} "
-                f"(message {msg.id}; 'mailops queue retry {msg.id}' tries again)"
+            return (
+                "failed",
+                last.key if last else None,
+                (
+                    f"failed: {msg.subject!r} to {', '.join(msg.pending_recipients)}: {reason} "
+                    f"(message {msg.id}; 'mailops queue retry {msg.id}' tries again)"
+                ),
             )
         reason = "no sender could take it: " + ("; ".join(parts + job.skips) or "the route has no usable sender")
         with self.store.write() as conn:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from typing import TYPE_CHECKING
 
 from .config import Sender
@@ -52,9 +52,7 @@ class CheckResult:
     def to_dict(self) -> dict[str, object]:
         """Plain data for JSON output; steps become objects."""
         data = asdict(self)
-        data["steps"] = [
-            {"step": name, "seconds": round(seconds, 4), "ok": ok} for name, seconds, ok in self.steps
-        ]
+        data["steps"] = [{"step": name, "seconds": round(seconds, 4), "ok": ok} for name, seconds, ok in self.steps]
         data["seconds"] = round(self.seconds, 4)
         return data
 
@@ -104,9 +102,17 @@ def build_test_message(sender: Sender, send_to: str, now: datetime | None = None
 
 
 def check_sender(
-    sender: Sender, password: str | None, send_to: str | None = None, *, now: datetime | None = None
+    sender: Sender,
+    password: str | None,
+    send_to: str | None = None,
+    *,
+    now: datetime | None = None,
+    timezone: tzinfo | None = None,
 ) -> CheckResult:
-    """Connect, negotiate TLS, authenticate and, with ``send_to``, send a test message; never raises SmtpFailure."""
+    """Connect, negotiate TLS, authenticate and, with ``send_to``, send a test message; never raises SmtpFailure.
+
+    The test message is dated when it is handed over, in ``timezone`` (UTC when not given).
+    """
     result = CheckResult(
         sender=sender.key, host=sender.host, port=sender.port, security=sender.security, warnings=_warnings_for(sender)
     )
@@ -115,7 +121,8 @@ def check_sender(
         try:
             session.open()
             if send_to:
-                message = build_test_message(sender, send_to, now)
+                # Date: when it is handed over (after connecting and logging in), in the configured zone.
+                message = build_test_message(sender, send_to, now or datetime.now(timezone or UTC))
                 result.message_id = message.message_id
                 start = time.monotonic()
                 try:
@@ -172,11 +179,16 @@ def hint_for(sender: Sender, failure: SmtpFailure) -> str | None:
     text = failure.text.lower()
 
     mismatch = _port_mismatch(sender)
-    if mismatch and failure.kind in ("timeout", "tls", "no-starttls", "temporary", "protocol") and failure.step in (
-        "connect",
-        "ehlo",
-        "starttls",
-        "tls",
+    if (
+        mismatch
+        and failure.kind in ("timeout", "tls", "no-starttls", "temporary", "protocol")
+        and failure.step
+        in (
+            "connect",
+            "ehlo",
+            "starttls",
+            "tls",
+        )
     ):
         return mismatch
 
@@ -207,7 +219,9 @@ def hint_for(sender: Sender, failure: SmtpFailure) -> str | None:
             return "the server's certificate has expired: tell the server's administrator (tls_verify: false only for testing)"
         if "certificate verification failed" in text:
             return "the server's certificate is not trusted: set ca_file to the CA that signed it (tls_verify: false only for testing)"
-        return f"TLS negotiation with {address} failed: check that security matches the port (starttls on 587, ssl on 465)"
+        return (
+            f"TLS negotiation with {address} failed: check that security matches the port (starttls on 587, ssl on 465)"
+        )
 
     if failure.kind == "no-starttls":
         return "the server does not offer STARTTLS on this port: use security: ssl with port 465, or check host/port"

@@ -698,7 +698,11 @@ def test_example_config_loads(tmp_path: Path) -> None:
     assert (config.senders["marketing-2"].security, config.senders["marketing-2"].port) == ("ssl", 465)
     assert config.senders["relay"].auth is False
     assert set(config.routes) == {"renewal", "payment", "offline-alert", "quarterly", "default"}
-    assert config.routes["quarterly"] == Route("quarterly", ("marketing-1", "marketing-2"), "round-robin")
+    quarterly = config.routes["quarterly"]
+    assert (quarterly.senders, quarterly.strategy) == (("marketing-1", "marketing-2"), "round-robin")
+    assert [(h.name, h.value) for h in quarterly.headers] == [("X-Campaign", "quarterly-{{ today[:7] }}")]
+    assert quarterly.unsubscribe is not None and quarterly.unsubscribe.url is not None
+    assert config.routes["offline-alert"].auto_submitted is True
     assert config.routes["payment"].senders == ("finance", "sales")
     assert set(config.groups) == {"finance-team", "system-admins"}
     # no sender reads a password from a command in the example: every one is in the keyring or env

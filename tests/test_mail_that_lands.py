@@ -122,3 +122,260 @@ def test_test_smtp_dates_its_message_in_the_configured_zone(workspace, srv, cli)
 )
 def test_stamp_date_replaces_or_inserts_one_date_and_keeps_every_other_byte(mime, stamped):
     assert stamp_date(mime, "NEW") == stamped
+
+
+# ---------------------------------------------------------------- added headers
+
+
+def _send(cli, *args):
+    return cli("send", "--to", "a@example.org", "--subject", "S", "--body", "B", *args)
+
+
+def test_header_option_adds_headers_rendered_per_message(workspace, srv, cli):
+    _config(workspace, srv)
+    data = workspace.csv(
+        "rows.csv", [{"email": "u1@example.org", "plan": "gold"}, {"email": "u2@example.org", "plan": "free"}]
+    )
+    result = cli(
+        "send",
+        "--data",
+        data,
+        "--subject",
+        "S",
+        "--body",
+        "B",
+        "--header",
+        "X-Campaign: spring-2026",
+        "--header",
+        "X-Plan: {{ plan }} for {{ recipient }}",
+    )
+    assert result.exit_code == 0, result.stderr
+    got = {m.rcpt_tos[0]: m.message for m in srv.messages}
+    assert got["u1@example.org"]["X-Campaign"] == "spring-2026"
+    assert got["u1@example.org"]["X-Plan"] == "gold for u1@example.org"
+    assert got["u2@example.org"]["X-Plan"] == "free for u2@example.org"
+    assert not got["u1@example.org"].defects
+
+
+def test_route_headers_template_headers_and_option_in_that_order_later_wins(workspace, srv, cli):
+    workspace.write_config(
+        {"sales": workspace.sender(srv)},
+        routes={
+            "default": "sales",
+            "news": {"senders": ["sales"], "headers": {"X-Source": "route", "X-Route": "news"}},
+        },
+    )
+    folder = workspace.template("letter", "Hello", "Body")
+    (folder / "headers.yaml").write_text("X-Source: template\nX-Template: '{{ recipient }}'\n", encoding="utf-8")
+    result = cli(
+        "send", "--route", "news", "--to", "a@example.org", "--template", "letter", "--header", "x-source: option"
+    )
+    assert result.exit_code == 0, result.stderr
+    [received] = srv.messages
+    msg = received.message
+    assert msg.get_all("X-Source") == ["option"]
+    assert msg["X-Route"] == "news" and msg["X-Template"] == "a@example.org"
+
+
+def test_non_ascii_header_value_is_encoded(workspace, srv, cli):
+    _config(workspace, srv)
+    result = _send(cli, "--header", "X-Note: Grüße aus Köln")
+    assert result.exit_code == 0, result.stderr
+    [received] = srv.messages
+    assert received.message["X-Note"] == "Grüße aus Köln"
+    assert b"X-Note: =?utf-8?" in received.data
+
+
+def test_preview_shows_added_headers(workspace, srv, cli):
+    _config(workspace, srv)
+    result = _send(cli, "--header", "X-Campaign: c1", "--dry-run", "--preview", "1")
+    assert result.exit_code == 0, result.stderr
+    assert "X-Campaign: c1" in result.stdout.splitlines()
+    assert srv.messages == []
+
+
+@pytest.mark.parametrize(
+    ("item", "line"),
+    [
+        (
+            "Subject: hi",
+            "mailops: error: --header 'Subject: hi': Subject is set by mailops from --subject or the "
+            "template's subject.txt; remove this header",
+        ),
+        (
+            "Content-Type: text/html",
+            "mailops: error: --header 'Content-Type: text/html': Content-Type is set by "
+            "mailops from mailops (the message body and attachments); remove this header",
+        ),
+        (
+            "message-id: <x@y>",
+            "mailops: error: --header 'message-id: <x@y>': message-id is set by mailops from "
+            "mailops (a new one per message); remove this header",
+        ),
+        (
+            "X Bad: v",
+            "mailops: error: --header 'X Bad: v': 'X Bad' is not a valid header name (printable ASCII "
+            "without spaces or ':', at most 64 characters, such as X-Campaign); fix the name",
+        ),
+        ("NoColon", "mailops: error: --header 'NoColon': expected 'Name: value'"),
+        ("X-Bad: a\rb", "mailops: error: --header 'X-Bad: a\\rb': "),
+    ],
+)
+def test_bad_header_option_is_refused_before_anything(workspace, srv, cli, item, line):
+    _config(workspace, srv)
+    result = _send(cli, "--header", item)
+    assert result.exit_code == 2
+    [only] = result.stderr.splitlines()
+    assert only.startswith(line), only
+    assert srv.messages == []
+    assert workspace.query("SELECT COUNT(*) FROM messages") == [(0,)]
+
+
+def test_header_value_rendering_a_line_break_names_the_row(workspace, srv, cli):
+    _config(workspace, srv)
+    data = workspace.csv(
+        "rows.csv", [{"email": "u1@example.org", "tag": "ok"}, {"email": "u2@example.org", "tag": "a\nb"}]
+    )
+    result = cli("send", "--data", data, "--subject", "S", "--body", "B", "--header", "X-Tag: {{ tag }}")
+    # a line break inside a value is folded into one line: whitespace runs become one space
+    assert result.exit_code == 0, result.stderr
+    assert sorted(m.message["X-Tag"] for m in srv.messages) == ["a b", "ok"]
+
+
+def test_header_value_with_a_control_character_names_the_row(workspace, srv, cli):
+    _config(workspace, srv)
+    data = workspace.csv(
+        "rows.csv", [{"email": "u1@example.org", "tag": "ok"}, {"email": "u2@example.org", "tag": "a\x00b"}]
+    )
+    result = cli("send", "--data", data, "--subject", "S", "--body", "B", "--header", "X-Tag: {{ tag }}")
+    assert result.exit_code == 2
+    assert result.stderr == (
+        "mailops: error: rows.csv row 2: header X-Tag: the control character '\\x00' is not allowed in a header "
+        "(subject, name, address); remove it from the value (nothing was sent)\n"
+    )
+    assert srv.messages == []
+
+
+@pytest.mark.parametrize(
+    ("route", "message"),
+    [
+        (
+            {"senders": ["sales"], "headers": {"From": "x@y.z"}},
+            "routes.news.headers.From: From is set by mailops from the sender (senders.yaml email and name); remove this header",
+        ),
+        (
+            {"senders": ["sales"], "headers": {"X-Ok": ["a"]}},
+            "routes.news.headers.X-Ok: the value must be text (got list); quote it",
+        ),
+        ({"senders": ["sales"], "headres": {}}, "routes.news.headres: unknown key; did you mean 'headers'?"),
+        (
+            {"senders": ["sales"], "auto_submitted": "yes"},
+            "routes.news.auto_submitted: must be true or false (got 'yes')",
+        ),
+        (
+            {"senders": ["sales"], "unsubscribe": {"url": "ftp://x"}},
+            "routes.news.unsubscribe.url: 'ftp://x' must be an https:// URL (one-click unsubscribe, RFC 8058)",
+        ),
+        ({"senders": ["sales"], "unsubscribe": {}}, "routes.news.unsubscribe: give 'mailto', 'url' or both"),
+    ],
+)
+def test_bad_route_header_config_is_one_line_naming_the_key(workspace, srv, cli, route, message):
+    workspace.write_config({"sales": workspace.sender(srv)}, routes={"default": "sales", "news": route})
+    result = _send(cli, "--route", "news")
+    assert result.exit_code == 2
+    assert result.stderr == f"mailops: error: {workspace.config_path}: {message}\n"
+    assert srv.messages == []
+
+
+def test_bad_headers_yaml_names_the_file_and_header(workspace, srv, cli):
+    _config(workspace, srv)
+    folder = workspace.template("letter", "Hello", "Body")
+    (folder / "headers.yaml").write_text("Bcc: boss@example.org\n", encoding="utf-8")
+    result = cli("send", "--to", "a@example.org", "--template", "letter")
+    assert result.exit_code == 2
+    assert result.stderr == (
+        f"mailops: error: {folder / 'headers.yaml'}: Bcc: Bcc is set by mailops from --bcc; remove this header\n"
+    )
+    assert srv.messages == []
+
+
+# ---------------------------------------------------------------- unsubscribe, Auto-Submitted
+
+
+def _news_route(workspace, srv, **keys):
+    workspace.write_config(
+        {"sales": workspace.sender(srv)}, routes={"default": "sales", "news": {"senders": ["sales"], **keys}}
+    )
+
+
+def test_one_click_unsubscribe_per_recipient(workspace, srv, cli):
+    _news_route(
+        workspace,
+        srv,
+        unsubscribe={
+            "mailto": "unsubscribe@example.com?subject=unsubscribe",
+            "url": "https://example.com/u?e={{ recipient | urlencode }}&c={{ campaign }}",
+        },
+    )
+    data = workspace.csv(
+        "rows.csv", [{"email": "u1@example.org", "campaign": "c7"}, {"email": "u2@example.org", "campaign": "c8"}]
+    )
+    result = cli("send", "--route", "news", "--data", data, "--subject", "S", "--body", "B")
+    assert result.exit_code == 0, result.stderr
+    got = {m.rcpt_tos[0]: m for m in srv.messages}
+    first = got["u1@example.org"].message
+    assert first["List-Unsubscribe"] == (
+        "<mailto:unsubscribe@example.com?subject=unsubscribe>, <https://example.com/u?e=u1%40example.org&c=c7>"
+    )
+    assert first["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert got["u2@example.org"].message["List-Unsubscribe"].endswith("<https://example.com/u?e=u2%40example.org&c=c8>")
+    assert "Auto-Submitted" not in first
+    assert not first.defects
+
+
+def test_mailto_only_unsubscribe_has_no_one_click_post(workspace, srv, cli):
+    _news_route(workspace, srv, unsubscribe={"mailto": "mailto:leave@example.com"}, auto_submitted=True)
+    result = _send(cli, "--route", "news")
+    assert result.exit_code == 0, result.stderr
+    [received] = srv.messages
+    assert received.message["List-Unsubscribe"] == "<mailto:leave@example.com>"
+    assert "List-Unsubscribe-Post" not in received.message
+    assert received.message["Auto-Submitted"] == "auto-generated"
+
+
+def test_an_http_url_gets_no_one_click_post(workspace, srv, cli):
+    _news_route(workspace, srv, unsubscribe={"url": "http://example.com/u"})
+    result = _send(cli, "--route", "news")
+    assert result.exit_code == 0, result.stderr
+    [received] = srv.messages
+    assert received.message["List-Unsubscribe"] == "<http://example.com/u>"
+    assert "List-Unsubscribe-Post" not in received.message
+
+
+def test_auto_submitted_without_unsubscribe(workspace, srv, cli):
+    _news_route(workspace, srv, auto_submitted=True)
+    result = _send(cli, "--route", "news")
+    assert result.exit_code == 0, result.stderr
+    [received] = srv.messages
+    assert received.message["Auto-Submitted"] == "auto-generated"
+    assert "List-Unsubscribe" not in received.message
+
+
+def test_other_routes_get_none_of_it(workspace, srv, cli):
+    _news_route(workspace, srv, unsubscribe={"url": "https://example.com/u"}, auto_submitted=True)
+    result = _send(cli)
+    assert result.exit_code == 0, result.stderr
+    [received] = srv.messages
+    assert "List-Unsubscribe" not in received.message and "Auto-Submitted" not in received.message
+
+
+def test_an_unsubscribe_url_rendering_a_space_names_the_row(workspace, srv, cli):
+    _news_route(workspace, srv, unsubscribe={"url": "https://example.com/u?t={{ token }}"})
+    data = workspace.csv("rows.csv", [{"email": "u1@example.org", "token": "a b"}])
+    result = cli("send", "--route", "news", "--data", data, "--subject", "S", "--body", "B")
+    assert result.exit_code == 2
+    assert result.stderr == (
+        "mailops: error: rows.csv row 1: unsubscribe link 'https://example.com/u?t=a b' holds a space or '<>'; "
+        "URL-encode the value (| urlencode) (nothing was sent)\n"
+    )
+    assert srv.messages == []

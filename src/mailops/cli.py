@@ -620,9 +620,13 @@ def _show_previews(previews: list[Any]) -> None:
     for prepared in previews:
         msg = email.message_from_bytes(prepared.email.mime, policy=policy.default)
         _out(f"--- {prepared.label} ---")
-        for header in ("From", "Reply-To", "To", "Cc", "Subject", "Date", "Message-ID"):
+        shown = ("From", "Reply-To", "To", "Cc", "Subject", "Date", "Message-ID")
+        for header in shown:
             if msg[header]:
                 _out(f"{header}: {_safe(msg[header])}")
+        for name, value in msg.items():  # added headers (--header, route, headers.yaml), in message order
+            if name not in shown and name.lower() != "mime-version" and not name.lower().startswith("content-"):
+                _out(f"{name}: {_safe(str(value))}")
         if prepared.email.envelope_to:
             _out(f"(envelope to: {_safe(', '.join(prepared.email.envelope_to))})")
         body = msg.get_body(preferencelist=("plain", "html"))
@@ -667,6 +671,10 @@ def send(
         Path | None, typer.Option("--body-file", help="File with the plain-text body (Jinja).")
     ] = None,
     var: Annotated[list[str] | None, typer.Option("--var", help="Template variable KEY=VALUE (repeatable).")] = None,
+    header: Annotated[
+        list[str] | None,
+        typer.Option("--header", "-H", help="Add a header 'Name: value' (repeatable; the value is Jinja)."),
+    ] = None,
     attach: Annotated[
         list[Path] | None,
         typer.Option(
@@ -731,6 +739,7 @@ def send(
         allow_attachments_outside=allow_attachments_outside,
         reply_to=reply_to,
         limit=limit,
+        headers=list(header or []),
     )
     credentials_warning = sending.check_credentials(config, plan)
     if credentials_warning:

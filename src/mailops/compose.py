@@ -225,19 +225,23 @@ def _cached_address_value(name: str, key: tuple[tuple[str, str], ...]) -> _Folde
     return _address_value(name, [make_address(n, a) for n, a in key])
 
 
-def _subject_value(subject: str) -> _Folded:
+def _text_value(name: str, text: str, *, encode_long: bool = True) -> _Folded:
     # Plain ASCII is folded at its spaces (unfolding restores it exactly); anything else, or text that
     # cannot be folded at spaces within 78-character lines (a long word, a long run of spaces), is sent
     # as encoded-words, which may break anywhere.
-    if not _needs_encoding(subject):
-        folder = _HeaderFolder("Subject")
-        folder.add_text(subject)
+    if not _needs_encoding(text):
+        folder = _HeaderFolder(name)
+        folder.add_text(text)
         value = folder.value()
-        if _fits("Subject", value):
+        if _fits(name, value) or not encode_long:
             return value
-    folder = _HeaderFolder("Subject")
-    folder.add_words(subject)
+    folder = _HeaderFolder(name)
+    folder.add_words(text)
     return folder.value()
+
+
+def _subject_value(subject: str) -> _Folded:
+    return _text_value("Subject", subject)
 
 
 @dataclass(frozen=True)
@@ -487,8 +491,13 @@ def build_message(
     message_id: str,
     date: datetime,
     where: str,
+    extra_headers: Sequence[tuple[str, str]] = (),
 ) -> PreparedEmail:
-    """Compose one message; Bcc goes only into the envelope. InputError (naming ``where``) for bad input."""
+    """Compose one message; Bcc goes only into the envelope. InputError (naming ``where``) for bad input.
+
+    ``extra_headers`` (name, value) pairs come after Message-ID; their names are
+    checked by ``headers.name_problem`` before this, their values here.
+    """
     check_header_text(subject, where=f"{where}: subject")
     if date.tzinfo is None:  # a naive time would serialize as "-0000" (unknown zone)
         date = date.replace(tzinfo=UTC)
@@ -511,6 +520,11 @@ def build_message(
     # ASCII without line breaks and shorter than a line: nothing to encode or fold.
     headers.append(("Date", _Folded(format_datetime(date))))
     headers.append(("Message-ID", _Folded(check_header_text(message_id, where=f"{where}: Message-ID"))))
+    for name, value in extra_headers:
+        # An ASCII value stays as written (a URL or token must not become encoded-words), folded at spaces.
+        headers.append(
+            (name, _text_value(name, check_header_text(value, where=f"{where}: header {name}"), encode_long=False))
+        )
     for name, value in headers:
         if not _fits(name, value, _MAX_HEADER_LINE):
             # cannot happen with the folding above; a last guard so no server answers "500 Line too long"

@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import ConfigError
+from .headers import HeaderSpec, Unsubscribe, mapping_specs, unsubscribe_from
 from .limits import MAX_DEPTH, nested_deeper_than
 from .paths import config_candidates, user_data_dir
 
@@ -99,8 +100,16 @@ class SenderFields(_Strict):
     max_per_connection: int | None = Field(default=None, ge=1, le=100_000)
 
     @field_validator(
-        "port", "daily_limit", "monthly_limit", "per_minute", "min_interval", "priority", "timeout",
-        "connections", "max_per_connection", mode="before",
+        "port",
+        "daily_limit",
+        "monthly_limit",
+        "per_minute",
+        "min_interval",
+        "priority",
+        "timeout",
+        "connections",
+        "max_per_connection",
+        mode="before",
     )
     @classmethod
     def _not_a_boolean(cls, value: Any) -> Any:
@@ -157,6 +166,9 @@ class Route:
     name: str
     senders: tuple[str, ...]
     strategy: str = "failover"
+    headers: tuple[HeaderSpec, ...] = ()  # added to every message of the route (values are Jinja)
+    unsubscribe: Unsubscribe | None = None  # List-Unsubscribe (and -Post for an https URL)
+    auto_submitted: bool = False  # Auto-Submitted: auto-generated (RFC 3834)
 
 
 @dataclass(frozen=True)
@@ -262,8 +274,7 @@ def _read_yaml(path: Path) -> Any:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
     too_deep = ConfigError(
-        f"{path}: values are nested too deeply (more than {MAX_DEPTH} levels of lists and mappings); "
-        "fix the file"
+        f"{path}: values are nested too deeply (more than {MAX_DEPTH} levels of lists and mappings); fix the file"
     )
     try:
         data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass: no arbitrary objects
@@ -421,7 +432,9 @@ def host_problem(host: str) -> str | None:
 def _check_host(host: str, path: Path, where: str) -> None:
     problem = host_problem(host)
     if problem is not None:
-        raise ConfigError(f"{path}: {where}: {host!r} {problem}; write a name such as smtp.example.com or an IP address")
+        raise ConfigError(
+            f"{path}: {where}: {host!r} {problem}; write a name such as smtp.example.com or an IP address"
+        )
 
 
 def _as_mapping(value: Any, path: Path, where: str, what: str) -> dict[str, Any]:
@@ -504,19 +517,34 @@ def _build_sender(key: str, merged: dict[str, Any], base: Path, path: Path) -> S
     )
 
 
+_ROUTE_KEYS = ["senders", "strategy", "headers", "unsubscribe", "auto_submitted"]
+
+
 def _build_route(name: str, raw: Any, senders: dict[str, Sender], path: Path) -> Route:
     where = f"routes.{name}"
     strategy = "failover"
+    extras: dict[str, Any] = {}
     if isinstance(raw, str):
         members: Any = [raw]
     elif isinstance(raw, list):
         members = raw
     elif isinstance(raw, dict):
-        unknown = sorted(set(raw) - {"senders", "strategy"})
+        unknown = sorted(str(k) for k in set(raw) - set(_ROUTE_KEYS))
         if unknown:
-            close = difflib.get_close_matches(str(unknown[0]), ["senders", "strategy"], n=1)
-            hint = f"did you mean {close[0]!r}?" if close else "a route takes only 'senders' and 'strategy'"
+            close = difflib.get_close_matches(str(unknown[0]), _ROUTE_KEYS, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"a route takes only {', '.join(_ROUTE_KEYS)}"
             raise ConfigError(f"{path}: {where}.{unknown[0]}: unknown key; {hint}")
+        try:
+            extras = {
+                "headers": tuple(mapping_specs(raw.get("headers"), f"{where}.headers")),
+                "unsubscribe": unsubscribe_from(raw.get("unsubscribe"), f"{where}.unsubscribe"),
+            }
+        except ValueError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+        auto = raw.get("auto_submitted", False)
+        if not isinstance(auto, bool):
+            raise ConfigError(f"{path}: {where}.auto_submitted: must be true or false (got {auto!r})")
+        extras["auto_submitted"] = auto
         if "senders" not in raw:
             raise ConfigError(f"{path}: {where}.senders: required key is missing; list the senders of this route")
         members = raw["senders"]
@@ -525,9 +553,7 @@ def _build_route(name: str, raw: Any, senders: dict[str, Sender], path: Path) ->
         strategy = raw.get("strategy", "failover")
         allowed = ("failover", "round-robin", "random", "least-used")
         if strategy not in allowed:
-            raise ConfigError(
-                f"{path}: {where}.strategy: must be one of {', '.join(allowed)} (got {strategy!r})"
-            )
+            raise ConfigError(f"{path}: {where}.strategy: must be one of {', '.join(allowed)} (got {strategy!r})")
     else:
         raise ConfigError(
             f"{path}: {where}: must be a sender name, a list of sender names, or a mapping with 'senders' "
@@ -550,7 +576,7 @@ def _build_route(name: str, raw: Any, senders: dict[str, Sender], path: Path) ->
         if member in seen:
             raise ConfigError(f"{path}: {where}: sender {member!r} is listed twice; list it once")
         seen.add(member)
-    return Route(name=name, senders=tuple(members), strategy=strategy)
+    return Route(name=name, senders=tuple(members), strategy=strategy, **extras)
 
 
 def _build_groups(raw: Any, path: Path) -> dict[str, tuple[str, ...]]:
@@ -649,9 +675,7 @@ def parse_config(data: Any, path: Path) -> Config:
 
     raw_delivery = top.get("delivery")
     delivery_fields = _validate(_DeliveryModel, {} if raw_delivery is None else raw_delivery, path, ("delivery",))
-    delivery = DeliveryPolicy(
-        **{k: v for k, v in delivery_fields.model_dump().items() if v is not None}
-    )
+    delivery = DeliveryPolicy(**{k: v for k, v in delivery_fields.model_dump().items() if v is not None})
     for name in ("retry_initial", "retry_max", "give_up_after"):
         if not 0 <= getattr(delivery, name) <= MAX_RETRY_DURATION:  # also NaN
             raise ConfigError(

@@ -29,10 +29,11 @@ from .compose import (
     make_message_id,
     parse_address,
 )
-from .config import Config, Sender
+from .config import Config, Route, Sender
 from .datafiles import DataRow, read_rows
 from .errors import InputError, UsageError
 from .files import FileRefused, read_regular_file, regular_file_problem
+from .headers import HeaderPlan, HeaderSpec, merged, parse_header_option
 from .limits import BODY_FILE_MAX_BYTES
 from .templates import (
     MessageTemplate,
@@ -48,8 +49,9 @@ NAME_COLUMN = "name"
 ATTACHMENTS_COLUMN = "attachments"
 SINGLE_LABEL = "message"
 
-# compose(to, subject, text, html, attachments, where): everything else is fixed for the whole request
-_Compose = Callable[[list[Address], str, str, "str | None", list[Path], str], PreparedEmail]
+# compose(to, subject, text, html, attachments, where, variables): everything else is fixed for the whole
+# request (the variables render the added headers)
+_Compose = Callable[[list[Address], str, str, "str | None", list[Path], str, Mapping[str, Any]], PreparedEmail]
 
 
 @dataclass
@@ -72,6 +74,7 @@ class SendRequest:
     allow_attachments_outside: bool = False  # the operator lets row-driven paths leave that folder
     reply_to: str | None = None
     limit: int | None = None
+    headers: list[str] = field(default_factory=list)  # --header 'Name: value' items (values are Jinja)
 
 
 @dataclass
@@ -104,11 +107,21 @@ def parse_vars(items: list[str]) -> dict[str, str]:
             raise UsageError(f"--var {item!r}: expected KEY=VALUE")
         if not key.isidentifier():
             raise UsageError(
-                f"--var {item!r}: KEY must be a name of letters, digits and '_' that a template can use "
-                f"(got {key!r})"
+                f"--var {item!r}: KEY must be a name of letters, digits and '_' that a template can use (got {key!r})"
             )
         out[key] = value
     return out
+
+
+def header_options(request: SendRequest) -> list[HeaderSpec]:
+    """The request's ``--header`` items checked; UsageError (exit 2) with the one-line reason for a bad one."""
+    specs = []
+    for item in request.headers:
+        try:
+            specs.append(parse_header_option(item))
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+    return specs
 
 
 def _hint(name: str, known: list[str]) -> str:
@@ -143,6 +156,7 @@ def check_request(request: SendRequest, config: Config) -> None:
             raise UsageError("--subject needs --body TEXT or --body-file FILE")
     if request.limit is not None and request.limit < 1:
         raise UsageError(f"--limit must be at least 1 (got {request.limit})")
+    header_options(request)
     known_groups = list(config.groups)
     for group in request.groups:
         if group not in config.groups:
@@ -216,7 +230,10 @@ class _Attachments:
             path = Path(rendered).expanduser()
             if row is not None and self.contained:
                 _check_inside(
-                    path, folder, f"{where}: --attach {text!r} renders {rendered!r}", "the folder it names",
+                    path,
+                    folder,
+                    f"{where}: --attach {text!r} renders {rendered!r}",
+                    "the folder it names",
                     "fix the row's value or the pattern",
                 )
             paths.append(path)
@@ -246,7 +263,10 @@ class _Attachments:
             path = path if path.is_absolute() else self.row_base / path
             if self.contained:
                 _check_inside(
-                    path, self.row_base, f"{where}: {item!r}", "the attachments folder",
+                    path,
+                    self.row_base,
+                    f"{where}: {item!r}",
+                    "the attachments folder",
                     "move the file, point --attachments-dir at its folder",
                 )
             paths.append(path)
@@ -300,7 +320,7 @@ def _attachments(request: SendRequest) -> _Attachments:
 
 
 def prepare_messages(
-    request: SendRequest, config: Config, sender: Sender, *, now: datetime
+    request: SendRequest, config: Config, sender: Sender, *, now: datetime, route: Route | None = None
 ) -> Iterator[PreparedMessage | RowProblem]:
     """Yield one PreparedMessage per message (or a RowProblem per bad row), streaming, up to ``request.limit``.
 
@@ -330,10 +350,31 @@ def prepare_messages(
         "today": local_now.date().isoformat(),
     }
 
+    plan = HeaderPlan(
+        specs=merged(route.headers if route else (), template.headers, header_options(request)),
+        unsubscribe=route.unsubscribe if route else None,
+        auto_submitted=route.auto_submitted if route else False,
+    )
+
     def compose(
-        to: list[Address], subject: str, text: str, html: str | None, attachments: list[Path], where: str
+        to: list[Address],
+        subject: str,
+        text: str,
+        html: str | None,
+        attachments: list[Path],
+        where: str,
+        variables: Mapping[str, Any],
     ) -> PreparedEmail:
+        extra: list[tuple[str, str]] = []
+        if plan.specs or plan.unsubscribe or plan.auto_submitted:
+            try:
+                extra = plan.render(
+                    lambda value, source: render_string(value, variables, where=where, source=source), where
+                )
+            except ValueError as exc:
+                raise InputError(str(exc)) from None
         return build_message(
+            extra_headers=extra,
             from_addr=from_addr,
             reply_to=reply_to,
             to=to,
@@ -395,7 +436,7 @@ def _single(
     try:
         content = render(template, variables, where=SINGLE_LABEL, from_data=False)
         paths = attachments.for_message(variables, SINGLE_LABEL, None)
-        prepared = compose(to, content.subject, content.text, content.html, paths, SINGLE_LABEL)
+        prepared = compose(to, content.subject, content.text, content.html, paths, SINGLE_LABEL, variables)
     except InputError as exc:
         yield RowProblem(row=None, label=SINGLE_LABEL, message=str(exc))
         return
@@ -455,7 +496,7 @@ def _prepare_row(
     }
     content = render(template, variables, where=row.label)
     paths = attachments.for_message(variables, row.label, row)
-    prepared = compose([recipient], content.subject, content.text, content.html, paths, row.label)
+    prepared = compose([recipient], content.subject, content.text, content.html, paths, row.label, variables)
     return PreparedMessage(
         row=row.number,
         label=row.label,

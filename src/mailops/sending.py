@@ -118,7 +118,8 @@ def enqueue(
     local_now = datetime.fromtimestamp(now, config.timezone)
 
     def rows() -> Any:
-        for item in prepare_messages(request, config, sender, now=local_now):
+        route = config.routes.get(plan.route) if plan.route else None
+        for item in prepare_messages(request, config, sender, now=local_now, route=route):
             if isinstance(item, RowProblem):
                 result.problem_count += 1
                 if len(result.problems) < MAX_PROBLEMS_SHOWN:

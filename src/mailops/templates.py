@@ -42,11 +42,13 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment, safe_range
 from jinja2.utils import Namespace
 
 from .errors import InputError, MailopsError
+from .headers import HeaderSpec, mapping_specs
 from .limits import RENDER_MAX_CHARS, RENDER_SECONDS
 
 SUBJECT_FILE = "subject.txt"
 BODY_FILE = "body.txt"
 HTML_FILE = "body.html"
+HEADERS_FILE = "headers.yaml"
 
 _UNDEFINED_RE = re.compile(r"^'(?P<name>.+)' is undefined$")
 # str.splitlines() breaks on all of these; a subject must not contain any.
@@ -220,6 +222,7 @@ def _bounded_filters(filters: dict[str, Any]) -> dict[str, Any]:
 
     if bounded_replace_needs_ctx is not None:
         bounded_replace.jinja_pass_arg = bounded_replace_needs_ctx  # type: ignore[attr-defined]
+
     def bounded_join(eval_ctx: Any, value: Any, d: str = "", attribute: Any = None) -> Any:
         if isinstance(value, (list, tuple)):
             texts = sum(len(item) for item in value if isinstance(item, str))
@@ -335,6 +338,7 @@ class MessageTemplate:
     _subject: Template = field(repr=False, compare=False)
     _body: Template = field(repr=False, compare=False)
     _html: Template | None = field(default=None, repr=False, compare=False)
+    headers: tuple[HeaderSpec, ...] = ()  # from the folder's headers.yaml; values rendered per message
 
 
 @dataclass(frozen=True)
@@ -404,6 +408,7 @@ def load_template(templates_dir: Path, name: str) -> MessageTemplate:
             raise InputError(f"{folder / filename}: cannot read: {exc.strerror or exc}; check the file") from None
 
     return MessageTemplate(
+        headers=_load_headers(folder, name),
         name=name,
         subject_source=f"{name}/{SUBJECT_FILE}",
         body_source=f"{name}/{BODY_FILE}",
@@ -412,6 +417,32 @@ def load_template(templates_dir: Path, name: str) -> MessageTemplate:
         _body=compile_one(BODY_FILE),
         _html=compile_one(HTML_FILE) if has_html else None,
     )
+
+
+def _load_headers(folder: Path, name: str) -> tuple[HeaderSpec, ...]:
+    """The optional ``headers.yaml`` of a template folder: a mapping of header names to Jinja values."""
+    path = folder / HEADERS_FILE
+    if not path.is_file():
+        return ()
+    import yaml
+
+    from .files import FileRefused, read_regular_file
+    from .limits import BODY_FILE_MAX_BYTES
+
+    try:
+        raw = yaml.safe_load(read_regular_file(path, BODY_FILE_MAX_BYTES).decode("utf-8-sig"))
+    except FileRefused as exc:
+        raise InputError(f"{path}: {exc.reason}") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: not UTF-8 text; save the file as UTF-8") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark is not None else ""
+        raise InputError(f"{path}{line}: not valid YAML; write one 'Name: value' per line") from None
+    try:
+        return tuple(mapping_specs(raw, str(path), sep=": "))
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
 
 
 def _compile_inline(text: str, source: str) -> Template:

@@ -102,7 +102,8 @@ def test_parse_address_forms() -> None:
     [
         ("bob@", "There must be something after the @-sign."),
         ("bob", "An email address must have an @-sign."),
-        ("Bob <bob@localhost>", "The part after the @-sign is not valid. It should have a period."),
+        ("Bob <bob@mailhost>", "The part after the @-sign is not valid. It should have a period."),
+        ("Bob <bob@x.invalid>", "The part after the @-sign is a special-use or reserved name that cannot be used with email."),
         ("Jane <jane@>", "There must be something after the @-sign."),
     ],
 )

@@ -21,8 +21,10 @@ DOMAINS = [
     "x.io", "1and1.de", "a-b.example", "bücher.example", "ÖBB.at", "BÜCHER.de", "xn--bcher-kva.example",
     "u\u0308x.com", "例え.jp", "ａｂｃ。com", "Ｅxample.com", "пример.рф", "xn--e1afmkfd.xn--p1ai",
     "مثال.إختبار", "1.xn--4dbc.com", "xn--4dbc.1.com",
+    # intranet and test names: accepted (compose._INTRANET_STAND_INS, test_environment)
+    "localhost", "example.local", "a.test", "Corp.LOCAL", "x.home.arpa", "bücher.local", "a.localhost", "ab。local",
     # refused: special-use, shapes, literals, characters
-    "localhost", "x.invalid", "example.local", "foo.onion", "a.test", "x.arpa", "localhost.localdomain",
+    "x.invalid", "foo.onion", "x.arpa", "in-addr.arpa", "localhost.localdomain", "local", "xlocal", "home.arpa",
     "example.com.", ".example.com", "example..com", "-a.com", "a-.com", "ab--c.com", "xn--abc.com", "xn--.com",
     "1.2.3.4", "example.123", "example", "[127.0.0.1]", "[IPv6:::1]", "[1.2.3]", "", " example.com", "example.com ",
     "a_b.com", "a b.com", "exa<mple.com", "<example.com>", '"example".com', "e\u200bxample.com", "⒈.com",
@@ -97,13 +99,30 @@ def _domain(rng: random.Random) -> str:
     return _long_domain(rng)
 
 
+def _reference(addr: str) -> tuple[str, str, str]:
+    """email-validator's reading of ``addr``, with mailops' one exception: intranet and test names are addresses.
+
+    Such a domain is checked as the library checks its same-length stand-in
+    (compose._INTRANET_STAND_INS), the name put back in the result.
+    """
+    domain = addr.rpartition("@")[2]
+    for suffix, stand_in in compose._INTRANET_STAND_INS.items():
+        tail = domain[-len(suffix) :]
+        if tail.lower() == suffix and (domain == tail or domain[-len(suffix) - 1] in ".\u3002\uff0e\uff61"):
+            r = validate_email(addr[: -len(suffix)] + stand_in, check_deliverability=False, allow_smtputf8=False)
+            back = [v[: -len(suffix)] + suffix for v in (r.ascii_email or r.normalized, r.domain, r.ascii_domain)]
+            return back[0], back[1], back[2]
+    r = validate_email(addr, check_deliverability=False, allow_smtputf8=False, test_environment=True)
+    return r.ascii_email or r.normalized, r.domain, r.ascii_domain
+
+
 def _lengths(domain: str) -> tuple[int, int, int] | None:
     """UTF-8 lengths of a domain as given, normalized (Unicode) and IDNA ASCII; None if the library refuses it."""
     try:
-        r = validate_email("a@" + domain, check_deliverability=False, allow_smtputf8=False)
+        _, normalized, ascii_domain = _reference("a@" + domain)
     except EmailNotValidError:
         return None
-    return len(domain.encode()), len(r.domain.encode()), len(r.ascii_domain)
+    return len(domain.encode()), len(normalized.encode()), len(ascii_domain)
 
 
 def _at_the_length_limit(rng: random.Random, domains: list[str]) -> list[str]:
@@ -139,10 +158,9 @@ def _generated_addresses(seed: int) -> list[str]:
 
 def _library(addr: str) -> tuple[str, str]:
     try:
-        result = validate_email(addr, check_deliverability=False, allow_smtputf8=False)
+        return "ok", _reference(addr)[0]
     except EmailNotValidError as exc:
         return "error", str(exc)
-    return "ok", result.ascii_email or result.normalized
 
 
 def _fast(addr: str) -> tuple[str, str]:
@@ -196,4 +214,10 @@ def test_fast_path_examples() -> None:
     assert compose._validated_addr_spec("PostMaster@bücher.example") == "postmaster@xn--bcher-kva.example"
     assert compose._validated_addr_spec("info.x@ÖBB.at") == "info.x@xn--bb-eka.at"
     with pytest.raises(EmailNotValidError, match="special-use or reserved"):
-        compose._validated_addr_spec("jane@example.local")
+        compose._validated_addr_spec("jane@example.invalid")
+    # intranet and test names are addresses; the special-use name keeps its place, lower-cased
+    assert compose._validated_addr_spec("ops@Corp.LOCAL") == "ops@corp.local"
+    assert compose._validated_addr_spec("root@localhost") == "root@localhost"
+    assert compose._validated_addr_spec("a@bücher.home.arpa") == "a@xn--bcher-kva.home.arpa"
+    assert compose._validated_addr_spec("qa@staging.test") == "qa@staging.test"
+    assert compose._library_addr_spec("Postmaster@Corp.Local") == "postmaster@corp.local"

@@ -268,11 +268,54 @@ def check_header_text(value: str, *, where: str) -> str:
     return value
 
 
-def _library_addr_spec(addr: str) -> str:
+# Special-use names that intranets and test setups give real mailboxes (RFC 6761 localhost, RFC 6762 .local,
+# RFC 8375 .home.arpa). email-validator refuses them because they are not deliverable on the public
+# Internet, which a company relay or a test server does not need; `.test` passes with its
+# test_environment option, `.internal` and `.lan` pass as they are. Each maps to a stand-in of the
+# same length and label shape that the library accepts, so every other check (length limits,
+# labels, IDNA) is still the library's own; `.invalid`, `.onion` and the rest of `.arpa` stay refused.
+_INTRANET_STAND_INS = {"localhost": "zzzz.zzzz", "local": "zzzzz", "home.arpa": "home.zzzz"}
+_DOMAIN_DOTS = ".\u3002\uff0e\uff61"  # the dots IDNA reads as label separators
+
+
+def _intranet_suffix(domain: str) -> str | None:
+    """The special-use name in ``_INTRANET_STAND_INS`` that ``domain`` is or ends in, if any."""
+    for suffix in _INTRANET_STAND_INS:
+        head, tail = domain[: -len(suffix)], domain[-len(suffix) :]
+        if tail.lower() == suffix and (not head or head[-1] in _DOMAIN_DOTS):
+            return suffix
+    return None
+
+
+def _validate(addr: str) -> tuple[str, str, str]:
+    """(addr-spec as mail carries it, normalized domain, IDNA ASCII domain) of ``addr``, or EmailNotValidError."""
     # allow_smtputf8=False: a non-ASCII local part needs SMTPUTF8 end to end, which we do not rely on;
-    # non-ASCII domains are fine, they become IDNA (xn--) below.
-    result = validate_email(addr, check_deliverability=False, allow_smtputf8=False)
-    return result.ascii_email or result.normalized
+    # non-ASCII domains are fine, they become IDNA (xn--).
+    suffix = _intranet_suffix(addr.rpartition("@")[2])
+    stand_in = _INTRANET_STAND_INS[suffix] if suffix else ""
+    checked = addr[: len(addr) - len(stand_in)] + stand_in
+    result = validate_email(checked, check_deliverability=False, allow_smtputf8=False, test_environment=True)
+    values = (result.ascii_email or result.normalized, result.domain, result.ascii_domain)
+    if suffix is None:
+        return values
+    # the library lower-cases the ASCII stand-in; put the real name back in its place
+    return tuple(value[: len(value) - len(stand_in)] + suffix for value in values)  # type: ignore[return-value]
+
+
+def _library_addr_spec(addr: str) -> str:
+    return _validate(addr)[0]
+
+
+def is_intranet_domain(domain: str) -> bool:
+    """True if ``domain`` (IDNA ASCII) is a special-use or internal name that no public mail service delivers to.
+
+    localhost, .local, .home.arpa and .test (RFC 6761, 6762, 8375), .internal
+    (reserved by ICANN for private use), and the names RFC 6762 appendix G
+    lists as used on private networks (.intranet, .private, .corp, .home, .lan).
+    """
+    name = domain.lower().rstrip(".")
+    internal = ("localhost", "local", "home.arpa", "test", "internal", "intranet", "private", "corp", "home", "lan")
+    return any(name == tld or name.endswith("." + tld) for tld in internal)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -284,11 +327,11 @@ def _checked_domain(domain: str) -> tuple[str, int] | None:
     normalized form (Unicode domain) and to its IDNA ASCII form, in UTF-8 bytes.
     """
     try:
-        result = validate_email("a@" + domain, check_deliverability=False, allow_smtputf8=False)
+        _, normalized, ascii_domain = _validate("a@" + domain)
     except EmailNotValidError:
         return None
-    longest = max(len(domain.encode("utf-8")), len(result.domain.encode("utf-8")), len(result.ascii_domain))
-    return result.ascii_domain, longest
+    longest = max(len(domain.encode("utf-8")), len(normalized.encode("utf-8")), len(ascii_domain))
+    return ascii_domain, longest
 
 
 _CASE_INSENSITIVE_LOCAL = frozenset(CASE_INSENSITIVE_MAILBOX_NAMES)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import re
+
 import pytest
 
 PASSWORD = "s3cret-pass"
@@ -58,3 +61,252 @@ def test_names_that_never_hold_a_mailbox_stay_refused(workspace, cli, where, add
         f"mailops: error: {path}: {key}: {address!r} is not a valid email address: The part after the @-sign is a special-use or "
         "reserved name that cannot be used with email."
     )
+
+
+# ---------------------------------------------------------------- provider presets
+
+M365_HINT = (
+    "Microsoft 365 refuses the login: SMTP AUTH may be disabled for the mailbox (the admin turns on "
+    "'Authenticated SMTP' for it), or basic authentication is off for the tenant: log in with OAuth2 "
+    "(an 'oauth2:' mapping); with basic auth allowed, check the password with 'mailops password set ms'"
+)
+
+
+def _load(tmp_path, text):
+    from mailops.config import load_config
+
+    path = tmp_path / "senders.yaml"
+    path.write_text(text, encoding="utf-8")
+    return load_config(path)
+
+
+def test_presets_fill_what_is_unset_and_explicit_keys_win(tmp_path):
+    config = _load(
+        tmp_path,
+        """
+defaults:
+  provider: gmail
+  daily_limit: 400
+senders:
+  g:
+    email: g@example.com
+  ms:
+    email: ms@example.com
+    provider: microsoft365
+    per_minute: 10
+  ses:
+    email: ses@example.com
+    provider: amazon-ses
+    region: eu-west-1
+    username: AKIAEXAMPLE
+  sg:
+    email: sg@example.com
+    provider: sendgrid
+    host: smtp.eu.example.net
+  mg:
+    email: mg@example.com
+    provider: mailgun
+    region: eu
+""",
+    )
+    g, ms, ses, sg, mg = (config.senders[k] for k in ("g", "ms", "ses", "sg", "mg"))
+    # provider in defaults: the preset sits below defaults' own keys
+    assert (g.host, g.port, g.security, g.daily_limit, g.limit_unit) == (
+        "smtp.gmail.com",
+        587,
+        "starttls",
+        400,
+        "messages",
+    )
+    assert dict(g.sources)["host"] == "provider gmail" and dict(g.sources)["daily_limit"] == "defaults"
+    # provider on the sender: the preset sits above defaults, below the sender's own keys
+    assert (ms.host, ms.daily_limit, ms.limit_unit, ms.per_minute, ms.max_message_size) == (
+        "smtp.office365.com", 10000, "recipients", 10, 35 * 1024 * 1024,
+    )  # fmt: skip
+    assert {k: dict(ms.sources)[k] for k in ("daily_limit", "per_minute", "username", "provider")} == {
+        "daily_limit": "provider microsoft365",
+        "per_minute": "explicit",
+        "username": "built-in default",
+        "provider": "explicit",
+    }
+    assert (ses.host, ses.username, ses.limit_unit, ses.daily_limit) == (
+        "email-smtp.eu-west-1.amazonaws.com", "AKIAEXAMPLE", "recipients", 400,
+    )  # fmt: skip
+    assert (sg.host, sg.username, dict(sg.sources)["host"]) == ("smtp.eu.example.net", "apikey", "explicit")
+    assert mg.host == "smtp.eu.mailgun.org"
+
+
+@pytest.mark.parametrize(
+    ("sender", "message"),
+    [
+        (
+            "provider: office365",
+            "senders.s.provider: unknown provider 'office365'; known providers: gmail, google-workspace, microsoft365, "
+            "outlook, yahoo, icloud, fastmail, zoho, amazon-ses, sendgrid, mailgun",
+        ),
+        (
+            "provider: amazon-ses\n    username: AKIA",
+            "senders.s.region: amazon-ses needs 'region:' (the AWS region of your SES identity, such as eu-west-1 or "
+            "us-east-1)",
+        ),
+        (
+            "provider: amazon-ses\n    region: Frankfurt\n    username: AKIA",
+            "senders.s.region: region 'Frankfurt' is not an AWS region name such as eu-west-1 or us-east-1",
+        ),
+        (
+            "provider: amazon-ses\n    region: us-east-1",
+            "senders.s.username: required with provider amazon-ses; set it to the SMTP user name of your SES SMTP "
+            "credentials (not the email address)",
+        ),
+        (
+            "provider: gmail\n    region: eu",
+            "senders.s.region: 'region' applies only to amazon-ses and mailgun, not gmail; remove it",
+        ),
+        (
+            "provider: microsoft365\n    limit_unit: people",
+            "senders.s.limit_unit: must be one of 'messages' or 'recipients' (got 'people')",
+        ),
+        (
+            "provider: gmail\n    max_message_size: 0",
+            "senders.s.max_message_size: must be from 1 to 2,000,000,000 (got 0)",
+        ),
+    ],
+)
+def test_bad_provider_settings_are_one_line_and_exit_2(workspace, cli, sender, message):
+    path = workspace.config_path
+    path.write_text(f"senders:\n  s:\n    email: s@example.com\n    {sender}\n", encoding="utf-8")
+
+    result = cli("--config", path, "doctor")
+
+    assert (result.exit_code, result.stdout) == (2, "")
+    assert result.stderr == f"mailops: error: {path}: {message}\n"
+
+
+def test_test_smtp_gives_the_providers_hint_when_the_login_is_refused(workspace, smtp_server, cli):
+    """Explicit host/port/security aim a microsoft365 sender at the local server; its 535 gets Microsoft's hint."""
+    server = smtp_server(users={"ms@example.com": "right"})
+    workspace.write_config(
+        {"ms": workspace.sender(server, email="ms@example.com", password="wrong", provider="microsoft365")}
+    )
+
+    result = cli("test-smtp", "ms")
+
+    assert result.exit_code == 1
+    assert f"  hint: {M365_HINT}\n" in result.stdout
+    assert "535" in result.stdout
+    assert server.messages == []
+
+
+def test_doctor_shows_each_setting_and_where_it_came_from(workspace, cli):
+    workspace.write_config(
+        {"ms": {"email": "ms@example.com", "provider": "microsoft365", "per_minute": 10, "__password": "x"}},
+        routes={"default": "ms"},
+        defaults={"timeout": 12, "daily_limit": 50},
+    )
+
+    text = cli("doctor").stdout
+    data = cli("doctor", "--json").stdout
+
+    block = text[text.index("sender   ms") :].splitlines()[:16]
+    assert block[0] == "sender   ms (provider microsoft365): effective settings"
+    rows = {line.split()[0]: line.split()[1:] for line in block[1:]}
+    assert rows["host"] == ["smtp.office365.com", "provider", "microsoft365"]
+    assert rows["daily_limit"] == ["10000", "provider", "microsoft365"]  # the sender's preset is over defaults
+    assert rows["per_minute"] == ["10", "explicit"]
+    assert rows["timeout"] == ["12", "defaults"]
+    assert rows["monthly_limit"] == ["not", "set", "built-in", "default"]
+    assert rows["username"] == ["ms@example.com", "built-in", "default"]
+    senders = json.loads(data)["senders"]
+    assert senders["ms"]["limit_unit"] == {"value": "recipients", "source": "provider microsoft365"}
+    assert senders["ms"]["security"] == {"value": "starttls", "source": "provider microsoft365"}
+
+
+def test_intranet_addresses_through_a_public_provider_warn_in_doctor_and_dry_run(workspace, cli):
+    workspace.write_config(
+        {"ms": {"email": "ms@example.com", "provider": "microsoft365", "__password": "x"}},
+        routes={"default": "ms"},
+        groups={"admins": ["root@localhost", "Ops <ops@corp.local>", "a@example.com"]},
+    )
+    (workspace.root / "templates").mkdir()
+
+    doctor = cli("doctor")
+    dry = cli("send", "--dry-run", "--group", "admins", "--to", "b@example.com", "--subject", "s", "--body", "b")
+    public = cli("send", "--dry-run", "--to", "b@example.com", "--subject", "s", "--body", "b")
+
+    assert doctor.exit_code == 0, doctor.output
+    assert (
+        "WARNING  group admins: root@localhost and 1 more is an intranet or test address; sent through a public "
+        "provider (ms) it cannot arrive: route such mail through your own relay\n"
+    ) in doctor.stdout
+    assert (dry.exit_code, dry.stderr) == (
+        0,
+        "mailops: warning: ms sends through Microsoft 365, which delivers on the public Internet: root@localhost and "
+        "1 more is an intranet or test address it cannot deliver; route such mail through your own relay\n",
+    )
+    assert (public.exit_code, public.stderr) == (0, "")
+    assert workspace.states() == {}
+
+
+def test_intranet_addresses_through_your_own_relay_do_not_warn(workspace, intranet_srv, cli):
+    workspace.write_config(
+        {"ops": workspace.sender(intranet_srv, email="ops@corp.local", password=PASSWORD)},
+        routes={"default": "ops"},
+        groups={"admins": ["root@localhost"]},
+    )
+    (workspace.root / "templates").mkdir()
+
+    doctor = cli("doctor")
+    dry = cli("send", "--dry-run", "--group", "admins", "--subject", "s", "--body", "b")
+
+    assert "WARNING" not in doctor.stdout
+    assert (dry.exit_code, dry.stderr) == (0, "")
+
+
+def test_doctor_does_not_warn_about_a_group_when_a_relay_can_carry_it(workspace, intranet_srv, cli):
+    """With both a public provider and an own relay, a group's intranet members may well go through the relay."""
+    workspace.write_config(
+        {
+            "ops": workspace.sender(intranet_srv, email="ops@corp.local", password=PASSWORD),
+            "ms": {"email": "ms@example.com", "provider": "microsoft365", "__password": "x"},
+        },
+        routes={"default": "ms", "alerts": "ops"},
+        groups={"admins": ["root@localhost"]},
+    )
+    (workspace.root / "templates").mkdir()
+
+    doctor = cli("doctor")
+    dry_relay = cli("send", "--dry-run", "--route", "alerts", "--group", "admins", "--subject", "s", "--body", "b")
+    dry_public = cli("send", "--dry-run", "--group", "admins", "--subject", "s", "--body", "b")
+
+    assert (doctor.exit_code, "WARNING" in doctor.stdout) == (0, False)
+    assert (dry_relay.exit_code, dry_relay.stderr) == (0, "")
+    assert (dry_public.exit_code, dry_public.stderr) == (
+        0,
+        "mailops: warning: ms sends through Microsoft 365, which delivers on the public Internet: root@localhost "
+        "is an intranet or test address it cannot deliver; route such mail through your own relay\n",
+    )
+
+
+def test_a_message_over_max_message_size_is_an_input_error_before_queueing(workspace, srv_any, cli):
+    workspace.write_config(
+        {"s": workspace.sender(srv_any, email="s@example.com", password=PASSWORD, max_message_size=3000)},
+        routes={"default": "s"},
+    )
+    big = workspace.root / "big.bin"
+    big.write_bytes(b"x" * 4000)
+
+    result = cli("send", "--to", "a@example.com", "--subject", "s", "--body", "b", "--attach", big)
+
+    assert result.exit_code == 2
+    assert re.fullmatch(
+        r"mailops: error: message: the message is [67],\d{3} bytes; sender s takes at most 3,000 \(max_message_size\); "
+        r"send smaller attachments or links to them \(nothing was sent\)\n",
+        result.stderr,
+    ), result.stderr
+    assert srv_any.messages == []
+    assert workspace.states() == {}
+
+
+@pytest.fixture
+def srv_any(smtp_server):
+    return smtp_server(users={"s@example.com": PASSWORD})

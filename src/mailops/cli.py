@@ -432,6 +432,17 @@ def test_smtp(
         raise typer.Exit(1)
 
 
+def _setting_text(value: Any) -> str:
+    """A setting as senders.yaml writes it: true/false, 30 rather than 30.0, 'not set' for None."""
+    if value is None:
+        return "not set"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
 @app.command()
 def doctor(
     connect: Annotated[bool, typer.Option("--connect", help="Also run test-smtp on every active sender.")] = False,
@@ -457,10 +468,22 @@ def doctor(
                     f"{result.sender}: {_safe(result.error)}" + (f"; {_safe(result.hint)}" if result.hint else "")
                 )
     if json_out:
-        _print_json({"ok": report.ok, "problems": report.problems})
+        settings = {
+            key: {name: {"value": value, "source": source} for name, value, source in rows}
+            for key, rows in report.settings.items()
+        }
+        _print_json({"ok": report.ok, "problems": report.problems, "warnings": report.warnings, "senders": settings})
     else:
         for line in report.ok:
             _out(f"ok       {line}")
+        for key, rows in report.settings.items():
+            provider = config.senders[key].provider
+            _out(f"sender   {key}" + (f" (provider {provider})" if provider else "") + ": effective settings")
+            for name, value, source in rows:
+                shown = _setting_text(value)
+                _out(f"           {name:<19}{_safe(shown)!s:<36}{source}")
+        for line in report.warnings:
+            _out(f"WARNING  {_safe(line)}")
         for line in report.problems:
             _out(f"PROBLEM  {line}")
         _out(f"{len(report.problems)} problem(s)" if report.problems else "no problems found")
@@ -766,6 +789,8 @@ def send(
             for problem in result.problems:
                 _err(f"  {_safe(problem.message)}")
     if dry_run:
+        for warning in result.warnings:
+            _err(f"mailops: {_safe(warning)}")
         room = result.quota_room
         would_defer = 0 if room is None or room == float("inf") else max(0, result.total - int(room))
         info = {**result.to_dict(), "dry_run": True, "would_defer_for_quota": would_defer}

@@ -28,6 +28,9 @@ if TYPE_CHECKING:
     from pydantic_core import ErrorDetails
 
 Security = Literal["starttls", "ssl", "none"]
+LimitUnit = Literal["messages", "recipients"]
+#: The largest max_message_size: 2 GB, beyond what any SMTP server accepts.
+MAX_MESSAGE_SIZE = 2_000_000_000
 Strategy = Literal["failover", "round-robin", "random", "least-used"]
 
 DEFAULT_PORTS = {"starttls": 587, "ssl": 465, "none": 25}
@@ -98,6 +101,10 @@ class SenderFields(_Strict):
     password_command: str | None = None
     connections: int | None = Field(default=None, ge=1, le=16)
     max_per_connection: int | None = Field(default=None, ge=1, le=100_000)
+    provider: str | None = None
+    region: str | None = None
+    limit_unit: LimitUnit | None = None
+    max_message_size: int | None = Field(default=None, ge=1, le=MAX_MESSAGE_SIZE)
 
     @field_validator(
         "port",
@@ -109,6 +116,7 @@ class SenderFields(_Strict):
         "timeout",
         "connections",
         "max_per_connection",
+        "max_message_size",
         mode="before",
     )
     @classmethod
@@ -145,6 +153,11 @@ class Sender:
     password_command: str | None = None
     connections: int = 1
     max_per_connection: int = 100
+    provider: str | None = None  # the preset that filled unset keys (providers.PROVIDERS)
+    limit_unit: str = "messages"  # what daily_limit and monthly_limit count: messages or recipients
+    max_message_size: int | None = None  # bytes of the whole message as sent; larger is an input error
+    #: (key, where its value came from): "explicit", "defaults", "provider NAME" or "built-in default"
+    sources: tuple[tuple[str, str], ...] = field(default=(), compare=False)
 
     @property
     def domain(self) -> str:
@@ -459,17 +472,74 @@ def _refuse_password(raw: dict[str, Any], path: Path, where: str, sender_keys: l
         )
 
 
-def _build_sender(key: str, merged: dict[str, Any], base: Path, path: Path) -> Sender:
+def _layers(
+    key: str, defaults: dict[str, Any], settings: dict[str, Any], path: Path
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """The sender's keys merged from defaults, provider preset and its own keys, and where each came from.
+
+    The preset sits just below the level that names it: ``provider:`` on the
+    sender fills what the sender leaves unset, over ``defaults``; ``provider:``
+    in ``defaults`` fills what neither the sender nor ``defaults`` set.
+    """
+    from . import providers
+
+    provider = settings.get("provider", defaults.get("provider"))
+    region = settings.get("region", defaults.get("region"))
+    preset: dict[str, Any] = {}
+    if provider is not None:
+        level = "senders." + key if "provider" in settings else "defaults"
+        if not isinstance(provider, str):
+            raise ConfigError(
+                f"{path}: {level}.provider: must be a provider name; known providers: {providers.known()}"
+            )
+        if region is not None and not isinstance(region, str):
+            raise ConfigError(f"{path}: {level}.region: must be text such as eu-west-1 (got {region!r})")
+        try:
+            preset = providers.preset(provider, region)
+        except providers.ProviderError as exc:
+            where = "region" if "region" in str(exc) and "unknown provider" not in str(exc) else "provider"
+            if where in settings:
+                level = "senders." + key
+            elif where in defaults:
+                level = "defaults"
+            raise ConfigError(f"{path}: {level}.{where}: {exc}") from None
+    label = f"provider {provider}"
+    order = (
+        [("defaults", defaults), (label, preset)]
+        if "provider" in settings
+        else [(label, preset), ("defaults", defaults)]
+    )
+    merged: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for source, layer in [*order, ("explicit", settings)]:
+        for name, value in layer.items():
+            merged[name] = value
+            sources[name] = source
+    return merged, sources
+
+
+def _build_sender(
+    key: str, merged: dict[str, Any], base: Path, path: Path, sources: dict[str, str] | None = None
+) -> Sender:
     where = f"senders.{key}"
     fields = _validate(SenderFields, merged, path, ("senders", key))
+    sources = dict(sources or {})
     for required in ("email", "host"):
         if getattr(fields, required) in (None, ""):
             raise ConfigError(f"{path}: {where}.{required}: required key is missing; add it (or put it in defaults)")
+    if fields.provider and fields.username is None:
+        from .providers import PROVIDERS
+
+        needs = PROVIDERS[fields.provider].needs_username
+        if needs:
+            raise ConfigError(f"{path}: {where}.username: required with provider {fields.provider}; set it to {needs}")
     _check_host(fields.host, path, f"{where}.host")
     email = _check_address(fields.email, path, f"{where}.email", display_name=False)
     if fields.reply_to:
         _check_address(fields.reply_to, path, f"{where}.reply_to")
     security = fields.security or "starttls"
+    if fields.security is None:
+        sources["security"] = "built-in default"
     if fields.allow_plaintext_auth and security != "none":
         raise ConfigError(
             f"{path}: {where}.allow_plaintext_auth: only meaningful with security: none; remove it "
@@ -489,7 +559,10 @@ def _build_sender(key: str, merged: dict[str, Any], base: Path, path: Path) -> S
 
     def pick(name: str, default: Any) -> Any:
         value = getattr(fields, name)
-        return default if value is None else value
+        if value is None:
+            sources[name] = "built-in default"
+            return default
+        return value
 
     return Sender(
         key=key,
@@ -514,6 +587,10 @@ def _build_sender(key: str, merged: dict[str, Any], base: Path, path: Path) -> S
         password_command=fields.password_command,
         connections=pick("connections", 1),
         max_per_connection=pick("max_per_connection", 100),
+        provider=fields.provider,
+        limit_unit=pick("limit_unit", "messages"),
+        max_message_size=fields.max_message_size,
+        sources=tuple(sources.items()),
     )
 
 
@@ -661,7 +738,8 @@ def parse_config(data: Any, path: Path) -> Config:
             )
         settings = _as_mapping(raw, path, f"senders.{key}", "sender keys")
         _refuse_password(settings, path, f"senders.{key}", [key])
-        senders[key] = _build_sender(key, {**defaults, **settings}, base, path)
+        merged, sources = _layers(key, defaults, settings, path)
+        senders[key] = _build_sender(key, merged, base, path, sources)
 
     routes = {
         name: _build_route(name, raw, senders, path)

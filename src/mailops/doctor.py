@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
-from .config import Config
+from .config import Config, Sender
 from .errors import MailopsError
 from .routing import DEFAULT_ROUTE
 
@@ -15,6 +16,53 @@ class DoctorReport:
 
     ok: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # worth knowing, not wrong: exit code unchanged
+    #: sender key -> (setting, effective value, where it came from) for every setting in SHOWN_SETTINGS
+    settings: dict[str, list[tuple[str, Any, str]]] = field(default_factory=dict)
+
+
+#: The settings doctor shows per sender, with where each came from.
+SHOWN_SETTINGS = (
+    "host", "port", "security", "username", "auth", "daily_limit", "monthly_limit", "limit_unit", "per_minute",
+    "min_interval", "max_message_size", "timeout", "connections", "max_per_connection", "tls_verify",
+)  # fmt: skip
+
+
+def sender_settings(sender: Sender) -> list[tuple[str, Any, str]]:
+    """(setting, value, source) for ``sender``: source is explicit, defaults, provider NAME or built-in default."""
+    sources = dict(sender.sources)
+    return [(name, getattr(sender, name), sources.get(name, "built-in default")) for name in SHOWN_SETTINGS]
+
+
+def _intranet_warnings(config: Config, active: list[Sender]) -> list[str]:
+    """Intranet or test addresses that would go through a public provider preset (it cannot deliver them)."""
+    from .compose import is_intranet_domain
+    from .providers import PROVIDERS, PUBLIC
+
+    warnings = []
+    public = [s for s in active if s.provider in PUBLIC]
+    for sender in public:
+        title = PROVIDERS[str(sender.provider)].title
+        for key in ("email", "reply_to"):
+            value = getattr(sender, key)
+            if value and is_intranet_domain(value.rpartition("@")[2].rstrip(">").strip()):
+                warnings.append(
+                    f"{sender.key}: {key} {value} is an intranet or test address, but the sender goes through "
+                    f"{title} on the public Internet; use your own relay for it, or a public address"
+                )
+    # A group is not tied to a route: only when every sender is a public provider is it sure that its
+    # intranet members cannot arrive (send --dry-run checks the actual route of a send).
+    if public and len(public) == len(active):
+        names = ", ".join(s.key for s in public)
+        for group, members in config.groups.items():
+            internal = [m for m in members if is_intranet_domain(m.rpartition("@")[2].rstrip(">").strip())]
+            if internal:
+                more = f" and {len(internal) - 1} more" if len(internal) > 1 else ""
+                warnings.append(
+                    f"group {group}: {internal[0]}{more} is an intranet or test address; sent through a public provider "
+                    f"({names}) it cannot arrive: route such mail through your own relay"
+                )
+    return warnings
 
 
 def run_doctor(config: Config) -> DoctorReport:
@@ -28,6 +76,10 @@ def run_doctor(config: Config) -> DoctorReport:
     report.ok.append(f"config {config.path}: {len(config.senders)} sender(s), {len(active)} active")
     if not active:
         report.problems.append(f"{config.path}: no active sender; set 'active: true' on at least one sender")
+
+    for sender in config.senders.values():
+        report.settings[sender.key] = sender_settings(sender)
+    report.warnings.extend(_intranet_warnings(config, active))
 
     for route in config.routes.values():
         usable = [k for k in route.senders if config.senders[k].active]
@@ -92,7 +144,9 @@ def run_doctor(config: Config) -> DoctorReport:
         pending = store.pending_migrations()
         if store.schema_version() is None:
             # never used yet: every command creates the schema on first use, nothing to fix
-            report.ok.append(f"database {mask_url(config.database_url)}: reachable, empty (schema created on first use)")
+            report.ok.append(
+                f"database {mask_url(config.database_url)}: reachable, empty (schema created on first use)"
+            )
         elif pending:
             report.problems.append(
                 f"database {mask_url(config.database_url)}: schema not up to date (pending: {', '.join(pending)}); "

@@ -14,9 +14,11 @@ timezone: UTC            # daily and monthly quotas roll over at midnight here
 templates: templates     # folder of templates/NAME/{subject.txt,body.txt,body.html}
 
 defaults:
-  host: smtp.gmail.com
-  port: 587
-  security: starttls
+  # A provider preset fills host, port, security and documented limits: gmail, google-workspace,
+  # microsoft365, outlook, yahoo, icloud, fastmail, zoho, amazon-ses (with region:), sendgrid,
+  # mailgun. Keys you write yourself win; 'mailops doctor' shows each value and where it came from.
+  # For your own server, drop provider and set host, port and security (starttls | ssl | none).
+  provider: gmail
 
 senders:
   sales:
@@ -66,7 +68,9 @@ def write_starter(directory: Path) -> list[Path]:
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
-        raise UsageError(f"{directory} is a file, not a folder; pass a folder for senders.yaml and templates/") from None
+        raise UsageError(
+            f"{directory} is a file, not a folder; pass a folder for senders.yaml and templates/"
+        ) from None
     except NotADirectoryError:
         raise UsageError(f"{directory}: a part of the path is a file, not a folder; pass a folder") from None
     except OSError as exc:

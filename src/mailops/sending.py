@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from . import quota
-from .config import Config
+from .config import Config, Sender
 from .errors import ConfigError, InvalidBatchError
 from .outbox import Outbox
 from .prepare import PreparedMessage, RowProblem, SendRequest, check_request, prepare_messages
@@ -39,6 +39,7 @@ class EnqueueResult:
     problem_count: int = 0
     previews: list[PreparedMessage] = field(default_factory=list)
     quota_room: float | None = None  # dry run: how many the route's senders may still send now
+    warnings: list[str] = field(default_factory=list)  # dry run: one line each, e.g. intranet via a public provider
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary of the queueing step."""
@@ -54,6 +55,19 @@ class EnqueueResult:
         }
 
 
+def _collect_intranet(prepared: PreparedMessage, senders: list[Sender], found: dict[str, list[str]]) -> None:
+    """Note the intranet addresses of ``prepared`` per sender with a public provider preset (a few each)."""
+    from .compose import is_intranet_domain
+    from .providers import PUBLIC
+
+    for sender in senders:
+        if sender.provider in PUBLIC:
+            seen = found.setdefault(sender.key, [])
+            for address in prepared.email.envelope_to:
+                if len(seen) < 100 and is_intranet_domain(address.rpartition("@")[2]) and address not in seen:
+                    seen.append(address)
+
+
 def check_credentials(config: Config, plan: Plan) -> str | None:
     """Refuse a route none of whose active senders can log in (ConfigError, exit 2, before anything is
     queued); when only some cannot, the warning line naming them (else None)."""
@@ -67,6 +81,48 @@ def check_credentials(config: Config, plan: Plan) -> str | None:
     if len(problems) == len(active):
         raise ConfigError(f"{where}: no sender can log in, nothing was queued: " + "; ".join(problems))
     return f"{where}: {len(problems)} of {len(active)} senders cannot log in and are skipped: " + "; ".join(problems)
+
+
+def _whole_limit(sender: Sender) -> tuple[str, int] | None:
+    """(key, value) of the smallest recipient-counted limit of ``sender``; None if its limits count messages."""
+    if sender.limit_unit != "recipients":
+        return None
+    limits = [
+        (name, value) for name in ("daily_limit", "monthly_limit") if (value := getattr(sender, name)) is not None
+    ]
+    return min(limits, key=lambda item: item[1]) if limits else None
+
+
+def message_problem(prepared: PreparedMessage, senders: list[Sender]) -> str | None:
+    """Why no sender of the route could ever send ``prepared`` (one line naming it), or None.
+
+    Any of ``senders`` may be the one that sends it (failover, balancing), so
+    the message must fit each: its size within every ``max_message_size``, and
+    its recipients within every whole limit that counts recipients (otherwise
+    it would wait in the outbox for ever).
+    """
+    mail = prepared.email
+    for sender in senders:
+        size = len(mail.mime)
+        if sender.max_message_size is not None and size > sender.max_message_size:
+            return (
+                f"{prepared.label}: the message is {size:,} bytes; sender {sender.key} takes at most "
+                f"{sender.max_message_size:,} (max_message_size{_origin(sender, 'max_message_size')}); "
+                "send smaller attachments or links to them"
+            )
+        whole = _whole_limit(sender)
+        if whole is not None and len(mail.envelope_to) > whole[1]:
+            return (
+                f"{prepared.label}: {len(mail.envelope_to):,} recipients, more than sender {sender.key}'s whole "
+                f"{whole[0]} of {whole[1]:,} recipients ({whole[0]}{_origin(sender, whole[0])}, limit_unit: recipients); "
+                "split the recipients over several messages"
+            )
+    return None
+
+
+def _origin(sender: Sender, key: str) -> str:
+    source = dict(sender.sources).get(key)
+    return f" from {source}" if source and source.startswith("provider") else ""
 
 
 def _row(prepared: PreparedMessage, plan: Plan, run_id: str, batch: str | None, now: float) -> dict[str, Any]:
@@ -117,9 +173,18 @@ def enqueue(
     sender = config.senders[plan.nominal]
     local_now = datetime.fromtimestamp(now, config.timezone)
 
+    candidates = [config.senders[k] for k in plan.candidates if config.senders[k].active]
+    internal: dict[str, list[str]] = {}  # dry run: sender key -> intranet addresses its public provider cannot reach
+
     def rows() -> Any:
         route = config.routes.get(plan.route) if plan.route else None
         for item in prepare_messages(request, config, sender, now=local_now, route=route):
+            if not isinstance(item, RowProblem):
+                problem = message_problem(item, candidates)
+                if problem is not None:
+                    item = RowProblem(row=item.row, label=item.label, message=problem)
+                elif dry_run:
+                    _collect_intranet(item, candidates, internal)
             if isinstance(item, RowProblem):
                 result.problem_count += 1
                 if len(result.problems) < MAX_PROBLEMS_SHOWN:
@@ -150,6 +215,12 @@ def enqueue(
             [p.message for p in result.problems], result.total + result.problem_count, result.problem_count
         )
     if dry_run:
+        from .providers import intranet_warning
+
+        for sender_key, addresses in internal.items():
+            warning = intranet_warning(config.senders[sender_key].provider, sender_key, addresses)
+            if warning:
+                result.warnings.append(warning)
         if store is not None:
             with store.read() as conn:
                 used = quota.usage(conn, list(plan.candidates), config.timezone, now)

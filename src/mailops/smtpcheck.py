@@ -195,6 +195,11 @@ def hint_for(sender: Sender, failure: SmtpFailure) -> str | None:
     if failure.kind == "auth":
         if failure.code is None and "no password" in text:
             return f"no password is stored for {key}: run 'mailops password set {key}'"
+        from .providers import auth_hint
+
+        provider_hint = auth_hint(sender.provider, key)
+        if provider_hint:
+            return provider_hint
         if any(name in host for name in _GMAIL_HOSTS):
             return (
                 "Gmail refuses the normal account password: create an app password "

@@ -346,7 +346,12 @@ def test_the_password_appears_in_no_output_database_or_config(workspace, smtp_se
         assert run(*debug, "test-smtp").exit_code == 1  # sales ok, support refused
         run(*debug, "test-smtp", "--json", "--send-to", "ops@example.org")
         assert run(*debug, "send", "--to", "cust@example.org", "--template", "note", "--var", "name=Ann").exit_code == 0
-        assert run(*debug, "send", "--sender", "support", "--to", "c2@example.org", "--subject", "s", "--body", "b").exit_code == 1
+        assert (
+            run(
+                *debug, "send", "--sender", "support", "--to", "c2@example.org", "--subject", "s", "--body", "b"
+            ).exit_code
+            == 1
+        )
         run(*debug, "send", "--json", "--to", "c3@example.org", "--subject", "s", "--body", "b")
         run(*debug, "log", "--json")
         run(*debug, "log")
@@ -366,7 +371,11 @@ def test_the_password_appears_in_no_output_database_or_config(workspace, smtp_se
             run(*debug, "queue", "show", str(msg_id))
     # a careless keyring backend puts the password in its own exception text; --debug shows tracebacks
     broken = run_with_stdin(
-        "--debug", "password", "set", "sales", "--stdin",
+        "--debug",
+        "password",
+        "set",
+        "sales",
+        "--stdin",
         stdin=SALES_PW + "\n",
         env={"PYTHON_KEYRING_BACKEND": "tests.keyring_backend.BrokenKeyring"},
     )
@@ -402,7 +411,9 @@ def test_password_set_status_and_delete(workspace, cli, isolated_home, monkeypat
     workspace.write_config(
         {
             "sales": workspace.sender(None, password=None),
-            "finance": workspace.sender(None, email="finance@example.com", password=None, password_command="pass show finance"),
+            "finance": workspace.sender(
+                None, email="finance@example.com", password=None, password_command="pass show finance"
+            ),
             "alerts": workspace.sender(None, email="alerts@example.com", password=None),
             "relay": workspace.sender(None, email="relay@example.com", password=None, auth=False, active=False),
         }
@@ -428,7 +439,11 @@ def test_password_set_status_and_delete(workspace, cli, isolated_home, monkeypat
 
     table = cli("password", "status")
     assert table.exit_code == 0
-    rows = {line.split("│")[1].strip(): line.split("│")[4].strip() for line in table.stdout.splitlines() if line.startswith("│")}
+    rows = {
+        line.split("│")[1].strip(): line.split("│")[4].strip()
+        for line in table.stdout.splitlines()
+        if line.startswith("│")
+    }
     assert rows == {"sales": "keyring", "finance": "command", "alerts": "env", "relay": "not needed (auth: false)"}
     assert table.stdout.splitlines()[-1] == f"keyring backend: {FILE_KEYRING}"
     assert "pw-for-sales" not in table.output and "from-the-environment" not in table.output
@@ -573,7 +588,12 @@ def test_doctor_healthy_setup_finds_no_problems(workspace, server, cli):
 
     assert result.exit_code == 0, result.output
     root = config.parent.resolve()
-    assert result.stdout.splitlines() == [
+    lines = result.stdout.splitlines()
+    # each sender's effective settings (tests/test_providers.py checks them): a heading and one line a setting
+    settings = lines.index("sender   sales: effective settings")
+    assert lines[settings + 1].split() == ["host", "127.0.0.1", "explicit"]
+    del lines[settings : settings + 16]
+    assert lines == [
         f"ok       config {config}: 1 sender(s), 1 active",
         "ok       route default: failover over sales",
         f"ok       templates {root / 'templates'}: renewal",
@@ -624,7 +644,9 @@ def test_doctor_connect_against_a_real_server_and_a_closed_port(workspace, serve
     assert f"ok       sales: connected to 127.0.0.1:{server.port} and logged in" in ok.stdout.splitlines()
     assert server.logins == 1
 
-    workspace.write_config({"sales": workspace.sender(None, port=closed_port, security="starttls")}, routes={"default": "sales"})
+    workspace.write_config(
+        {"sales": workspace.sender(None, port=closed_port, security="starttls")}, routes={"default": "sales"}
+    )
     bad = cli("doctor", "--connect", "--json")
     assert bad.exit_code == 1
     assert json.loads(bad.stdout)["problems"] == [
@@ -671,7 +693,11 @@ def _replace(old: str, new: str) -> Callable[[str], str]:
 
 # (id, edit of the good config, expected message after "mailops: error: ")
 MALFORMED = [
-    ("typo daly_limit", _add_to_sender("daly_limit: 500"), "{f}: senders.sales.daly_limit: unknown key; did you mean 'daily_limit'?"),
+    (
+        "typo daly_limit",
+        _add_to_sender("daly_limit: 500"),
+        "{f}: senders.sales.daly_limit: unknown key; did you mean 'daily_limit'?",
+    ),
     (
         "password key",
         _add_to_sender("password: hunter2"),
@@ -683,8 +709,16 @@ MALFORMED = [
         _replace("security: starttls", "security: tls"),
         "{f}: senders.sales.security: must be one of 'starttls', 'ssl' or 'none' (got 'tls')",
     ),
-    ("port too big", _replace("port: {port}", "port: 99999"), "{f}: senders.sales.port: must be from 1 to 65535 (got 99999)"),
-    ("port not a number", _replace("port: {port}", "port: smtp"), "{f}: senders.sales.port: must be a whole number (got 'smtp')"),
+    (
+        "port too big",
+        _replace("port: {port}", "port: 99999"),
+        "{f}: senders.sales.port: must be from 1 to 65535 (got 99999)",
+    ),
+    (
+        "port not a number",
+        _replace("port: {port}", "port: smtp"),
+        "{f}: senders.sales.port: must be a whole number (got 'smtp')",
+    ),
     (
         "unknown sender in route",
         _replace("default: sales", "default: salse"),
@@ -700,7 +734,11 @@ MALFORMED = [
         _replace("timezone: UTC", "timezone: Mars/Olympus"),
         "{f}: timezone: unknown time zone 'Mars/Olympus'; use an IANA name such as Europe/Berlin or UTC",
     ),
-    ("bad YAML", _replace("routes:\n", "routes:\n  x: [a\n"), "{f}:14:10: invalid YAML: expected ',' or ']', but got ':'"),
+    (
+        "bad YAML",
+        _replace("routes:\n", "routes:\n  x: [a\n"),
+        "{f}:14:10: invalid YAML: expected ',' or ']', but got ':'",
+    ),
     (
         "duplicate key",
         _add_to_sender("timeout: 6"),
@@ -739,9 +777,21 @@ MALFORMED = [
         "{f}: senders.sales.email: 'sales@@example.com' is not a valid email address: The part after the @-sign "
         "contains invalid characters: '@'.",
     ),
-    ("boolean as a limit", _add_to_sender("daily_limit: yes"), "{f}: senders.sales.daily_limit: must be a number (got true)"),
-    ("negative timeout", _replace("timeout: 5", "timeout: -1"), "{f}: senders.sales.timeout: must be more than 0 and at most 600 (got -1)"),
-    ("active not a boolean", _add_to_sender("active: maybe"), "{f}: senders.sales.active: must be true or false (got 'maybe')"),
+    (
+        "boolean as a limit",
+        _add_to_sender("daily_limit: yes"),
+        "{f}: senders.sales.daily_limit: must be a number (got true)",
+    ),
+    (
+        "negative timeout",
+        _replace("timeout: 5", "timeout: -1"),
+        "{f}: senders.sales.timeout: must be more than 0 and at most 600 (got -1)",
+    ),
+    (
+        "active not a boolean",
+        _add_to_sender("active: maybe"),
+        "{f}: senders.sales.active: must be true or false (got 'maybe')",
+    ),
     (
         "sender name with a space",
         _replace("  sales:\n", "  'sales team':\n"),
@@ -752,7 +802,11 @@ MALFORMED = [
         lambda text: "timezone: UTC\nsenders: {{}}\n",
         "{f}: senders: no senders defined; add at least one under 'senders:'",
     ),
-    ("a list, not a mapping", lambda text: "- sales\n- support\n", "{f}: (top level): must be a mapping of settings (got list)"),
+    (
+        "a list, not a mapping",
+        lambda text: "- sales\n- support\n",
+        "{f}: (top level): must be a mapping of settings (got list)",
+    ),
 ]
 
 
@@ -814,7 +868,9 @@ def test_debug_as_a_real_process(workspace):
     debug = run_mailops("--debug", "doctor")
 
     assert plain.exit_code == debug.exit_code == 2
-    assert one_error_line(plain).endswith("senders.sales.security: must be one of 'starttls', 'ssl' or 'none' (got 'tls')")
+    assert one_error_line(plain).endswith(
+        "senders.sales.security: must be one of 'starttls', 'ssl' or 'none' (got 'tls')"
+    )
     assert "Traceback (most recent call last):" in debug.stderr
     assert debug.stderr.splitlines()[-1] == plain.stderr.strip()
 
@@ -856,7 +912,20 @@ def test_version(cli):
     assert (result.exit_code, result.stdout) == (0, f"mailops {__version__}\n")
 
 
-COMMANDS = ["init", "dev-server", "demo", "test-smtp", "doctor", "send", "deliver", "reset-counts", "log", "stats", "password", "queue"]
+COMMANDS = [
+    "init",
+    "dev-server",
+    "demo",
+    "test-smtp",
+    "doctor",
+    "send",
+    "deliver",
+    "reset-counts",
+    "log",
+    "stats",
+    "password",
+    "queue",
+]
 
 
 def _listed_commands(help_text: str) -> list[str]:

@@ -19,8 +19,15 @@ def at(text: str, tz: ZoneInfo = BERLIN) -> float:
 
 
 def sender(**limits) -> Sender:
-    return Sender(key="sales", email="sales@example.com", host="127.0.0.1", port=25, security="none",
-                  username="sales@example.com", **limits)
+    return Sender(
+        key="sales",
+        email="sales@example.com",
+        host="127.0.0.1",
+        port=25,
+        security="none",
+        username="sales@example.com",
+        **limits,
+    )
 
 
 @pytest.fixture
@@ -105,3 +112,37 @@ def test_headroom():
     snd = sender(daily_limit=10, monthly_limit=100)
     assert quota.headroom(snd, {"day": 4, "month": 98}) == 2
     assert quota.headroom(sender(), {"day": 4, "month": 98}) == float("inf")
+
+
+def test_a_recipient_counted_limit_takes_one_unit_per_recipient(store):
+    snd = sender(daily_limit=10, monthly_limit=100, per_minute=50, limit_unit="recipients")
+    t = at("2026-11-23T10:00")
+
+    def reserve(n: int, when: float = t):
+        with store.write() as conn:
+            return quota.reserve(conn, snd, BERLIN, when, n)
+
+    first = reserve(4)
+    assert isinstance(first, quota.Reservation) and first.amounts == (4, 4, 1)  # day, month; minute counts messages
+    assert isinstance(reserve(4), quota.Reservation)
+    blocked = reserve(3)
+    assert isinstance(blocked, quota.Blocked) and blocked.kind == "day"
+    assert blocked.reason == "daily limit of 10 recipients has no room for 3 more for sales"
+    assert isinstance(reserve(2), quota.Reservation)  # exactly up to the limit
+    with store.read() as conn:
+        assert quota.usage(conn, ["sales"], BERLIN, t) == {"sales": {"day": 10, "month": 10}}
+    with store.write() as conn:
+        quota.release(conn, first)
+    with store.read() as conn:
+        assert quota.usage(conn, ["sales"], BERLIN, t) == {"sales": {"day": 6, "month": 6}}
+    assert isinstance(reserve(4), quota.Reservation)
+    assert isinstance(reserve(1), quota.Blocked)
+
+
+def test_a_message_limit_takes_one_unit_whatever_the_recipients(store):
+    snd = sender(daily_limit=2)
+    t = at("2026-11-23T10:00")
+    with store.write() as conn:
+        assert quota.reserve(conn, snd, BERLIN, t, 30).amounts == (1, 1)
+        assert isinstance(quota.reserve(conn, snd, BERLIN, t, 30), quota.Reservation)
+        assert quota.reserve(conn, snd, BERLIN, t, 1).reason == "daily limit of 2 reached for sales"

@@ -92,6 +92,78 @@ def test_six_deliver_processes_share_one_daily_limit_exactly(shared, srv, cli):
 
 
 @pytest.mark.slow
+def test_four_deliver_processes_never_overspend_a_recipient_counted_limit(shared, srv, cli):
+    """Each message goes to 3 recipients; 20 recipients a day fit 6 messages (18), never a 7th (21)."""
+    shared.write_config(
+        {
+            "sales": shared.sender(
+                srv, email="sales@example.com", password=PASSWORD, daily_limit=20, limit_unit="recipients"
+            )
+        },
+        routes={"default": "sales"},
+    )
+    queued = cli(
+        "send", "--data", _rows(shared, 40), "--cc", "cc1@example.org", "--cc", "cc2@example.org",
+        "--subject", "S {{ n }}", "--body", "B", "--queue-only",
+    )  # fmt: skip
+    assert queued.exit_code == 0, queued.output
+    assert shared.states() == {"queued": 40}
+
+    procs = [popen_mailops("deliver") for _ in range(4)]
+    outputs = [p.communicate(timeout=300) for p in procs]
+
+    _no_db_errors(procs, outputs)
+    assert len(srv.messages) == 6
+    assert all(len(m.rcpt_tos) == 3 for m in srv.messages)
+    assert len({m.rcpt_tos[0] for m in srv.messages}) == 6  # no message twice
+    assert shared.states() == {"sent": 6, "deferred": 34}
+    [(used,)] = shared.query("SELECT count FROM usage WHERE sender = ? AND period LIKE 'day:%'", "sales")
+    assert used == 18
+    [stats] = json.loads(cli("stats", "--json").stdout)
+    assert (stats["sent_today"], stats["daily_limit"], stats["limit_unit"]) == (18, 20, "recipients")
+    assert "18/20 (90%) recipients" in cli("stats").stdout
+
+
+def test_recipient_counted_reservations_are_atomic_and_given_back(database_url: str, tmp_path: Path) -> None:
+    store = Store.open(database_url)
+    sales = _config(tmp_path, daily_limit=30, limit_unit="recipients").senders["sales"]
+    now = time.time()
+    with store.write() as conn:
+        held = quota.reserve(conn, sales, UTC, now, 25)
+        assert isinstance(held, quota.Reservation)
+        blocked = quota.reserve(conn, sales, UTC, now, 6)
+        assert isinstance(quota.reserve(conn, sales, UTC, now, 5), quota.Reservation)
+    assert blocked.reason == "daily limit of 30 recipients has no room for 6 more for sales"
+    with store.write() as conn:
+        quota.release(conn, held)
+    with store.read() as conn:
+        assert quota.usage(conn, ["sales"], UTC, now)["sales"] == {"day": 5, "month": 5}
+    store.close()
+
+
+def test_a_message_to_more_recipients_than_the_whole_limit_is_refused_before_queueing(shared, srv, cli):
+    shared.write_config(
+        {
+            "sales": shared.sender(
+                srv, email="sales@example.com", password=PASSWORD, daily_limit=20, limit_unit="recipients"
+            )
+        },
+        routes={"default": "sales"},
+    )
+    to = [arg for i in range(21) for arg in ("--to", f"r{i}@example.org")]
+
+    result = cli("send", *to, "--subject", "s", "--body", "b")
+
+    assert result.exit_code == 2
+    assert result.stderr == (
+        "mailops: error: message: 21 recipients, more than sender sales's whole daily_limit of 20 recipients "
+        "(daily_limit, limit_unit: recipients); split the recipients over several messages (nothing was sent)\n"
+    )
+    assert srv.messages == []
+    assert shared.query("SELECT COUNT(*) FROM messages") == [(0,)]
+
+
+@pytest.mark.slow
 def test_a_sigkilled_worker_keeps_its_claims_until_the_lease_expires_then_another_sends_them(
     shared, srv, cli, lease_floor
 ):
@@ -102,7 +174,9 @@ def test_a_sigkilled_worker_keeps_its_claims_until_the_lease_expires_then_anothe
         routes={"default": "sales"},
         delivery={"lease": f"{lease:g}s"},
     )
-    assert cli("send", "--data", _rows(shared, 20), "--subject", "S {{ n }}", "--body", "B", "--queue-only").exit_code == 0
+    assert (
+        cli("send", "--data", _rows(shared, 20), "--subject", "S {{ n }}", "--body", "B", "--queue-only").exit_code == 0
+    )
     in_data, release = threading.Event(), threading.Event()
     in_flight: list[str] = []
 
@@ -212,7 +286,9 @@ def test_two_hosts_queueing_the_same_batch_at_once_queue_it_once(database_url: s
 # ---------------------------------------------------------------- every store operation, on both backends
 
 
-def _message(run_id: str, *, now: float, batch: str | None = None, key: str | None = None, to: str = "a@example.org") -> dict:
+def _message(
+    run_id: str, *, now: float, batch: str | None = None, key: str | None = None, to: str = "a@example.org"
+) -> dict:
     return {
         "created_at": now,
         "updated_at": now,
@@ -270,15 +346,33 @@ def test_outbox_operations_round_trip(database_url: str) -> None:
 
     with store.write() as conn:
         Outbox.mark_sent(conn, first[0], "sales", now, {"u0@example.org": "sent"})
-        Outbox.log(conn, {"at": now, "message_pk": 1, "sender": "sales", "recipients": "u0@example.org", "outcome": "sent", "smtp_code": 250, "duration": 0.25})
-        Outbox.mark_deferred(conn, first[1], now + 3600, "quota: daily limit of 1 reached for sales", now, attempted=False)
+        Outbox.log(
+            conn,
+            {
+                "at": now,
+                "message_pk": 1,
+                "sender": "sales",
+                "recipients": "u0@example.org",
+                "outcome": "sent",
+                "smtp_code": 250,
+                "duration": 0.25,
+            },
+        )
+        Outbox.mark_deferred(
+            conn, first[1], now + 3600, "quota: daily limit of 1 reached for sales", now, attempted=False
+        )
         Outbox.log(conn, {"at": now, "message_pk": 2, "recipients": "u1@example.org", "outcome": "deferred"})
     assert outbox.counts() == {"sent": 1, "deferred": 1, "queued": 1}
     message, attempts = outbox.get(1)
-    assert message["state"] == "sent" and message["attempts"] == 1 and bytes(message["mime"]).endswith(b"binary-safe\r\n")
+    assert (
+        message["state"] == "sent" and message["attempts"] == 1 and bytes(message["mime"]).endswith(b"binary-safe\r\n")
+    )
     assert [a["smtp_code"] for a in attempts] == [250]
     assert outbox.backlog(now) == {
-        "due_now": 1, "deferred": 1, "next_due_at": pytest.approx(now + 3600), "in_flight_elsewhere": 0
+        "due_now": 1,
+        "deferred": 1,
+        "next_due_at": pytest.approx(now + 3600),
+        "in_flight_elsewhere": 0,
     }
 
     assert outbox.release_quota_deferred(["sales"], now) == 1
@@ -287,7 +381,14 @@ def test_outbox_operations_round_trip(database_url: str) -> None:
     assert outbox.retry(now, all_=True) == 1  # the deferred one; sent and cancelled stay as they are
     assert outbox.purge(now + 1) == 1
     assert outbox.counts() == {"queued": 1, "cancelled": 1}
-    assert store.row_counts() == {"messages": 2, "attempts": 2, "usage": 0, "sender_state": 0, "route_state": 0, "events": 0}
+    assert store.row_counts() == {
+        "messages": 2,
+        "attempts": 2,
+        "usage": 0,
+        "sender_state": 0,
+        "route_state": 0,
+        "events": 0,
+    }
     store.close()
 
 
@@ -315,16 +416,37 @@ def test_quota_health_and_history_round_trip(database_url: str, tmp_path: Path) 
     with store.read() as conn:
         assert health.load(conn) == {
             "sales": health.Health(
-                False, pytest.approx(now), "535 5.7.8 Authentication credentials invalid", "h:587 starttls", pytest.approx(now)
+                False,
+                pytest.approx(now),
+                "535 5.7.8 Authentication credentials invalid",
+                "h:587 starttls",
+                pytest.approx(now),
             )
         }
         assert health.load(conn)["sales"].healthy is False  # a real boolean on both backends
     with store.write() as conn:
         health.record(conn, "sales", True, now)
-        Outbox.log(conn, [
-            {"at": now, "sender": "sales", "route": "default", "recipients": "Ann@Example.org", "outcome": "sent", "duration": 0.5},
-            {"at": now + 1, "sender": "sales", "route": "default", "recipients": "bob@example.org", "outcome": "failed", "duration": 1.5},
-        ])
+        Outbox.log(
+            conn,
+            [
+                {
+                    "at": now,
+                    "sender": "sales",
+                    "route": "default",
+                    "recipients": "Ann@Example.org",
+                    "outcome": "sent",
+                    "duration": 0.5,
+                },
+                {
+                    "at": now + 1,
+                    "sender": "sales",
+                    "route": "default",
+                    "recipients": "bob@example.org",
+                    "outcome": "failed",
+                    "duration": 1.5,
+                },
+            ],
+        )
     history.record_event(store, "reset-counts", "period=all", now)
 
     reader = open_reader(database_url)
@@ -333,10 +455,17 @@ def test_quota_health_and_history_round_trip(database_url: str, tmp_path: Path) 
     assert [(r["recipients"], r["outcome"]) for r in found] == [("Ann@Example.org", "sent")]
     assert [r["outcome"] for r in history.query_log(reader, history.LogFilter(since=now - 1))] == ["failed", "sent"]
     [stats] = history.sender_stats(reader, config, now - 60, now)
-    assert (stats["attempts"], stats["success_rate"], stats["avg_response_s"], stats["health"]) == (2, 50.0, 0.5, "healthy")
+    assert (stats["attempts"], stats["success_rate"], stats["avg_response_s"], stats["health"]) == (
+        2,
+        50.0,
+        0.5,
+        "healthy",
+    )
     # the same queries inside a Store transaction (as routing and delivery run them) give the same rows and types
     with store.read() as conn:
-        assert history.query_log(Reader.over(conn), history.LogFilter()) == history.query_log(reader, history.LogFilter())
+        assert history.query_log(Reader.over(conn), history.LogFilter()) == history.query_log(
+            reader, history.LogFilter()
+        )
         assert history.sender_stats(Reader.over(conn), config, now - 60, now) == [stats]
     reader.close()
     assert store.row_counts()["events"] == 1
@@ -406,7 +535,11 @@ def test_four_processes_migrating_a_blank_database_at_once_all_succeed(database_
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", MIGRATE_SCRIPT, database_url, str(go)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            env=env,
         )
         for _ in range(4)
     ]
@@ -438,7 +571,9 @@ def _with_password(url: str) -> str:
 def test_db_status_and_upgrade_show_the_masked_url_version_and_rows(shared, srv, cli):
     url = _with_password(shared.database_url)
     shared.use_database(url)
-    shared.write_config({"sales": shared.sender(srv, email="sales@example.com", password=PASSWORD)}, routes={"default": "sales"})
+    shared.write_config(
+        {"sales": shared.sender(srv, email="sales@example.com", password=PASSWORD)}, routes={"default": "sales"}
+    )
     names = [name for name, _ in migrations.MIGRATIONS]
 
     blank = run_mailops("db", "status")
@@ -483,7 +618,16 @@ WATCHED_IMPORTS = textwrap.dedent(
     """
 )
 #: what log and stats do without: they read through plain DB-API SQL
-HEAVY = ("sqlalchemy", "sqlmodel", "jinja2", "smtplib", "aiosmtpd", "mailops.store", "mailops.models", "mailops.transport")
+HEAVY = (
+    "sqlalchemy",
+    "sqlmodel",
+    "jinja2",
+    "smtplib",
+    "aiosmtpd",
+    "mailops.store",
+    "mailops.models",
+    "mailops.transport",
+)
 #: what send and deliver do without: they run on SQLAlchemy Core (mailops.tables)
 ORM = ("sqlmodel", "sqlalchemy.orm", "mailops.models")
 
@@ -514,7 +658,8 @@ def test_log_and_stats_read_without_sqlalchemy_on_both_backends(shared, srv, cli
     assert loaded == ""
     rows = json.loads(out)
     assert [(r["recipients"], r["outcome"], r["sender"]) for r in rows] == [
-        ("u_2@example.org", "sent", "sales"), ("U1@example.org", "sent", "sales"),
+        ("u_2@example.org", "sent", "sales"),
+        ("U1@example.org", "sent", "sales"),
     ]
     assert list(rows[0]) == list(history.LOG_COLUMNS)
     assert rows[0]["at"] >= rows[1]["at"] and isinstance(rows[0]["at"], float) and rows[0]["smtp_code"] == 250
@@ -527,8 +672,16 @@ def test_log_and_stats_read_without_sqlalchemy_on_both_backends(shared, srv, cli
     out, loaded = _light("stats", "--json")
     assert loaded == ""
     [stats] = json.loads(out)
-    assert {k: stats[k] for k in ("sent_today", "daily_limit", "daily_usage_pct", "sent_this_month", "attempts", "success_rate")} == {
-        "sent_today": 2, "daily_limit": 10, "daily_usage_pct": 20.0, "sent_this_month": 2, "attempts": 2, "success_rate": 100.0,
+    assert {
+        k: stats[k]
+        for k in ("sent_today", "daily_limit", "daily_usage_pct", "sent_this_month", "attempts", "success_rate")
+    } == {
+        "sent_today": 2,
+        "daily_limit": 10,
+        "daily_usage_pct": 20.0,
+        "sent_this_month": 2,
+        "attempts": 2,
+        "success_rate": 100.0,
     }
     assert stats["health"] == "healthy"
     for args in (["log"], ["stats"]):  # the tables: rich, still no database stack
@@ -564,7 +717,9 @@ def test_log_and_stats_on_a_blank_or_older_database_bring_it_up_to_date_first(da
 def test_send_and_deliver_run_on_sqlalchemy_core_without_sqlmodel_or_the_orm(shared, srv):
     # importing SQLModel and sqlalchemy.orm would add about 160 ms to every start of send and deliver
     sender = shared.sender(srv, email="sales@example.com", password=PASSWORD)
-    shared.write_config({"a": sender, "b": sender}, routes={"default": {"senders": ["a", "b"], "strategy": "round-robin"}})
+    shared.write_config(
+        {"a": sender, "b": sender}, routes={"default": {"senders": ["a", "b"], "strategy": "round-robin"}}
+    )
 
     # a blank database: migrated by the send itself
     assert _watched(ORM, "send", "--data", str(_rows(shared, 2)), "--subject", "S", "--body", "B")[1] == ""
@@ -581,7 +736,9 @@ def test_send_and_deliver_run_on_sqlalchemy_core_without_sqlmodel_or_the_orm(sha
 
 def test_an_unreachable_database_is_one_line_exit_2_nothing_sent_nothing_lost(workspace, pg_url, srv, cli):
     workspace.use_database(pg_url)
-    workspace.write_config({"sales": workspace.sender(srv, email="sales@example.com", password=PASSWORD)}, routes={"default": "sales"})
+    workspace.write_config(
+        {"sales": workspace.sender(srv, email="sales@example.com", password=PASSWORD)}, routes={"default": "sales"}
+    )
     assert cli("send", "--data", _rows(workspace, 3), "--subject", "S", "--body", "B", "--queue-only").exit_code == 0
     port = closed_port()
     down = f"postgresql+psycopg://mailops:hunter2@127.0.0.1:{port}/mailops"
@@ -591,7 +748,13 @@ def test_an_unreachable_database_is_one_line_exit_2_nothing_sent_nothing_lost(wo
         "senders.yaml (or MAILOPS_DATABASE_URL); nothing was sent and queued messages stay in the outbox\n"
     )
 
-    commands = (["deliver"], ["send", "--to", "x@example.org", "--subject", "S", "--body", "B"], ["db", "status"], ["log"], ["stats"])
+    commands = (
+        ["deliver"],
+        ["send", "--to", "x@example.org", "--subject", "S", "--body", "B"],
+        ["db", "status"],
+        ["log"],
+        ["stats"],
+    )
     for args in commands:
         result = run_mailops(*args, env={"MAILOPS_DATABASE_URL": down}, timeout=60)
         assert (result.exit_code, result.stdout, result.stderr) == (2, "", expected), args
@@ -653,7 +816,9 @@ def test_renewal_skips_a_row_another_transaction_holds_instead_of_waiting(pg_url
     store.close()
 
 
-def test_a_row_lock_held_too_long_by_another_process_is_one_store_error(pg_url: str, monkeypatch, tmp_path: Path) -> None:
+def test_a_row_lock_held_too_long_by_another_process_is_one_store_error(
+    pg_url: str, monkeypatch, tmp_path: Path
+) -> None:
     """PostgreSQL's lock_timeout plays the part of SQLite's busy timeout: no endless wait behind a stuck host."""
     import mailops.store
 

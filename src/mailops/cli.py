@@ -1136,8 +1136,9 @@ def stats(
         _print_json(rows)
         return
 
-    def against(n: int, limit: int | None, pct: float | None) -> str:
-        return f"{n}/{limit} ({pct:g}%)" if limit else f"{n}"
+    def against(n: int, limit: int | None, pct: float | None, unit: str) -> str:
+        counted = f"{n}/{limit} ({pct:g}%)" if limit else f"{n}"
+        return counted + (" recipients" if unit == "recipients" else "")
 
     _table(
         None,
@@ -1145,8 +1146,8 @@ def stats(
         [
             [
                 r["sender"] + ("" if r["active"] else " (inactive)"),
-                against(r["sent_today"], r["daily_limit"], r["daily_usage_pct"]),
-                against(r["sent_this_month"], r["monthly_limit"], r["monthly_usage_pct"]),
+                against(r["sent_today"], r["daily_limit"], r["daily_usage_pct"], r["limit_unit"]),
+                against(r["sent_this_month"], r["monthly_limit"], r["monthly_usage_pct"], r["limit_unit"]),
                 f"{r['success_rate']:g}% of {r['attempts']}" if r["success_rate"] is not None else "-",
                 r["avg_response_s"] if r["avg_response_s"] is not None else "-",
                 r["health"] + (f" ({local_time(r['checked_at'], config.timezone)})" if r["checked_at"] else ""),

@@ -215,7 +215,13 @@ class _Worker(threading.Thread):
             with self.d.store.write() as conn:
                 # Quota rows before sender_state (health), as every transaction takes them: no lock cycle on PostgreSQL.
                 if upcoming is not None:
-                    ahead = quota.reserve(conn, self.sender, self.d.config.timezone, self.d.clock())
+                    ahead = quota.reserve(
+                        conn,
+                        self.sender,
+                        self.d.config.timezone,
+                        self.d.clock(),
+                        len(upcoming.msg.pending_recipients),
+                    )
                 result = pending[1](conn) if pending is not None else None
         except BaseException as exc:
             if pending is not None:  # sent but not recorded: back to the queue (at-least-once)
@@ -646,7 +652,7 @@ class Deliverer:
         """Reserve quota, sleeping through short pacing waits; None when stopped while waiting."""
         for _ in range(1000):  # bounded: each pass either reserves, blocks for long, or waits for pacing
             with self.store.write() as conn:
-                held = quota.reserve(conn, sender, self.config.timezone, self.clock())
+                held = quota.reserve(conn, sender, self.config.timezone, self.clock(), len(job.msg.pending_recipients))
             if isinstance(held, quota.Reservation):
                 return held
             wait = held.until - self.clock()
@@ -683,7 +689,8 @@ class Deliverer:
             return _Result(job, "returned")
         if isinstance(held, quota.Blocked):
             job.blocked.append(held)
-            if held.kind in ("day", "month"):
+            # A recipient-counted limit that cannot take this message may still take a smaller one.
+            if held.kind in ("day", "month") and quota.units(sender, len(msg.pending_recipients), held.kind) == 1:
                 self._exhausted[sender.key] = held
             return _Result(job, "next")
         started = time.monotonic()

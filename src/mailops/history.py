@@ -60,8 +60,22 @@ _STATS_OUTCOMES = ("sent", "partial", "failed", "deferred")
 
 #: the columns of ``mailops log --json``, in this order
 LOG_COLUMNS = (
-    "id", "at", "message_pk", "batch", "route", "sender", "from_addr", "recipients", "subject", "template",
-    "message_id", "smtp_code", "smtp_text", "outcome", "detail", "duration",
+    "id",
+    "at",
+    "message_pk",
+    "batch",
+    "route",
+    "sender",
+    "from_addr",
+    "recipients",
+    "subject",
+    "template",
+    "message_id",
+    "smtp_code",
+    "smtp_text",
+    "outcome",
+    "detail",
+    "duration",
 )
 _LIKE_ESCAPE = "/"
 
@@ -134,6 +148,7 @@ def sender_stats(db: Reader, config: Config, since: float, now: float) -> list[d
                 "sender": key,
                 "email": sender.email,
                 "active": sender.active,
+                "limit_unit": sender.limit_unit,  # what sent_today and sent_this_month count
                 "sent_today": day,
                 "daily_limit": sender.daily_limit,
                 "daily_usage_pct": round(100 * day / sender.daily_limit, 1) if sender.daily_limit else None,
@@ -146,9 +161,13 @@ def sender_stats(db: Reader, config: Config, since: float, now: float) -> list[d
                 "last_error": h.last_error if h else None,
                 "last_error_at": h.last_error_at if h else None,
                 "health": (
-                    "unknown" if h is None or h.healthy is None
-                    else "unknown (settings changed)" if not current
-                    else "healthy" if h.healthy else "unhealthy"
+                    "unknown"
+                    if h is None or h.healthy is None
+                    else "unknown (settings changed)"
+                    if not current
+                    else "healthy"
+                    if h.healthy
+                    else "unhealthy"
                 ),
                 "checked_at": h.checked_at if h else None,
             }

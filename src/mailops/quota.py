@@ -1,9 +1,12 @@
 """Quotas and pacing, enforced by atomic reservations in the database.
 
-A send first reserves one unit of every limit of its sender with conditional
-UPDATEs (``count = count + 1 WHERE count < limit``) inside the caller's write
-transaction, so concurrent processes can never overspend; a send that did
-not happen gives its reservation back. On PostgreSQL the UPDATE waits for a
+A send first reserves its units of every limit of its sender with conditional
+UPDATEs (``count = count + n WHERE count <= limit - n``) inside the caller's
+write transaction, so concurrent processes can never overspend; a send that
+did not happen gives its reservation back. ``n`` is 1, or the message's
+number of recipients for the daily and monthly counters of a sender whose
+``limit_unit`` is ``recipients`` (the per-minute counter always counts
+messages). On PostgreSQL the UPDATE waits for a
 concurrent reservation of the same counter and re-checks ``count < limit`` on
 the committed row, so READ COMMITTED is enough; a transaction that takes
 several of a sender's counters takes the day row first, so two of them never
@@ -37,6 +40,7 @@ class Reservation:
 
     sender: str
     periods: tuple[str, ...]
+    amounts: tuple[int, ...] = ()  # units taken from each of ``periods`` (empty: one each)
 
 
 @dataclass(frozen=True)
@@ -72,12 +76,14 @@ def _limits(sender: Sender) -> list[tuple[str, int | None, str]]:
 
 
 # Built once: statement construction costs more than executing it on the hot path.
+_UNITS = sa.bindparam("b_units", type_=sa.Integer)
 _INCREMENT = (
     sa.update(USAGE)
     .where((USAGE.c.sender == sa.bindparam("b_sender")) & (USAGE.c.period == sa.bindparam("b_period")))
-    .values(count=USAGE.c.count + 1)
+    .values(count=USAGE.c.count + _UNITS)
 )
-_INCREMENT_BELOW = _INCREMENT.where(USAGE.c.count < sa.bindparam("b_limit"))
+# b_room is limit - units, computed from the config: the database alone decides whether the units fit.
+_INCREMENT_BELOW = _INCREMENT.where(USAGE.c.count <= sa.bindparam("b_room", type_=sa.Integer))
 _GIVE_BACK = (
     sa.update(USAGE)
     .where(
@@ -85,15 +91,15 @@ _GIVE_BACK = (
         & (USAGE.c.period == sa.bindparam("b_period"))
         & (USAGE.c.count > 0)
     )
-    .values(count=USAGE.c.count - 1)
+    .values(count=sa.case((USAGE.c.count > _UNITS, USAGE.c.count - _UNITS), else_=0))
 )
 
 
-def _take(conn: Connection, sender: str, period: str, limit: int | None) -> bool:
-    params: dict[str, object] = {"b_sender": sender, "b_period": period}
+def _take(conn: Connection, sender: str, period: str, limit: int | None, units: int = 1) -> bool:
+    params: dict[str, object] = {"b_sender": sender, "b_period": period, "b_units": units}
     stmt = _INCREMENT
     if limit is not None:
-        stmt, params["b_limit"] = _INCREMENT_BELOW, limit
+        stmt, params["b_room"] = _INCREMENT_BELOW, limit - units
     if conn.execute(stmt, params).rowcount == 1:
         return True
     # First message of the period (no row yet), or the limit is reached: tell them apart.
@@ -101,47 +107,65 @@ def _take(conn: Connection, sender: str, period: str, limit: int | None) -> bool
     return conn.execute(stmt, params).rowcount == 1
 
 
-def _give_back(conn: Connection, sender: str, periods: tuple[str, ...] | list[str]) -> None:
+def _give_back(
+    conn: Connection, sender: str, periods: tuple[str, ...] | list[str], amounts: tuple[int, ...] = ()
+) -> None:
     # One row at a time, in the order reserve() took them (day first): one UPDATE over several rows
     # would lock them in whatever order the table is scanned, and could deadlock with a reservation.
-    for period in periods:
-        conn.execute(_GIVE_BACK, {"b_sender": sender, "b_period": period})
+    for index, period in enumerate(periods):
+        units = amounts[index] if index < len(amounts) else 1
+        conn.execute(_GIVE_BACK, {"b_sender": sender, "b_period": period, "b_units": units})
 
 
-def reserve(conn: Connection, sender: Sender, tz: ZoneInfo, now: float) -> Reservation | Blocked:
-    """Atomically take one message from every limit of ``sender``, or say which limit blocks and until when.
+def units(sender: Sender, recipients: int, kind: str) -> int:
+    """What one message to ``recipients`` recipients takes from the ``kind`` counter of ``sender``."""
+    if kind in ("day", "month") and sender.limit_unit == "recipients":
+        return max(recipients, 1)
+    return 1
 
-    Must run inside a write transaction (``Store.write``).
+
+def reserve(conn: Connection, sender: Sender, tz: ZoneInfo, now: float, recipients: int = 1) -> Reservation | Blocked:
+    """Atomically take one message to ``recipients`` recipients from every limit of ``sender``, or say which
+    limit blocks and until when.
+
+    A recipient-counted daily or monthly limit takes ``recipients`` units,
+    the others one. Must run inside a write transaction (``Store.write``).
     """
     keys = period_keys(now, tz)
     taken: list[str] = []
+    amounts: list[int] = []
     for kind, limit, label in _limits(sender):
         if kind == "minute" and limit is None:
             continue  # minute counters only matter when limited
-        if not _take(conn, sender.key, keys[kind], limit):
-            _give_back(conn, sender.key, taken)
+        need = units(sender, recipients, kind)
+        if not _take(conn, sender.key, keys[kind], limit, need):
+            _give_back(conn, sender.key, taken, tuple(amounts))
+            counts_recipients = kind != "minute" and sender.limit_unit == "recipients"
+            what = (
+                f"{label} of {limit} recipients has no room for {need} more"
+                if counts_recipients
+                else f"{label} of {limit} reached"
+            )
             return Blocked(
                 sender=sender.key,
                 kind=kind,
-                reason=f"{label} of {limit} reached for {sender.key}",
+                reason=f"{what} for {sender.key}",
                 until=period_end(kind, now, tz),
             )
         taken.append(keys[kind])
+        amounts.append(need)
     if sender.min_interval > 0:
         insert_ignore(conn, SENDER_STATE, {"sender": sender.key})
         result = conn.execute(
             sa.update(SENDER_STATE)
             .where(
                 (SENDER_STATE.c.sender == sender.key)
-                & (
-                    SENDER_STATE.c.last_send_at.is_(None)
-                    | (SENDER_STATE.c.last_send_at <= now - sender.min_interval)
-                )
+                & (SENDER_STATE.c.last_send_at.is_(None) | (SENDER_STATE.c.last_send_at <= now - sender.min_interval))
             )
             .values(last_send_at=now)
         )
         if result.rowcount != 1:
-            _give_back(conn, sender.key, taken)
+            _give_back(conn, sender.key, taken, tuple(amounts))
             last = conn.execute(
                 sa.select(SENDER_STATE.c.last_send_at).where(SENDER_STATE.c.sender == sender.key)
             ).scalar_one()
@@ -151,16 +175,17 @@ def reserve(conn: Connection, sender: Sender, tz: ZoneInfo, now: float) -> Reser
                 reason=f"min_interval of {sender.min_interval:g} s for {sender.key}",
                 until=(last or now) + sender.min_interval,
             )
-    return Reservation(sender=sender.key, periods=tuple(taken))
+    return Reservation(sender=sender.key, periods=tuple(taken), amounts=tuple(amounts))
 
 
 def release(conn: Connection, reservation: Reservation) -> None:
     """Give back a reservation whose message was not sent (failure before the server accepted it)."""
-    _give_back(conn, reservation.sender, reservation.periods)
+    _give_back(conn, reservation.sender, reservation.periods, reservation.amounts)
 
 
 def headroom(sender: Sender, used: dict[str, int]) -> float:
-    """How many more messages the sender may send in the current day and month (inf when unlimited)."""
+    """How many more units (messages, or recipients for ``limit_unit: recipients``) the sender may send in the
+    current day and month (inf when unlimited)."""
     room = float("inf")
     if sender.daily_limit is not None:
         room = min(room, sender.daily_limit - used.get("day", 0))

@@ -103,7 +103,10 @@ def test_parse_address_forms() -> None:
         ("bob@", "There must be something after the @-sign."),
         ("bob", "An email address must have an @-sign."),
         ("Bob <bob@mailhost>", "The part after the @-sign is not valid. It should have a period."),
-        ("Bob <bob@x.invalid>", "The part after the @-sign is a special-use or reserved name that cannot be used with email."),
+        (
+            "Bob <bob@x.invalid>",
+            "The part after the @-sign is a special-use or reserved name that cannot be used with email.",
+        ),
         ("Jane <jane@>", "There must be something after the @-sign."),
     ],
 )
@@ -129,7 +132,10 @@ NOT_ONE = (
         ("Jane <jane@example.com> and more", NOT_ONE),
         ("Jane <jane@example.com", NOT_ONE),
         ("team: a@example.com, b@example.com;", NOT_ONE),
-        ("Jane <@relay.example:jane@example.com>", "is not a valid email address: There must be something before the @-sign."),
+        (
+            "Jane <@relay.example:jane@example.com>",
+            "is not a valid email address: There must be something before the @-sign.",
+        ),
         ("a@example.com, b@example.com", "holds more than one address; give each address its own entry"),
         ("a@example.com,", "holds more than one address; give each address its own entry"),
     ],
@@ -169,8 +175,12 @@ def test_parse_address_without_display_name() -> None:
 
 @pytest.mark.parametrize(
     ("value", "char"),
-    [("a@example.com\r\nBcc: x@example.com", "\\r"), ("Jo\n <a@example.com>", "\\n"), ("a@example.com\0", "\\x00"),
-     ("Jo\x1b[31m <a@example.com>", "\\x1b")],
+    [
+        ("a@example.com\r\nBcc: x@example.com", "\\r"),
+        ("Jo\n <a@example.com>", "\\n"),
+        ("a@example.com\0", "\\x00"),
+        ("Jo\x1b[31m <a@example.com>", "\\x1b"),
+    ],
 )
 def test_parse_address_refuses_control_characters(value: str, char: str) -> None:
     with pytest.raises(InputError) as info:
@@ -405,9 +415,7 @@ def test_naive_date_is_treated_as_utc() -> None:
 def test_rewrite_sender_keeps_everything_but_from_and_reply_to(tmp_path: Path) -> None:
     attachment = tmp_path / "a.pdf"
     attachment.write_bytes(b"%PDF")
-    original = build(
-        reply_to=[addr("Help <help@example.com>")], html="<p>x</p>", attachments=[attachment]
-    ).mime
+    original = build(reply_to=[addr("Help <help@example.com>")], html="<p>x</p>", attachments=[attachment]).mime
     rewritten = rewrite_sender(
         original,
         from_addr=addr("Backup Sënder <backup@example.org>"),
@@ -470,8 +478,32 @@ def test_rewrite_sender_adds_reply_to_and_sender_when_missing() -> None:
 
 # ---------------------------------------------------------------- text-only fast path
 
-_PIECES = ["Hello", "Grüße", "สวัสดี", "😀", " ", "  ", "\t", "\n", "\r\n", "\r", "\n\n", "From me", ".", "=",
-           "=?utf-8?q?x?=", "x" * 77, "y" * 79, "é" * 40, "trailing  \n", "\x0b", "\x0c", "\u2028", "a=b\n", "-- \n"]
+_PIECES = [
+    "Hello",
+    "Grüße",
+    "สวัสดี",
+    "😀",
+    " ",
+    "  ",
+    "\t",
+    "\n",
+    "\r\n",
+    "\r",
+    "\n\n",
+    "From me",
+    ".",
+    "=",
+    "=?utf-8?q?x?=",
+    "x" * 77,
+    "y" * 79,
+    "é" * 40,
+    "trailing  \n",
+    "\x0b",
+    "\x0c",
+    "\u2028",
+    "a=b\n",
+    "-- \n",
+]
 
 
 def _random_texts(count: int, seed: int) -> list[str]:
@@ -494,8 +526,10 @@ def test_text_only_fast_path_writes_exactly_what_the_email_package_writes() -> N
             extra = {"reply_to": [addr("Zoë Müller <zoe@example.com>")], "cc": [addr("cc@example.com")]}
         fast = build(text=text, subject=TRICKY_SUBJECTS[index % len(TRICKY_SUBJECTS)], **extra)
         fields = unfolded_fields(fast.mime)
-        headers = [(line.split(": ", 1)[0], compose._Folded(line.split(": ", 1)[1].replace("\r\n", "\n")))
-                   for line in fields[: fields.index('Content-Type: text/plain; charset="utf-8"')]]
+        headers = [
+            (line.split(": ", 1)[0], compose._Folded(line.split(": ", 1)[1].replace("\r\n", "\n")))
+            for line in fields[: fields.index('Content-Type: text/plain; charset="utf-8"')]
+        ]
         reference = compose._mime_message(headers, text, None, [], "test")
         assert fast.mime == reference, text
         checked += 1

@@ -897,6 +897,12 @@ def test_init_creates_a_starter_config_and_refuses_to_overwrite(tmp_path, cli):
     status = cli("--config", str(target / "senders.yaml"), "password", "status", "--json")
     assert status.exit_code == 0, status.output  # the starter config is valid as written
     assert [s["sender"] for s in json.loads(status.stdout)["senders"]] == ["sales"]
+    starter = (target / "senders.yaml").read_text(encoding="utf-8")
+    assert "  provider: gmail\n" in starter and "microsoft365" in starter  # presets, and the others named
+    from mailops.config import load_config
+
+    sales = load_config(target / "senders.yaml").senders["sales"]
+    assert (sales.host, sales.port, sales.security, sales.provider) == ("smtp.gmail.com", 587, "starttls", "gmail")
 
     (target / "senders.yaml").write_text("# my edits\n", encoding="utf-8")
     again = cli("init", str(target))

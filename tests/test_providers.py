@@ -310,3 +310,27 @@ def test_a_message_over_max_message_size_is_an_input_error_before_queueing(works
 @pytest.fixture
 def srv_any(smtp_server):
     return smtp_server(users={"s@example.com": PASSWORD})
+
+
+# ---------------------------------------------------------------- quotas that count recipients
+
+
+def test_dry_run_counts_recipients_against_a_recipient_counted_limit(workspace, srv_any, cli):
+    workspace.write_config(
+        {
+            "s": workspace.sender(
+                srv_any, email="s@example.com", password=PASSWORD, daily_limit=10, limit_unit="recipients"
+            )
+        },
+        routes={"default": "s"},
+    )
+    data = workspace.csv("c.csv", [{"email": f"u{i}@example.org"} for i in range(5)])
+    cc = ["--cc", "x@example.org", "--cc", "y@example.org"]  # 3 recipients a message: 3 fit in 10, 2 wait
+
+    result = cli("send", "--data", data, *cc, "--subject", "s", "--body", "b", "--dry-run")
+    as_json = cli("send", "--data", data, *cc, "--subject", "s", "--body", "b", "--dry-run", "--json")
+
+    assert result.exit_code == 0, result.output
+    assert "2 of them would be deferred: the senders' remaining quota is s 10 recipients\n" in result.stdout
+    assert json.loads(as_json.stdout)["would_defer_for_quota"] == 2
+    assert srv_any.connections == 0 and workspace.states() == {}

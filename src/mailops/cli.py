@@ -791,8 +791,7 @@ def send(
     if dry_run:
         for warning in result.warnings:
             _err(f"mailops: {_safe(warning)}")
-        room = result.quota_room
-        would_defer = 0 if room is None or room == float("inf") else max(0, result.total - int(room))
+        would_defer = result.would_defer
         info = {**result.to_dict(), "dry_run": True, "would_defer_for_quota": would_defer}
         if json_out:
             _print_json(info)
@@ -802,7 +801,11 @@ def send(
                 f"{plan.route or 'sender ' + plan.nominal} ({', '.join(plan.candidates)}); nothing queued or sent"
             )
             if would_defer:
-                _out(f"{would_defer} of them would be deferred: the senders' remaining quota is {int(room or 0)}")
+                if all(unit == "messages" for _, _, unit in result.rooms):
+                    left = str(int(sum(room for _, room, _ in result.rooms)))
+                else:  # units differ: say each sender's
+                    left = ", ".join(f"{key} {int(room)} {unit}" for key, room, unit in result.rooms)
+                _out(f"{would_defer} of them would be deferred: the senders' remaining quota is {left}")
         if result.problem_count:
             raise typer.Exit(1)
         return

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -39,6 +40,9 @@ class EnqueueResult:
     problem_count: int = 0
     previews: list[PreparedMessage] = field(default_factory=list)
     quota_room: float | None = None  # dry run: how many the route's senders may still send now
+    would_defer: int = 0  # dry run: messages the senders' remaining quota cannot take now
+    #: dry run: (sender, room left now, what it counts) for each active candidate with a daily or monthly limit
+    rooms: list[tuple[str, float, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # dry run: one line each, e.g. intranet via a public provider
 
     def to_dict(self) -> dict[str, Any]:
@@ -53,6 +57,26 @@ class EnqueueResult:
             "invalid": self.problem_count,
             "invalid_rows": [p.message for p in self.problems],
         }
+
+
+def _would_defer(sizes: Counter[int], senders: list[Sender], rooms: dict[str, float]) -> int:
+    """How many messages (``sizes``: count per number of recipients) the senders' ``rooms`` cannot take now.
+
+    Each message goes to the first sender with room for it, as failover
+    does; a recipient-counted room takes one unit per recipient.
+    """
+    left = dict(rooms)
+    deferred = 0
+    for recipients, count in sorted(sizes.items()):  # small messages first: the most that can go now
+        for sender in senders:
+            if count == 0:
+                break
+            need = quota.units(sender, recipients, "day")
+            fits = count if left[sender.key] == float("inf") else min(count, int(left[sender.key] // need))
+            left[sender.key] -= fits * need
+            count -= fits
+        deferred += count
+    return deferred
 
 
 def _collect_intranet(prepared: PreparedMessage, senders: list[Sender], found: dict[str, list[str]]) -> None:
@@ -175,6 +199,7 @@ def enqueue(
 
     candidates = [config.senders[k] for k in plan.candidates if config.senders[k].active]
     internal: dict[str, list[str]] = {}  # dry run: sender key -> intranet addresses its public provider cannot reach
+    sizes: Counter[int] = Counter()  # dry run: messages per number of recipients (bounded: one entry per count)
 
     def rows() -> Any:
         route = config.routes.get(plan.route) if plan.route else None
@@ -185,6 +210,7 @@ def enqueue(
                     item = RowProblem(row=item.row, label=item.label, message=problem)
                 elif dry_run:
                     _collect_intranet(item, candidates, internal)
+                    sizes[len(item.email.envelope_to)] += 1
             if isinstance(item, RowProblem):
                 result.problem_count += 1
                 if len(result.problems) < MAX_PROBLEMS_SHOWN:
@@ -224,9 +250,10 @@ def enqueue(
         if store is not None:
             with store.read() as conn:
                 used = quota.usage(conn, list(plan.candidates), config.timezone, now)
-            result.quota_room = sum(
-                quota.headroom(config.senders[k], used[k]) for k in plan.candidates if config.senders[k].active
-            )
+            result.quota_room = sum(quota.headroom(s, used[s.key]) for s in candidates)
+            rooms = {s.key: quota.headroom(s, used[s.key]) for s in candidates}
+            result.rooms = [(s.key, rooms[s.key], s.limit_unit) for s in candidates if rooms[s.key] != float("inf")]
+            result.would_defer = _would_defer(sizes, candidates, rooms)
         return result
     assert outbox is not None
     result.queued, result.skipped_duplicates = outbox.promote(result.run_id, now)

@@ -752,7 +752,7 @@ MALFORMED = [
     (
         "unknown top-level key",
         lambda text: text + "smtp: {{}}\n",
-        "{f}: smtp: unknown key; valid keys are: timezone, database, templates, defaults, senders, routes, groups, delivery",
+        "{f}: smtp: unknown key; valid keys are: timezone, database, templates, defaults, senders, routes, groups, delivery, sendmail",
     ),
     (
         "route with bad strategy",

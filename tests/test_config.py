@@ -75,7 +75,7 @@ MALFORMED = [
     (
         "top-level unknown",
         SALES + "smtp: {}\n",
-        "smtp: unknown key; valid keys are: timezone, database, templates, defaults, senders, routes, groups, delivery",
+        "smtp: unknown key; valid keys are: timezone, database, templates, defaults, senders, routes, groups, delivery, sendmail",
     ),
     (
         "defaults key typo",

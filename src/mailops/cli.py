@@ -92,6 +92,7 @@ app.add_typer(db_app, name="db")
 class _State:
     config_path: str | None = None
     debug: bool = False
+    sendmail: bool = False  # running `mailops sendmail`: errors exit with sysexits.h codes
 
 
 STATE = _State()
@@ -852,6 +853,54 @@ def deliver(
     _exit_for(report)
 
 
+@app.command(
+    "sendmail",
+    add_help_option=False,
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+)
+def sendmail(ctx: typer.Context) -> None:
+    """Queue one message read on stdin, as /usr/sbin/sendmail (cron, mailx, PHP); 'mailops sendmail --help'."""
+    _sendmail(list(ctx.args))  # main() normally runs it directly, so that no flag goes through click
+
+
+def _sendmail_args(args: list[str]) -> list[str] | None:
+    """The arguments after ``sendmail`` when ``args`` run that command (global options before it applied), else None."""
+    i = 0
+    while i < len(args):  # bounded: every pass consumes one or two arguments
+        if args[i] in ("--config", "-c") and i + 1 < len(args):
+            STATE.config_path, i = args[i + 1], i + 2
+        elif args[i].startswith("--config="):
+            STATE.config_path, i = args[i].partition("=")[2], i + 1
+        elif args[i] == "--debug":
+            STATE.debug, i = True, i + 1
+        else:
+            break
+    return args[i + 1 :] if i < len(args) and args[i] == "sendmail" else None
+
+
+def _sendmail(argv: list[str]) -> None:
+    """``mailops sendmail``: queue the message on stdin, deliver it now; exit 0 once it is queued."""
+    import io
+
+    from . import gateway
+
+    STATE.sendmail = True
+    args = gateway.parse_args(argv)
+    if args.help:
+        _out(gateway.USAGE.rstrip())
+        return
+    config = _load_config()
+    stream = getattr(sys.stdin, "buffer", None) or io.BytesIO(sys.stdin.read().encode("utf-8"))
+    data = gateway.read_message(stream, dot_ends=args.dot_ends)
+    store = _open_store(config)
+    accepted = gateway.accept(config, store, args, data, now=_now())
+    report = _deliver(config, store, accepted.run_id, None, None, False, 1)
+    if report.total_sent == 0:
+        # queued all the same: exit 0, like a sendmail whose relay is down; cron logs this line
+        why = "; ".join(report.problems[:3]) or "not delivered in this run"
+        _err(f"mailops: sendmail: {_safe(accepted.message_id)} is queued, not sent yet: {_safe(why)}; 'mailops deliver' retries")
+
+
 # ---------------------------------------------------------------- queue
 
 
@@ -1206,8 +1255,16 @@ def db_upgrade() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; the one place where errors become messages and exit codes."""
+    STATE.sendmail, STATE.config_path, STATE.debug = False, None, False  # set again by the options below
+    args = list(sys.argv[1:] if argv is None else argv)
+    if argv is None and Path(sys.argv[0]).name == "sendmail":
+        args = ["sendmail", *args]  # installed as /usr/sbin/sendmail (a symlink to mailops)
     try:
-        app(args=argv, prog_name="mailops", standalone_mode=True)
+        sendmail_args = _sendmail_args(args)
+        if sendmail_args is not None:
+            _sendmail(sendmail_args)
+        else:
+            app(args=args, prog_name="mailops", standalone_mode=True)
     except MailopsError as exc:
         if STATE.debug:
             import traceback
@@ -1220,7 +1277,7 @@ def main(argv: list[str] | None = None) -> None:
                 _err(f"  {_safe(problem)}")
             if exc.problem_count > len(exc.problems):
                 _err(f"  ... and {exc.problem_count - len(exc.problems)} more")
-        sys.exit(exc.exit_code)
+        sys.exit(exc.sysexit if STATE.sendmail else exc.exit_code)
     except KeyboardInterrupt:
         _err("mailops: interrupted; nothing queued was lost ('mailops deliver' sends what is left)")
         sys.exit(130)

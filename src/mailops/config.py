@@ -34,7 +34,7 @@ MAX_MESSAGE_SIZE = 2_000_000_000
 Strategy = Literal["failover", "round-robin", "random", "least-used"]
 
 DEFAULT_PORTS = {"starttls": 587, "ssl": 465, "none": 25}
-TOP_LEVEL_KEYS = ("timezone", "database", "templates", "defaults", "senders", "routes", "groups", "delivery")
+TOP_LEVEL_KEYS = ("timezone", "database", "templates", "defaults", "senders", "routes", "groups", "delivery", "sendmail")
 SENDER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -185,6 +185,19 @@ class Route:
 
 
 @dataclass(frozen=True)
+class SendmailRoutes:
+    """The ``sendmail:`` key: which route ``mailops sendmail`` uses for a message.
+
+    ``by_address`` maps an envelope sender (``-f``) or From address, lowercased,
+    or a whole domain written ``@example.com``, to a route; ``default`` is the
+    route for everything else (None: the config's ``default`` route).
+    """
+
+    default: str | None = None
+    by_address: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class DeliveryPolicy:
     """Retry schedule for temporary failures and the claim lease (the ``delivery:`` key)."""
 
@@ -240,6 +253,7 @@ class Config:
     routes: dict[str, Route]
     groups: dict[str, tuple[str, ...]]
     delivery: DeliveryPolicy = field(default_factory=DeliveryPolicy)
+    sendmail: SendmailRoutes = field(default_factory=SendmailRoutes)
 
     @property
     def timezone(self) -> ZoneInfo:
@@ -671,6 +685,31 @@ def _build_groups(raw: Any, path: Path) -> dict[str, tuple[str, ...]]:
     return groups
 
 
+def _build_sendmail(raw: Any, routes: dict[str, Route], path: Path) -> SendmailRoutes:
+    """The ``sendmail:`` mapping: ``default: ROUTE`` and ``from: {ADDRESS or @DOMAIN: ROUTE}``."""
+    top = _as_mapping(raw, path, "sendmail", "'default' and 'from'")
+    for key in top:
+        if key not in ("default", "from"):
+            raise ConfigError(f"{path}: sendmail.{key}: unknown key; valid keys are: default, from")
+
+    def route(value: Any, where: str) -> str:
+        if not isinstance(value, str) or value not in routes:
+            known = ", ".join(routes) or "(none)"
+            raise ConfigError(f"{path}: {where}: {value!r} is not a route; known routes: {known}")
+        return value
+
+    default = None if top.get("default") is None else route(top["default"], "sendmail.default")
+    by_address: dict[str, str] = {}
+    for address, name in _as_mapping(top.get("from"), path, "sendmail.from", "addresses to routes").items():
+        where = f"sendmail.from.{address}"
+        text = str(address).strip()  # YAML may give a number as a key
+        if not text or text == "@":
+            raise ConfigError(f"{path}: {where}: must be an address or @domain")
+        key = text if text.startswith("@") else _check_address(text, path, where, display_name=False)
+        by_address[key.lower()] = route(name, where)
+    return SendmailRoutes(default=default, by_address=by_address)
+
+
 def _database_url(raw: Any, base: Path, path: Path) -> str:
     env = os.environ.get("MAILOPS_DATABASE_URL")
     if env:
@@ -780,6 +819,7 @@ def parse_config(data: Any, path: Path) -> Config:
         routes=routes,
         groups=groups,
         delivery=delivery,
+        sendmail=_build_sendmail(top.get("sendmail"), routes, path),
     )
 
 

@@ -15,6 +15,8 @@ class MailopsError(Exception):
 
     #: process exit code when this error ends a command
     exit_code: int = 2
+    #: exit code of ``mailops sendmail``, whose callers (cron, mailx, PHP) read sysexits.h codes
+    sysexit: int = 64  # EX_USAGE
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -31,17 +33,31 @@ class UsageError(MailopsError):
 class ConfigError(MailopsError):
     """senders.yaml is missing, unreadable or invalid; the message names the file and key path."""
 
+    sysexit = 78  # EX_CONFIG
+
 
 class InputError(MailopsError):
     """A data file, template, address or attachment is bad; the message names file, row and field."""
+
+    sysexit = 65  # EX_DATAERR
+
+
+class NoInputError(InputError):
+    """``mailops sendmail`` got no message on standard input."""
+
+    sysexit = 66  # EX_NOINPUT
 
 
 class SecretError(MailopsError):
     """A password cannot be stored or found (no usable keyring, missing entry, failing command)."""
 
+    sysexit = 78  # EX_CONFIG
+
 
 class StoreError(MailopsError):
     """The database cannot be opened, migrated or reached; nothing was sent."""
+
+    sysexit = 75  # EX_TEMPFAIL: nothing was queued, the caller may try again
 
 
 class InvalidBatchError(InputError):

@@ -56,6 +56,8 @@ ATTACHMENT_MAX_BYTES = Limit("MAILOPS_ATTACHMENT_MAX_BYTES", 25 * MB, 1, 2048 * 
 BODY_FILE_MAX_BYTES = Limit("MAILOPS_BODY_FILE_MAX_BYTES", 1 * MB, 1, 100 * MB, "bytes")
 #: Bytes a JSON or YAML data file may hold (they are parsed whole; CSV is streamed and not limited).
 DATA_FILE_MAX_BYTES = Limit("MAILOPS_DATA_FILE_MAX_BYTES", 100 * MB, 1, 10240 * MB, "bytes")
+#: Bytes one message piped into ``mailops sendmail`` may hold (headers, body and encoded attachments).
+SENDMAIL_MAX_BYTES = Limit("MAILOPS_SENDMAIL_MAX_BYTES", 50 * MB, 1, 2048 * MB, "bytes")
 #: Nesting depth of a JSON or YAML value (a list in a mapping in a list ...) in a data file or senders.yaml.
 MAX_DEPTH = 50
 

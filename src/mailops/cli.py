@@ -736,6 +736,15 @@ def send(
     queue_only: Annotated[
         bool, typer.Option("--queue-only", help="Validate and queue, send nothing now; 'mailops deliver' (cron) sends.")
     ] = False,
+    at: Annotated[
+        str | None,
+        typer.Option(
+            "--at",
+            metavar="WHEN",
+            help="Queue the messages due at WHEN: +30m, +2h, +1d or 2026-12-24T09:00 (config time zone); "
+            "'mailops deliver' sends them then.",
+        ),
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors (for cron).")] = False,
 ) -> None:
@@ -744,6 +753,11 @@ def send(
     from .prepare import SendRequest, parse_vars
 
     config = _load_config()
+    due_at = None
+    if at is not None:
+        from .history import parse_at
+
+        due_at = parse_at(at, config.timezone, _now())
     plan = routing.resolve(config, route, sender)
     _warn_unverified_tls(config, plan.candidates)
     request = SendRequest(
@@ -779,6 +793,7 @@ def send(
         skip_invalid=skip_invalid,
         dry_run=dry_run,
         preview=preview,
+        due_at=due_at,
     )
     if result.previews and not json_out:
         _show_previews(result.previews)
@@ -812,9 +827,14 @@ def send(
         return
     if result.skipped_duplicates and not json_out and not quiet:
         _out(f"{result.skipped_duplicates} row(s) already sent or queued under batch {batch!r}: skipped")
-    if queue_only:
+    if queue_only or due_at is not None:
         if json_out:
-            _print_json(result.to_dict())
+            _print_json({**result.to_dict(), "due_at": due_at})
+        elif not quiet and due_at is not None:
+            from .history import local_time
+
+            when = f"{local_time(due_at, config.timezone)} {config.timezone.key}"
+            _out(f"queued {result.queued} message(s) due at {when}; 'mailops deliver' sends them when due")
         elif not quiet:
             _out(f"queued {result.queued} message(s); 'mailops deliver' sends them")
         if result.problem_count:

@@ -40,6 +40,40 @@ def parse_since(value: str, tz: ZoneInfo, now: float, *, option: str = "--since"
     return parsed.timestamp()
 
 
+_AHEAD = re.compile(r"^\s*\+\s*(\d+)\s*([mhdw])\s*$")
+#: how far ahead ``send --at`` may schedule: beyond it a typo (a year 2062) would hide a message for ever
+MAX_AHEAD = 366 * 86400
+
+
+def parse_at(value: str, tz: ZoneInfo, now: float, *, option: str = "--at") -> float:
+    """Epoch seconds of a future time: ``+30m``, ``+2h``, ``+1d``, ``+1w``, or an ISO date-time (config zone).
+
+    UsageError for text that is neither, a time not after ``now``, or one more than a year ahead.
+    """
+    match = _AHEAD.match(value)
+    if match:
+        at = now + int(match.group(1)) * _UNITS[match.group(2)]
+    else:
+        try:
+            parsed = datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise UsageError(
+                f"{option} {value!r}: expected +30m, +2h, +1d or a date-time such as 2026-12-24T09:00 "
+                f"(in {tz.key} unless it names its zone)"
+            ) from None
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=tz)
+        at = parsed.timestamp()
+    if at <= now:
+        raise UsageError(
+            f"{option} {value!r}: {local_time(at, tz)} {tz.key} is not in the future (now: {local_time(now, tz)}); "
+            "give a later time"
+        )
+    if at - now > MAX_AHEAD:
+        raise UsageError(f"{option} {value!r}: more than a year ahead; give a nearer time")
+    return at
+
+
 @dataclass
 class LogFilter:
     """Filters of ``mailops log``."""

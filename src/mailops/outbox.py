@@ -138,8 +138,9 @@ class Outbox:
             conn.execute(sa.insert(MESSAGES), chunk)
         return len(chunk)
 
-    def promote(self, run_id: str, now: float) -> tuple[int, int]:
-        """Queue a run's staged messages in one transaction; returns (queued, skipped as already in the batch).
+    def promote(self, run_id: str, now: float, due_at: float | None = None) -> tuple[int, int]:
+        """Queue a run's staged messages in one transaction, due at ``due_at`` (default: now); returns
+        (queued, skipped as already in the batch).
 
         A message whose batch already holds the same row (same dedup key) sent,
         queued, deferred or in flight is skipped, so a re-run with ``--batch``
@@ -170,7 +171,7 @@ class Outbox:
             queued = conn.execute(
                 sa.update(MESSAGES)
                 .where((MESSAGES.c.run_id == run_id) & (MESSAGES.c.state == STAGED))
-                .values(state=QUEUED, due_at=now, updated_at=now)
+                .values(state=QUEUED, due_at=now if due_at is None else due_at, updated_at=now)
             ).rowcount
         return queued, skipped
 
@@ -370,6 +371,12 @@ class Outbox:
                 sa.select(ATTEMPTS).where(ATTEMPTS.c.message_pk == msg_id).order_by(ATTEMPTS.c.id)
             ).all()
         return dict(row._mapping), [dict(a._mapping) for a in attempts]
+
+    def ids_of_run(self, run_id: str) -> builtins.list[int]:
+        """The ids of the messages one run queued, in order (what ``mailops.api`` returns)."""
+        with self.store.read() as conn:
+            query = sa.select(MESSAGES.c.id).where(MESSAGES.c.run_id == run_id).order_by(MESSAGES.c.id)
+            return [int(row.id) for row in conn.execute(query)]
 
     def exists(self, *, msg_id: int | None = None, batch: str | None = None) -> bool:
         """True if the outbox holds the message ``msg_id`` (or any message of ``batch``)."""

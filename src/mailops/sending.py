@@ -186,11 +186,12 @@ def enqueue(
     skip_invalid: bool = False,
     dry_run: bool = False,
     preview: int = 0,
+    due_at: float | None = None,
 ) -> EnqueueResult:
     """Validate and render every message, then queue them (or, with ``dry_run``, only count them).
 
     Raises InvalidBatchError (exit 2, nothing queued) when a row is bad and
-    ``skip_invalid`` is false.
+    ``skip_invalid`` is false. ``due_at`` schedules the messages (``send --at``); default: due now.
     """
     check_request(request, config)
     result = EnqueueResult(run_id=uuid.uuid4().hex, plan=plan)
@@ -256,5 +257,5 @@ def enqueue(
             result.would_defer = _would_defer(sizes, candidates, rooms)
         return result
     assert outbox is not None
-    result.queued, result.skipped_duplicates = outbox.promote(result.run_id, now)
+    result.queued, result.skipped_duplicates = outbox.promote(result.run_id, now, due_at)
     return result

@@ -918,7 +918,9 @@ def _sendmail(argv: list[str]) -> None:
     if report.total_sent == 0:
         # queued all the same: exit 0, like a sendmail whose relay is down; cron logs this line
         why = "; ".join(report.problems[:3]) or "not delivered in this run"
-        _err(f"mailops: sendmail: {_safe(accepted.message_id)} is queued, not sent yet: {_safe(why)}; 'mailops deliver' retries")
+        _err(
+            f"mailops: sendmail: {_safe(accepted.message_id)} is queued, not sent yet: {_safe(why)}; 'mailops deliver' retries"
+        )
 
 
 # ---------------------------------------------------------------- queue

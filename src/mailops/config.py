@@ -34,7 +34,17 @@ MAX_MESSAGE_SIZE = 2_000_000_000
 Strategy = Literal["failover", "round-robin", "random", "least-used"]
 
 DEFAULT_PORTS = {"starttls": 587, "ssl": 465, "none": 25}
-TOP_LEVEL_KEYS = ("timezone", "database", "templates", "defaults", "senders", "routes", "groups", "delivery", "sendmail")
+TOP_LEVEL_KEYS = (
+    "timezone",
+    "database",
+    "templates",
+    "defaults",
+    "senders",
+    "routes",
+    "groups",
+    "delivery",
+    "sendmail",
+)
 SENDER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}

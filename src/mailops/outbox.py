@@ -102,7 +102,25 @@ class QueuedMessage:
 
 _CLAIM_COLUMNS = [
     MESSAGES.c[name]
-    for name in ["id", "run_id", "batch", "route", "strategy", "candidates", "nominal_sender", "envelope_from", "recipients", "subject", "template", "message_id", "mime", "attempts", "created_at", "first_attempt_at", "recipient_status"]
+    for name in [
+        "id",
+        "run_id",
+        "batch",
+        "route",
+        "strategy",
+        "candidates",
+        "nominal_sender",
+        "envelope_from",
+        "recipients",
+        "subject",
+        "template",
+        "message_id",
+        "mime",
+        "attempts",
+        "created_at",
+        "first_attempt_at",
+        "recipient_status",
+    ]
 ]
 
 
@@ -408,7 +426,9 @@ class Outbox:
         target = self._select(msg_id, batch, all_)
         has_refused = MESSAGES.c.recipient_status.contains('"failed:', autoescape=True)
         # A sent message whose server refused some recipients is a failure of those recipients.
-        chosen = target & (MESSAGES.c.state.in_([DEFERRED, FAILED, QUEUED]) | ((MESSAGES.c.state == SENT) & has_refused))
+        chosen = target & (
+            MESSAGES.c.state.in_([DEFERRED, FAILED, QUEUED]) | ((MESSAGES.c.state == SENT) & has_refused)
+        )
         again: list[str] = []
         with self.store.write() as conn:
             rows = conn.execute(sa.select(MESSAGES.c.id, MESSAGES.c.recipient_status).where(chosen & has_refused)).all()
@@ -473,9 +493,7 @@ class Outbox:
                 )
             ).one()
             in_flight = conn.execute(
-                sa.select(sa.func.count()).where(
-                    cond & (MESSAGES.c.state == SENDING) & (MESSAGES.c.lease_until >= now)
-                )
+                sa.select(sa.func.count()).where(cond & (MESSAGES.c.state == SENDING) & (MESSAGES.c.lease_until >= now))
             ).scalar_one()
             states = None
             if batch is not None:
@@ -485,7 +503,12 @@ class Outbox:
                     .group_by(MESSAGES.c.state)
                 )
                 states = {str(row[0]): int(row[1]) for row in rows}
-        out: dict[str, Any] = {"due_now": due_now, "deferred": later, "next_due_at": next_at, "in_flight_elsewhere": in_flight}
+        out: dict[str, Any] = {
+            "due_now": due_now,
+            "deferred": later,
+            "next_due_at": next_at,
+            "in_flight_elsewhere": in_flight,
+        }
         if states is not None:
             out["batch"] = batch
             out["batch_states"] = states

@@ -351,3 +351,11 @@ def test_in_process_flags_are_not_parsed_by_click(workspace, srv, cli, monkeypat
     assert srv.messages[0].subject == "flags"
     parsed = message_from_bytes(srv.messages[0].data, policy=policy.default)
     assert parsed["From"] == "Sales Team <sales@example.com>"
+
+
+def test_help_lists_the_flags(workspace, srv, cli):
+    result = cli("sendmail", "--help")
+    assert result.exit_code == 0
+    assert result.stdout.splitlines()[0] == (
+        "usage: mailops sendmail [-t] [-i] [-f ADDR] [-F NAME] [--route R] [RCPT...] < message"
+    )

@@ -379,3 +379,90 @@ def test_an_unsubscribe_url_rendering_a_space_names_the_row(workspace, srv, cli)
         "URL-encode the value (| urlencode) (nothing was sent)\n"
     )
     assert srv.messages == []
+
+
+# ---------------------------------------------------------------- text from HTML
+
+_HTML = (
+    "<html><head><style>p {color: red}</style></head><body><h1>Hello {{ name or recipient }}</h1>"
+    '<p>Your plan renews soon. Please <a href="https://example.com/renew?u={{ recipient | urlencode }}">renew here</a>.</p>'
+    "<ul><li>one</li><li>two</li></ul><p>Grüße</p></body></html>"
+)
+
+
+def _html_only(workspace, name="promo", text=None):
+    folder = workspace.root / "templates" / name
+    folder.mkdir(parents=True)
+    (folder / "subject.txt").write_text("Renewal", encoding="utf-8")
+    (folder / "body.html").write_text(_HTML, encoding="utf-8")
+    if text is not None:
+        (folder / "body.txt").write_text(text, encoding="utf-8")
+    return folder
+
+
+def _parts(message):
+    # get_content() keeps the CRLF line ends of the wire format
+    return {
+        part.get_content_type(): part.get_content().replace("\r\n", "\n")
+        for part in message.walk()
+        if not part.is_multipart()
+    }
+
+
+@pytest.mark.parametrize("text", [None, "", "  \n\n"], ids=["no body.txt", "empty body.txt", "blank body.txt"])
+def test_html_only_template_gets_a_generated_text_part(workspace, srv, cli, text):
+    _config(workspace, srv)
+    _html_only(workspace, text=text)
+    result = cli("send", "--to", "Jane <jane@example.org>", "--template", "promo")
+    assert result.exit_code == 0, result.stderr
+    [received] = srv.messages
+    assert received.message.get_content_type() == "multipart/alternative"
+    parts = _parts(received.message)
+    assert parts["text/plain"] == (
+        "Hello Jane\n\nYour plan renews soon. Please renew here "
+        "<https://example.com/renew?u=jane%40example.org>.\n\n  * one\n  * two\n\nGrüße\n"
+    )
+    assert "<p>" in parts["text/html"]
+    assert not received.message.defects
+
+
+def test_a_written_text_part_is_kept(workspace, srv, cli):
+    _config(workspace, srv)
+    _html_only(workspace, text="My own text for {{ recipient }}\n")
+    result = cli("send", "--to", "jane@example.org", "--template", "promo")
+    assert result.exit_code == 0, result.stderr
+    [received] = srv.messages
+    assert _parts(received.message)["text/plain"] == "My own text for jane@example.org\n"
+
+
+def test_preview_shows_the_generated_text(workspace, srv, cli):
+    _config(workspace, srv)
+    _html_only(workspace)
+    result = cli("send", "--to", "jane@example.org", "--template", "promo", "--dry-run", "--preview", "1")
+    assert result.exit_code == 0, result.stderr
+    assert "Your plan renews soon. Please renew here <https://example.com/renew?u=jane%40example.org>." in result.stdout
+    assert "<p>" not in result.stdout
+    assert srv.messages == []
+
+
+def test_html_only_templates_are_listed_and_checked_by_doctor(workspace, srv, cli):
+    _config(workspace, srv)
+    _html_only(workspace)
+    from mailops.templates import list_templates
+
+    assert list_templates(workspace.root / "templates") == ["promo"]
+
+
+def test_a_template_with_no_body_at_all_names_both_files(workspace, srv, cli):
+    _config(workspace, srv)
+    folder = workspace.root / "templates" / "bare"
+    folder.mkdir(parents=True)
+    (folder / "subject.txt").write_text("S", encoding="utf-8")
+    result = cli("send", "--to", "a@example.org", "--template", "bare")
+    assert result.exit_code == 2
+    templates = workspace.root / "templates"
+    assert result.stderr == (
+        f"mailops: error: unknown template 'bare'; available templates: (none) (in {templates}); fix --template "
+        f"or create {templates / 'bare'}/subject.txt and body.txt (or body.html)\n"
+    )
+    assert srv.messages == []

@@ -174,7 +174,7 @@ def test_check_request_unknown_template(config: Config) -> None:
         check_request(SendRequest(to=["a@example.com"], template="renewl"), config)
     assert str(info.value) == (
         f"unknown template 'renewl'; available templates: renewal (in {config.templates_dir}); "
-        f"fix --template or create {config.templates_dir / 'renewl'}/subject.txt and body.txt"
+        f"fix --template or create {config.templates_dir / 'renewl'}/subject.txt and body.txt (or body.html)"
     )
 
 
@@ -348,9 +348,7 @@ def test_to_column_and_missing_column(config: Config, tmp_path: Path) -> None:
     request = SendRequest(data_file=data, subject="Hi {{ first }}", body="b")
     with pytest.raises(InputError) as info:
         run(request, config)
-    assert str(info.value) == (
-        f"{data}: no 'email' column (columns: mail, first); use --to-column to pick another"
-    )
+    assert str(info.value) == (f"{data}: no 'email' column (columns: mail, first); use --to-column to pick another")
     request.to_column = "mail"
     [message] = run(request, config)
     assert parse(message)["Subject"] == "Hi Ann"
@@ -378,6 +376,7 @@ def test_row_problems_are_yielded_and_good_rows_still_prepared(config: Config, t
         "PreparedMessage",
     ]
     problems = {r.row: r.message for r in results if isinstance(r, RowProblem)}
+
     def name_break(char: str) -> str:
         return f"the control character {char!r} is not allowed in a header (subject, name, address); remove it from the value"
 
@@ -417,9 +416,7 @@ def test_attachments_per_row_and_fixed(config: Config, tmp_path: Path) -> None:
     attached = []
     for result in results:
         assert isinstance(result, PreparedMessage)
-        attached.append(
-            [(p.get_filename(), p.get_payload(decode=True)) for p in parse(result).iter_attachments()]
-        )
+        attached.append([(p.get_filename(), p.get_payload(decode=True)) for p in parse(result).iter_attachments()])
     assert attached == [
         [("brochure.pdf", b"%PDF-brochure"), ("A-1.pdf", b"%PDF-A1"), ("terms.txt", b"terms")],
         [("brochure.pdf", b"%PDF-brochure"), ("B-2.pdf", b"%PDF-B2")],
@@ -474,9 +471,7 @@ def test_dedup_key_stable_across_runs_and_row_sensitive(config: Config, tmp_path
 
 
 def test_limit_counts_messages_not_problems(config: Config, tmp_path: Path) -> None:
-    data = write_csv(
-        tmp_path / "c.csv", "email\nbad@\na@example.com\nb@example.com\nc@example.com\n"
-    )
+    data = write_csv(tmp_path / "c.csv", "email\nbad@\na@example.com\nb@example.com\nc@example.com\n")
     results = run(SendRequest(data_file=data, subject="s", body="b", limit=2), config)
     assert [(type(r).__name__, r.row) for r in results] == [
         ("RowProblem", 1),

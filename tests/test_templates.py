@@ -81,7 +81,7 @@ def test_unknown_template_lists_available(templates_dir: Path) -> None:
         load_template(templates_dir, "renewl")
     assert str(info.value) == (
         f"unknown template 'renewl'; available templates: payment, renewal (in {templates_dir}); "
-        f"fix --template or create {templates_dir / 'renewl'}/subject.txt and body.txt"
+        f"fix --template or create {templates_dir / 'renewl'}/subject.txt and body.txt (or body.html)"
     )
 
 
@@ -102,7 +102,10 @@ def test_incomplete_template_names_missing_file(tmp_path: Path) -> None:
     (folder / "subject.txt").write_text("hi")
     with pytest.raises(InputError) as info:
         load_template(tmp_path / "t", "half")
-    assert str(info.value) == f"{folder}: template has no body.txt; create {folder / 'body.txt'}"
+    assert str(info.value) == (
+        f"{folder}: template has no body.txt or body.html; create {folder / 'body.txt'} "
+        "(or body.html: the text part is then generated from it)"
+    )
 
 
 def test_syntax_error_names_file_and_line(tmp_path: Path) -> None:

@@ -336,7 +336,7 @@ class MessageTemplate:
     body_source: str
     html_source: str | None
     _subject: Template = field(repr=False, compare=False)
-    _body: Template = field(repr=False, compare=False)
+    _body: Template | None = field(repr=False, compare=False)  # None: an HTML-only template (text generated)
     _html: Template | None = field(default=None, repr=False, compare=False)
     headers: tuple[HeaderSpec, ...] = ()  # from the folder's headers.yaml; values rendered per message
 
@@ -351,7 +351,7 @@ class RenderedContent:
 
 
 def list_templates(templates_dir: Path) -> list[str]:
-    """Names of the template folders (those with subject.txt and body.txt), sorted; [] if the folder is missing."""
+    """Names of the template folders (subject.txt and body.txt or body.html), sorted; [] if the folder is missing."""
     try:
         entries = list(Path(templates_dir).iterdir())
     except OSError:
@@ -359,7 +359,9 @@ def list_templates(templates_dir: Path) -> list[str]:
     return sorted(
         entry.name
         for entry in entries
-        if entry.is_dir() and (entry / SUBJECT_FILE).is_file() and (entry / BODY_FILE).is_file()
+        if entry.is_dir()
+        and (entry / SUBJECT_FILE).is_file()
+        and ((entry / BODY_FILE).is_file() or (entry / HTML_FILE).is_file())
     )
 
 
@@ -368,7 +370,7 @@ def unknown_template_message(templates_dir: Path, name: str) -> str:
     available = ", ".join(list_templates(templates_dir)) or "(none)"
     return (
         f"unknown template {name!r}; available templates: {available} (in {templates_dir}); "
-        f"fix --template or create {Path(templates_dir) / name}/{SUBJECT_FILE} and {BODY_FILE}"
+        f"fix --template or create {Path(templates_dir) / name}/{SUBJECT_FILE} and {BODY_FILE} (or {HTML_FILE})"
     )
 
 
@@ -386,13 +388,18 @@ def load_template(templates_dir: Path, name: str) -> MessageTemplate:
     folder = templates_dir / name
     if not folder.is_dir():
         raise InputError(unknown_template_message(templates_dir, name))
-    for required in (SUBJECT_FILE, BODY_FILE):
-        if not (folder / required).is_file():
-            raise InputError(f"{folder}: template has no {required}; create {folder / required}")
+    if not (folder / SUBJECT_FILE).is_file():
+        raise InputError(f"{folder}: template has no {SUBJECT_FILE}; create {folder / SUBJECT_FILE}")
+    has_html = (folder / HTML_FILE).is_file()
+    has_text = (folder / BODY_FILE).is_file()
+    if not has_text and not has_html:
+        raise InputError(
+            f"{folder}: template has no {BODY_FILE} or {HTML_FILE}; create {folder / BODY_FILE} "
+            f"(or {HTML_FILE}: the text part is then generated from it)"
+        )
 
     # utf-8-sig: editors on Windows add a BOM, which would otherwise start the subject.
     env = _make_env(FileSystemLoader(str(templates_dir), encoding="utf-8-sig"))
-    has_html = (folder / HTML_FILE).is_file()
 
     def compile_one(filename: str) -> Template:
         source = f"{name}/{filename}"
@@ -411,10 +418,10 @@ def load_template(templates_dir: Path, name: str) -> MessageTemplate:
         headers=_load_headers(folder, name),
         name=name,
         subject_source=f"{name}/{SUBJECT_FILE}",
-        body_source=f"{name}/{BODY_FILE}",
+        body_source=f"{name}/{BODY_FILE}" if has_text else f"{name}/{HTML_FILE} (text generated)",
         html_source=f"{name}/{HTML_FILE}" if has_html else None,
         _subject=compile_one(SUBJECT_FILE),
-        _body=compile_one(BODY_FILE),
+        _body=compile_one(BODY_FILE) if has_text else None,
         _html=compile_one(HTML_FILE) if has_html else None,
     )
 
@@ -581,13 +588,36 @@ def _render_parts(
             f"{where}: template {template.subject_source}: the subject must be one line but renders with a line "
             "break; remove line breaks from the subject template and from the values it uses"
         )
-    text = _render_one(template._body, variables, where=where, source=template.body_source, from_data=from_data)
+    text = ""
+    if template._body is not None:
+        text = _render_one(template._body, variables, where=where, source=template.body_source, from_data=from_data)
     html = None
     if template._html is not None:
         html = _render_one(
             template._html, variables, where=where, source=template.html_source or "", from_data=from_data
         )
+        if not text.strip():
+            # An empty text alternative next to HTML reads as spam (MPART_ALT_DIFF) and as nothing in a
+            # text client: generate it from the HTML.
+            text = _generated_text(html, where=where, source=template.html_source or "")
     return RenderedContent(subject=subject, text=text, html=html)
+
+
+def _generated_text(html: str, *, where: str, source: str) -> str:
+    """The text part made from a rendered HTML body; InputError naming the template if it cannot be."""
+    from .htmltext import html_to_text
+
+    try:
+        text = html_to_text(html)
+    except (RecursionError, MemoryError) as exc:
+        raise _limit_error(exc, where=where, source=source) from None
+    except Exception as exc:  # noqa: BLE001 - the converter's parser errors: the HTML is the cause
+        raise InputError(
+            f"{where}: template {source}: cannot make a text part from the HTML ({type(exc).__name__}: {exc}); "
+            "fix the HTML or write a body.txt"
+        ) from None
+    _check_time()
+    return text
 
 
 @functools.lru_cache(maxsize=256)

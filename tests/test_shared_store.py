@@ -38,7 +38,7 @@ PASSWORD = "s3cret-pass"
 DB_ERRORS = ("database is locked", "OperationalError", "Traceback", "database", "deadlock", "psycopg")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 UTC = ZoneInfo("UTC")
-ALL_TABLES = {"messages", "attempts", "usage", "sender_state", "route_state", "events"}
+ALL_TABLES = {"messages", "attempts", "usage", "sender_state", "route_state", "events", "suppressions"}
 
 
 @pytest.fixture
@@ -700,10 +700,12 @@ def test_log_and_stats_on_a_blank_or_older_database_bring_it_up_to_date_first(da
     assert store.pending_migrations() == []
 
     with store.write() as conn:  # back to a database of an older mailops: the last step not applied yet
-        conn.execute(sa.text("DELETE FROM schema_migrations WHERE name = :name"), {"name": names[-1]})
-        assert names[-1] == "003_health_settings"  # undone here
+        for name in names[-2:]:
+            conn.execute(sa.text("DELETE FROM schema_migrations WHERE name = :name"), {"name": name})
+        assert names[-2:] == ["003_health_settings", "004_suppressions"]  # undone here
         conn.execute(sa.text("ALTER TABLE sender_state DROP COLUMN settings"))
         conn.execute(sa.text("ALTER TABLE sender_state DROP COLUMN last_error_at"))
+        conn.execute(sa.text("DROP TABLE suppressions"))
     assert open_reader(database_url) is None
     out, loaded = _light("log", "--json")
     assert json.loads(out) == [] and "sqlalchemy" in loaded

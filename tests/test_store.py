@@ -25,7 +25,7 @@ from mailops.store import Store, mask_url
 from tests.fixtures_cli import run_mailops
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-ALL_TABLES = {"messages", "attempts", "usage", "sender_state", "route_state", "events"}
+ALL_TABLES = {"messages", "attempts", "usage", "sender_state", "route_state", "events", "suppressions"}
 
 
 def url_for(path: Path) -> str:
@@ -101,7 +101,9 @@ def test_upgrade_from_the_first_schema_applies_a_new_step_once_and_keeps_the_dat
         "999_event_actor",
     ]
     assert "actor" in {row[1] for row in raw_rows(path, "PRAGMA table_info(events)")}
-    assert raw_rows(path, "SELECT at, kind, detail, actor FROM events") == [(1.5, "purge", "kept across upgrades", None)]
+    assert raw_rows(path, "SELECT at, kind, detail, actor FROM events") == [
+        (1.5, "purge", "kept across upgrades", None)
+    ]
     assert raw_rows(path, "SELECT sender, period, count FROM usage") == [("sales", "day:2026-11-23", 7)]
 
     reopened = Store.open(url_for(path))  # every command opens the store: the step must not run again
@@ -110,7 +112,9 @@ def test_upgrade_from_the_first_schema_applies_a_new_step_once_and_keeps_the_dat
     assert calls == ["999"]
 
 
-def test_a_failing_migration_step_is_rolled_back_and_not_recorded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failing_migration_step_is_rolled_back_and_not_recorded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = tmp_path / "mailops.db"
     Store.open(url_for(path)).close()
 
@@ -155,8 +159,16 @@ def _column_spec(column: sa.Column) -> tuple[object, ...]:
     """What a statement built on the column depends on: type (SQLModel's AutoString unwrapped), nullability, defaults."""
     type_ = column.type.impl_instance if isinstance(column.type, sa.TypeDecorator) else column.type
     default = column.default.arg if column.default is not None else None
-    return (column.name, type(type_), getattr(type_, "length", None), column.nullable, column.primary_key,
-            default, column.server_default, column.autoincrement)
+    return (
+        column.name,
+        type(type_),
+        getattr(type_, "length", None),
+        column.nullable,
+        column.primary_key,
+        default,
+        column.server_default,
+        column.autoincrement,
+    )
 
 
 def test_core_tables_match_the_models() -> None:
@@ -314,7 +326,10 @@ def test_two_processes_opening_a_blank_database_at_once_migrate_it_once(tmp_path
         ("postgresql://mailops:s3cret@db.internal:5432/mail", "postgresql://mailops:***@db.internal:5432/mail"),
         ("postgresql+psycopg://mailops:p%40ss:w0rd@db/mail", "postgresql+psycopg://mailops:***@db/mail"),
         ("postgresql://mailops:pa/ss@db/mail", "postgresql://mailops:***@db/mail"),
-        ("postgresql://db.internal/mail?user=mailops&password=s3cret", "postgresql://db.internal/mail?user=mailops&password=***"),
+        (
+            "postgresql://db.internal/mail?user=mailops&password=s3cret",
+            "postgresql://db.internal/mail?user=mailops&password=***",
+        ),
         ("postgresql://mailops@db.internal/mail", "postgresql://mailops@db.internal/mail"),
         ("sqlite:////var/lib/mailops/mailops.db", "sqlite:////var/lib/mailops/mailops.db"),
     ],

@@ -84,9 +84,11 @@ app = typer.Typer(
 password_app = typer.Typer(help="Store, remove and inspect sender passwords (kept in the system keyring).")
 queue_app = typer.Typer(help="Inspect and manage the outbox: list, show, retry, cancel, purge.")
 db_app = typer.Typer(help="The database: schema status and upgrades.")
+suppress_app = typer.Typer(help="The suppression list: addresses send leaves out (hard bounces, opt-outs).")
 app.add_typer(password_app, name="password")
 app.add_typer(queue_app, name="queue")
 app.add_typer(db_app, name="db")
+app.add_typer(suppress_app, name="suppress")
 
 
 class _State:
@@ -653,6 +655,10 @@ def _show_previews(previews: list[Any]) -> None:
                 _out(f"{name}: {_safe(str(value))}")
         if prepared.email.envelope_to:
             _out(f"(envelope to: {_safe(', '.join(prepared.email.envelope_to))})")
+        for rcpt, reason in prepared.suppressed:
+            _out(f"(suppressed, left out: {_safe(rcpt)}: {_safe(reason)})")
+        if prepared.suppressed and not prepared.email.envelope_to:
+            _out("(not queued: every recipient is suppressed)")
         body = msg.get_body(preferencelist=("plain", "html"))
         _out("")
         text = body.get_content().rstrip() if body is not None else ""
@@ -662,6 +668,20 @@ def _show_previews(previews: list[Any]) -> None:
             _out(f"[attachments: {_safe(', '.join(a or '?' for a in attachments))}]")
     if previews:
         _out("---")
+
+
+def _show_suppressed(result: Any) -> None:
+    """How many recipients send left out for the suppression list, and the first of them with the reason."""
+    messages = (
+        f"; {result.suppressed_messages} message(s) not queued (every recipient suppressed)"
+        if result.suppressed_messages
+        else ""
+    )
+    _out(f"left out {result.suppressed_recipients} suppressed recipient(s){messages}:")
+    for item in result.suppressed:
+        _out(f"  {_safe(item['label'])}: {_safe(item['recipient'])}: {_safe(item['reason'])}")
+    if result.suppressed_recipients > len(result.suppressed):
+        _out(f"  ... and {result.suppressed_recipients - len(result.suppressed)} more ('mailops suppress list')")
 
 
 @app.command()
@@ -745,6 +765,9 @@ def send(
             "'mailops deliver' sends them then.",
         ),
     ] = None,
+    include_suppressed: Annotated[
+        bool, typer.Option("--include-suppressed", help="Send to addresses on the suppression list too.")
+    ] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors (for cron).")] = False,
 ) -> None:
@@ -794,9 +817,12 @@ def send(
         dry_run=dry_run,
         preview=preview,
         due_at=due_at,
+        include_suppressed=include_suppressed,
     )
     if result.previews and not json_out:
         _show_previews(result.previews)
+    if result.suppressed_recipients and not json_out and not quiet:
+        _show_suppressed(result)
     invalid_note = None
     if result.problem_count:
         invalid_note = f"{result.problem_count} invalid row(s) skipped:"
@@ -1273,6 +1299,104 @@ def db_upgrade() -> None:
 
 
 # ---------------------------------------------------------------- entry point
+
+
+# ---------------------------------------------------------------- suppress
+
+
+def _suppress_addresses(values: list[str], where: str) -> list[str]:
+    """Each value as one checked address (its addr_spec); InputError naming ``where`` for a bad one."""
+    from .compose import parse_address
+
+    return [parse_address(value, where=where).addr_spec for value in values]
+
+
+@suppress_app.command("add")
+def suppress_add(
+    addresses: Annotated[list[str], typer.Argument(help="Addresses to stop sending to.", metavar="ADDR...")],
+    reason: Annotated[str | None, typer.Option("--reason", help="Why (shown by 'suppress list' and by send).")] = None,
+) -> None:
+    """Add addresses to the suppression list: send leaves them out from now on."""
+    from . import suppress
+    from .compose import check_header_text
+
+    config = _load_config()
+    keys = _suppress_addresses(addresses, "suppress add")
+    if reason is not None:
+        check_header_text(reason, where="--reason")
+    store = _open_store(config)
+    with store.write() as conn:
+        added = suppress.add(conn, keys, reason=reason, source="manual", now=_now())
+    _out(
+        f"added {added} address(es) to the suppression list"
+        + (f"; {len(keys) - added} already listed" if len(keys) > added else "")
+    )
+
+
+@suppress_app.command("remove")
+def suppress_remove(
+    addresses: Annotated[list[str], typer.Argument(help="Addresses to send to again.", metavar="ADDR...")],
+) -> None:
+    """Remove addresses from the suppression list."""
+    from . import suppress
+
+    config = _load_config()
+    keys = _suppress_addresses(addresses, "suppress remove")
+    store = _open_store(config)
+    with store.write() as conn:
+        removed = suppress.remove(conn, keys)
+    missing = len({k.lower() for k in keys}) - removed
+    _out(
+        f"removed {removed} address(es) from the suppression list" + (f"; {missing} were not listed" if missing else "")
+    )
+
+
+@suppress_app.command("list")
+def suppress_list(json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Show the suppressed addresses, when and why each was added."""
+    from . import suppress
+    from .history import local_time
+
+    config = _load_config()
+    store = _open_store(config)
+    with store.read() as conn:
+        entries = suppress.entries(conn)
+    if json_out:
+        _print_json(
+            [{"address": e.address, "added_at": e.added_at, "reason": e.reason, "source": e.source} for e in entries]
+        )
+        return
+    if not entries:
+        _out("the suppression list is empty")
+        return
+    tz = config.timezone
+    _table(
+        "suppressed",
+        ["address", "added", "source", "reason"],
+        [[_safe(e.address), local_time(e.added_at, tz), e.source, _safe(e.reason or "")] for e in entries],
+    )
+
+
+@suppress_app.command("import")
+def suppress_import(
+    file: Annotated[Path, typer.Argument(help="One address per line, or a CSV file with an 'email' column.")],
+    reason: Annotated[str | None, typer.Option("--reason", help="Why (default: imported from FILE).")] = None,
+) -> None:
+    """Add every address of a file to the suppression list; a bad address stops the import (nothing added)."""
+    from . import suppress
+    from .compose import check_header_text, parse_address
+
+    config = _load_config()
+    lines = suppress.read_import_file(file)
+    keys = [parse_address(text, where=f"{file} line {number}").addr_spec for number, text in lines]
+    text = reason if reason is not None else f"imported from {file.name}"
+    check_header_text(text, where="--reason")
+    store = _open_store(config)
+    with store.write() as conn:
+        added = suppress.add(conn, keys, reason=text, source="import", now=_now())
+    _out(
+        f"imported {len(keys)} address(es) from {file}: {added} new, {len({k.lower() for k in keys}) - added} already listed"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

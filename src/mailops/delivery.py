@@ -27,7 +27,7 @@ from datetime import datetime
 from email.headerregistry import Address
 from typing import Any
 
-from . import health, quota, routing
+from . import health, quota, routing, suppress
 from .compose import format_date, stamp_date
 from .config import Config, Sender
 from .errors import SecretError
@@ -730,6 +730,7 @@ class Deliverer:
         for rcpt, (code, text) in result.refused.items():
             if 500 <= code < 600:
                 status[rcpt] = f"failed: {code} {text}"
+                self._suppress_if_nonexistent(conn, rcpt, code, text, now)
                 problems.append(f"{msg.subject!r}: {rcpt} refused: {code} {text}; the other recipients got the message")
                 rows.append(
                     self._attempt_row(
@@ -776,6 +777,13 @@ class Deliverer:
             health.record(conn, sender.key, True, now, settings=health.settings_of(sender))
             self._known_healthy.add(sender.key)
         return _Result(job, outcome, sender.key, note, refused=len(problems))
+
+    @staticmethod
+    def _suppress_if_nonexistent(conn: Any, rcpt: str, code: int, text: str, now: float) -> None:
+        """Put a recipient refused for good as nonexistent (5.1.1 user unknown...) on the suppression list,
+        in the transaction that records the refusal: the next send leaves it out."""
+        if suppress.is_nonexistent_recipient(code, text):
+            suppress.add(conn, [rcpt], reason=f"{code} {text}", source="bounce", now=now)
 
     def _record_internal_error(
         self, job: _Job, sender: Sender | None, exc: Exception, held: quota.Reservation | None = None
@@ -832,6 +840,7 @@ class Deliverer:
                 for rcpt, (code, rtext) in failure.refused.items():
                     if 500 <= code < 600:
                         status[rcpt] = f"failed: {code} {rtext}"
+                        self._suppress_if_nonexistent(conn, rcpt, code, rtext, now)
             permanent = not failure.temporary and not (
                 failure.refused and any(code < 500 for code, _ in failure.refused.values())
             )

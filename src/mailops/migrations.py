@@ -129,10 +129,16 @@ def _m002_stats_index(conn: Connection) -> None:
     # reads only this index (0.9 s -> 0.13 s over a million log rows).
     md = sa.MetaData()
     table = sa.Table(
-        "attempts", md, sa.Column("sender", sa.Text), sa.Column("outcome", sa.Text),
-        sa.Column("at", sa.Float), sa.Column("duration", sa.Float),
+        "attempts",
+        md,
+        sa.Column("sender", sa.Text),
+        sa.Column("outcome", sa.Text),
+        sa.Column("at", sa.Float),
+        sa.Column("duration", sa.Float),
     )
-    sa.Index("ix_attempts_sender_outcome_at", table.c.sender, table.c.outcome, table.c.at, table.c.duration).create(conn)
+    sa.Index("ix_attempts_sender_outcome_at", table.c.sender, table.c.outcome, table.c.at, table.c.duration).create(
+        conn
+    )
 
 
 def _m003_health_settings(conn: Connection) -> None:
@@ -144,11 +150,28 @@ def _m003_health_settings(conn: Connection) -> None:
     conn.execute(sa.text("ALTER TABLE sender_state ADD COLUMN last_error_at FLOAT"))
 
 
+def _m004_suppressions(conn: Connection) -> None:
+    import sqlalchemy as sa
+
+    # The suppression list: one row per address (lower case), shared by every host on PostgreSQL.
+    md = sa.MetaData()
+    sa.Table(
+        "suppressions",
+        md,
+        sa.Column("address", sa.Text, primary_key=True),
+        sa.Column("added_at", sa.Float, nullable=False),
+        sa.Column("reason", sa.Text),
+        sa.Column("source", sa.Text, nullable=False),
+    )
+    md.create_all(conn)
+
+
 #: name -> step, applied in this order; never edit or reorder a released step, add a new one.
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("001_initial", _m001_initial),
     ("002_stats_index", _m002_stats_index),
     ("003_health_settings", _m003_health_settings),
+    ("004_suppressions", _m004_suppressions),
 ]
 
 

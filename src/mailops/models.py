@@ -129,3 +129,14 @@ class Event(SQLModel, table=True):
     at: float
     kind: str
     detail: str
+
+
+class Suppression(SQLModel, table=True):
+    """An address mailops does not send to: added by hand, imported, or after a permanent refusal."""
+
+    __tablename__ = "suppressions"
+
+    address: str = Field(primary_key=True)  # addr_spec, lower case
+    added_at: float
+    reason: str | None = None  # the operator's --reason, or the server's reply to a bounce
+    source: str  # manual | import | bounce

@@ -86,6 +86,7 @@ class PreparedMessage:
     email: PreparedEmail
     template: str | None
     dedup_key: str  # sha256 of recipients + row values: the same row in a re-run --batch is recognised
+    suppressed: list[tuple[str, str]] = field(default_factory=list)  # (recipient, reason) left out by send
 
 
 @dataclass

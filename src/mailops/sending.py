@@ -8,6 +8,7 @@ bad the staged rows are discarded and the run stops with exit code 2, unless
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import uuid
 from collections import Counter
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from . import quota
+from . import quota, suppress
 from .config import Config, Sender
 from .errors import ConfigError, InvalidBatchError
 from .outbox import Outbox
@@ -44,6 +45,9 @@ class EnqueueResult:
     #: dry run: (sender, room left now, what it counts) for each active candidate with a daily or monthly limit
     rooms: list[tuple[str, float, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # dry run: one line each, e.g. intranet via a public provider
+    suppressed_recipients: int = 0  # recipients left out because they are on the suppression list
+    suppressed_messages: int = 0  # messages not queued: every recipient is suppressed
+    suppressed: list[dict[str, Any]] = field(default_factory=list)  # the first ones, per row (for output)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary of the queueing step."""
@@ -56,6 +60,9 @@ class EnqueueResult:
             "skipped_already_in_batch": self.skipped_duplicates,
             "invalid": self.problem_count,
             "invalid_rows": [p.message for p in self.problems],
+            "suppressed_recipients": self.suppressed_recipients,
+            "suppressed_messages": self.suppressed_messages,
+            "suppressed": self.suppressed,
         }
 
 
@@ -175,6 +182,25 @@ def _row(prepared: PreparedMessage, plan: Plan, run_id: str, batch: str | None, 
     }
 
 
+def _leave_out_suppressed(item: PreparedMessage, suppressed: dict[str, str], result: EnqueueResult) -> PreparedMessage:
+    """The message without its suppressed recipients (envelope only: the headers say whom it was written to)."""
+    if not suppressed:
+        return item
+    hits = [(rcpt, suppressed[key]) for rcpt in item.email.envelope_to if (key := rcpt.lower()) in suppressed]
+    if not hits:
+        return item
+    kept = [rcpt for rcpt in item.email.envelope_to if rcpt.lower() not in suppressed]
+    result.suppressed_recipients += len(hits)
+    if not kept:
+        result.suppressed_messages += 1
+    for rcpt, reason in hits:
+        if len(result.suppressed) < MAX_PROBLEMS_SHOWN:
+            result.suppressed.append({"row": item.row, "label": item.label, "recipient": rcpt, "reason": reason})
+    item.suppressed = hits
+    item.email = dataclasses.replace(item.email, envelope_to=kept)
+    return item
+
+
 def enqueue(
     config: Config,
     store: Store | None,
@@ -187,11 +213,14 @@ def enqueue(
     dry_run: bool = False,
     preview: int = 0,
     due_at: float | None = None,
+    include_suppressed: bool = False,
 ) -> EnqueueResult:
     """Validate and render every message, then queue them (or, with ``dry_run``, only count them).
 
     Raises InvalidBatchError (exit 2, nothing queued) when a row is bad and
     ``skip_invalid`` is false. ``due_at`` schedules the messages (``send --at``); default: due now.
+    Recipients on the suppression list are left out of the envelope (a message
+    none of whose recipients is left is not queued) unless ``include_suppressed``.
     """
     check_request(request, config)
     result = EnqueueResult(run_id=uuid.uuid4().hex, plan=plan)
@@ -218,11 +247,16 @@ def enqueue(
                     result.problems.append(item)
                 continue
             result.total += 1
+            item = _leave_out_suppressed(item, suppressed, result)
             if len(result.previews) < preview:
                 result.previews.append(item)
-            if not dry_run:
+            if not dry_run and item.email.envelope_to:
                 yield _row(item, plan, result.run_id, batch, now)
 
+    suppressed: dict[str, str] = {}
+    if store is not None and not include_suppressed:
+        with store.read() as conn:
+            suppressed = suppress.all_reasons(conn)
     outbox = Outbox(store, config.delivery) if store is not None else None
     try:
         if outbox is not None and not dry_run:

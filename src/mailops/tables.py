@@ -106,3 +106,12 @@ Event = sa.Table(
     sa.Column("kind", sa.String, nullable=False),
     sa.Column("detail", sa.String, nullable=False),
 )
+
+Suppression = sa.Table(
+    "suppressions",
+    metadata,
+    sa.Column("address", sa.String, primary_key=True),
+    sa.Column("added_at", sa.Float, nullable=False),
+    sa.Column("reason", sa.String),
+    sa.Column("source", sa.String, nullable=False),
+)

@@ -361,3 +361,36 @@ def test_help_lists_the_flags(workspace, srv, cli):
     assert result.stdout.splitlines()[0] == (
         "usage: mailops sendmail [-t] [-i] [-f ADDR] [-F NAME] [--route R] [RCPT...] < message"
     )
+
+
+def test_a_body_line_longer_than_smtp_allows_is_sent_quoted_printable(workspace, srv):
+    _config(workspace, srv)
+    long_line = '{"job": "backup", "files": [' + ", ".join(f'"/srv/data/file-{i}.bin"' for i in range(200)) + "]}"
+    assert len(long_line) > 998
+    message = b"Subject: job log\n\nstarted\n" + long_line.encode() + b"\nK\xc3\xa4se done\n"
+
+    result = sendmail("-i", "ops@example.org", stdin=message)
+
+    assert (result.exit_code, result.stderr) == (0, "")
+    got = srv.messages[0]
+    assert max(len(line) for line in got.data.split(b"\r\n")) <= 998
+    assert got.message["Content-Transfer-Encoding"] == "quoted-printable"
+    assert got.message.get_content() == f"started\n{long_line}\nKäse done\n".replace("\n", "\r\n")
+
+
+def test_a_long_line_in_a_multipart_body_is_refused(workspace, srv):
+    _config(workspace, srv)
+    message = (
+        b'Content-Type: multipart/mixed; boundary="b"\nSubject: x\n\n--b\nContent-Type: text/plain\n\n'
+        + b"x" * 1200
+        + b"\n--b--\n"
+    )
+    result = sendmail("ops@example.org", stdin=message)
+    assert (result.exit_code, result.stderr.splitlines()) == (
+        65,
+        [
+            "mailops: error: standard input: a body line is longer than 998 characters in a multipart or encoded "
+            "message; encode that part as quoted-printable or base64"
+        ],
+    )
+    assert srv.messages == []

@@ -14,6 +14,7 @@ queued row like any other.
 from __future__ import annotations
 
 import hashlib
+import quopri
 import re
 import uuid
 from dataclasses import dataclass, field
@@ -241,6 +242,50 @@ def _unique(addresses: list[str]) -> list[str]:
     return out
 
 
+def _header(name: str, value: str) -> _Field:
+    return _Field(name, [f"{name}: {value}".encode("ascii")], value)
+
+
+def _is_utf8(lines: list[bytes]) -> bool:
+    try:
+        b"\n".join(lines).decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _fit_long_lines(body: list[bytes], fields: list[_Field]) -> tuple[list[bytes], list[_Field]]:
+    """Body and headers with no body line over 998 characters, which SMTP servers refuse.
+
+    Cron mails whatever a job prints, a long JSON log line included: a
+    single-part body holding such a line is sent quoted-printable (the text
+    arrives unchanged once decoded). A multipart body, or one already encoded,
+    is refused: its parts are not ours to re-encode.
+    """
+    if all(len(line) <= _MAX_LINE for line in body):
+        return body, fields
+    values = {f.key: f.value.lower() for f in fields}
+    if values.get("content-type", "").startswith("multipart/") or values.get(
+        "content-transfer-encoding", "7bit"
+    ) not in (
+        "7bit",
+        "8bit",
+        "binary",
+    ):
+        raise InputError(
+            f"{WHERE}: a body line is longer than {_MAX_LINE} characters in a multipart or encoded message; "
+            "encode that part as quoted-printable or base64"
+        )
+    encoded = quopri.encodestring(b"\n".join(body) + b"\n").split(b"\n")[:-1]
+    kept = [f for f in fields if f.key != "content-transfer-encoding"]
+    if "mime-version" not in values:
+        kept.append(_header("MIME-Version", "1.0"))
+    if "content-type" not in values and not all(line.isascii() for line in body) and _is_utf8(body):
+        kept.append(_header("Content-Type", 'text/plain; charset="utf-8"'))
+    kept.append(_header("Content-Transfer-Encoding", "quoted-printable"))
+    return encoded, kept
+
+
 def _route(config: Config, args: SendmailArgs, from_addr: str | None) -> Plan:
     """``--route``; else the ``sendmail: from:`` entry of the envelope sender or From address (or its
     ``@domain``); else ``sendmail: default``; else the ``default`` route."""
@@ -319,6 +364,7 @@ def build(config: Config, args: SendmailArgs, data: bytes, now: datetime) -> tup
     sender = config.senders[plan.nominal]
 
     kept = [f for f in fields if f.key != "bcc"]  # Bcc never travels with the message
+    body, kept = _fit_long_lines(body, kept)
     keys = {f.key for f in kept}
     extra: list[str] = []
     if "to" not in keys and "cc" not in keys:

@@ -218,6 +218,11 @@ def test_preview_shows_added_headers(workspace, srv, cli):
             "without spaces or ':', at most 64 characters, such as X-Campaign); fix the name",
         ),
         ("NoColon", "mailops: error: --header 'NoColon': expected 'Name: value'"),
+        (
+            "X-A : v",
+            "mailops: error: --header 'X-A : v': 'X-A ': a header name may not start or end with a space; "
+            "write it as 'Name: value'",
+        ),
         ("X-Bad: a\rb", "mailops: error: --header 'X-Bad: a\\rb': "),
     ],
 )

@@ -75,9 +75,10 @@ def parse_header_option(item: str) -> HeaderSpec:
     name, sep, value = item.partition(":")
     if not sep:
         raise ValueError(f"--header {item!r}: expected 'Name: value'")
-    problem = name_problem(name.strip()) if name == name.strip() else None
     if name != name.strip():
-        problem = f"{name!r}: a header name may not start or end with a space; write it as 'Name: value'"
+        problem: str | None = f"{name!r}: a header name may not start or end with a space; write it as 'Name: value'"
+    else:
+        problem = name_problem(name)
     if problem is not None:
         raise ValueError(f"--header {item!r}: {problem}")
     value = value.strip()

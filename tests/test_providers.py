@@ -334,3 +334,64 @@ def test_dry_run_counts_recipients_against_a_recipient_counted_limit(workspace, 
     assert "2 of them would be deferred: the senders' remaining quota is s 10 recipients\n" in result.stdout
     assert json.loads(as_json.stdout)["would_defer_for_quota"] == 2
     assert srv_any.connections == 0 and workspace.states() == {}
+
+
+def test_a_smaller_message_still_goes_where_a_larger_one_waits(workspace, srv_any, cli):
+    """Daily limit 5 recipients, messages to 4, 3 and 1: one of the large two waits, the 1-recipient one still goes.
+
+    (Which of the large two goes first depends on the worker reserving its next message ahead.)
+    """
+    workspace.write_config(
+        {
+            "s": workspace.sender(
+                srv_any, email="s@example.com", password=PASSWORD, daily_limit=5, limit_unit="recipients"
+            )
+        },
+        routes={"default": "s"},
+    )
+    for recipients in (4, 3, 1):
+        to = [arg for i in range(recipients) for arg in ("--to", f"m{recipients}r{i}@example.org")]
+        queued = cli("send", *to, "--subject", f"to {recipients}", "--body", "b", "--queue-only")
+        assert queued.exit_code == 0, queued.output
+
+    result = cli("deliver")
+
+    assert result.exit_code == 1  # one message deferred
+    sent = sorted(len(m.rcpt_tos) for m in srv_any.messages)
+    assert sent in ([1, 3], [1, 4])
+    [(subject, reason)] = workspace.query("SELECT subject, reason FROM messages WHERE state = 'deferred'")
+    waiting = 7 - sent[1]
+    assert (subject, reason) == (
+        f"to {waiting}",
+        f"quota: daily limit of 5 recipients has no room for {waiting} more for s",
+    )
+    [(used,)] = workspace.query("SELECT count FROM usage WHERE period LIKE 'day:%'")
+    assert used == sum(sent)
+
+
+def test_a_message_too_large_for_the_rest_of_the_day_does_not_hold_back_smaller_ones(workspace, srv_any, cli):
+    """Daily limit 10 recipients: 55 messages to 4, then two to 1. Two 4s fit (8), the other 4s wait, the 1s fill
+    the rest (10). More messages than one claim (50), so the 1s reach the sender after the 4s were refused: a
+    recipient-counted limit that cannot take a large message is not taken as used up for a small one."""
+    workspace.write_config(
+        {
+            "s": workspace.sender(
+                srv_any, email="s@example.com", password=PASSWORD, daily_limit=10, limit_unit="recipients"
+            )
+        },
+        routes={"default": "s"},
+    )
+    data = workspace.csv("big.csv", [{"email": f"u{i}@example.org"} for i in range(55)])
+    cc = [arg for i in range(3) for arg in ("--cc", f"cc{i}@example.org")]
+    assert cli("send", "--data", data, *cc, "--subject", "big", "--body", "b", "--queue-only").exit_code == 0
+    for index in range(2):
+        queued = cli("send", "--to", f"small{index}@example.org", "--subject", "small", "--body", "b", "--queue-only")
+        assert queued.exit_code == 0, queued.output
+
+    result = cli("deliver")
+
+    assert result.exit_code == 1
+    assert sorted(len(m.rcpt_tos) for m in srv_any.messages) == [1, 1, 4, 4]
+    assert workspace.states() == {"sent": 4, "deferred": 53}
+    [(used,)] = workspace.query("SELECT count FROM usage WHERE period LIKE 'day:%'")
+    assert used == 10

@@ -12,7 +12,9 @@ from mailops.smtpcheck import CheckResult, check_sender, hint_for
 from mailops.transport import SmtpFailure
 from tests.fixtures_smtp import DEFAULT_PASSWORD, make_sender
 
-CA_HINT = "the server's certificate is not trusted: set ca_file to the CA that signed it (tls_verify: false only for testing)"
+CA_HINT = (
+    "the server's certificate is not trusted: set ca_file to the CA that signed it (tls_verify: false only for testing)"
+)
 WRONG_PASSWORD_HINT = (
     "wrong username or password for sales: check 'username' in senders.yaml and run 'mailops password set sales'"
 )
@@ -207,7 +209,9 @@ def gmail(**overrides):
         ),
         (
             make_sender(host="smtp.office365.com", port=587),
-            SmtpFailure("auth", "auth", 535, "5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled"),
+            SmtpFailure(
+                "auth", "auth", 535, "5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled"
+            ),
             "Microsoft refuses the login for sales: use an app password, or ask the admin to enable SMTP AUTH "
             "for the mailbox (off by default in Microsoft 365), then run 'mailops password set sales'",
         ),
@@ -215,6 +219,19 @@ def gmail(**overrides):
             make_sender(host="mail.example.com"),
             SmtpFailure("auth", "auth", 535, "5.7.8 bad"),
             WRONG_PASSWORD_HINT,
+        ),
+        (  # a provider preset's own hint, whatever the host
+            make_sender(host="127.0.0.1", provider="gmail"),
+            SmtpFailure("auth", "auth", 535, "5.7.8 Username and Password not accepted"),
+            "Gmail refuses the account password over SMTP: create an app password "
+            "(https://myaccount.google.com/apppasswords, needs 2-Step Verification) and store it with "
+            "'mailops password set sales', or log in with OAuth2 (an 'oauth2:' mapping)",
+        ),
+        (
+            make_sender(host="smtp.gmail.com", provider="sendgrid"),
+            SmtpFailure("auth", "auth", 535, "5.7.8 bad"),
+            "SendGrid refuses the login: the username is the word 'apikey' and the password an API key with "
+            "Mail Send permission, stored with 'mailops password set sales'",
         ),
         (
             make_sender(host="mail.example.com"),
@@ -240,7 +257,9 @@ def gmail(**overrides):
         ),
         (
             make_sender(host="mail.example.com", port=2525),
-            SmtpFailure("connect", "connect", None, "cannot resolve host 'mail.example.com': Name or service not known"),
+            SmtpFailure(
+                "connect", "connect", None, "cannot resolve host 'mail.example.com': Name or service not known"
+            ),
             "the host name 'mail.example.com' does not resolve: check host in senders.yaml and DNS",
         ),
         (

@@ -8,6 +8,7 @@ queued, also when the server is down).
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from email import message_from_bytes, policy
@@ -323,6 +324,22 @@ def test_a_message_over_the_size_limit_is_refused(workspace, srv):
         "mailops: error: standard input: the message is larger than the limit of 1,000 bytes; send a smaller one "
         "or raise MAILOPS_SENDMAIL_MAX_BYTES"
     ]
+    assert srv.messages == []
+
+
+def test_a_message_over_the_senders_max_message_size_is_refused(workspace, srv):
+    sales = workspace.sender(srv, email="sales@example.com", password=PASSWORD, max_message_size=3000)
+    workspace.write_config({"sales": sales}, routes={"default": "sales"})
+
+    result = sendmail("ops@example.org", stdin=b"Subject: big\n\n" + b"x" * 4000 + b"\n")
+
+    assert (result.exit_code, result.stdout) == (65, "")
+    assert re.fullmatch(
+        r"mailops: error: standard input: the message is 4,\d{3} bytes; sender sales takes at most 3,000 "
+        r"\(max_message_size\); send smaller attachments or links to them\n",
+        result.stderr,
+    ), result.stderr
+    assert workspace.query("SELECT COUNT(*) FROM messages") == [(0,)]
     assert srv.messages == []
 
 

@@ -425,6 +425,13 @@ def accept(config: Config, store: Store, args: SendmailArgs, data: bytes, *, now
     from .sending import _row  # the one shape of an outbox row, shared with `send`
 
     plan, prepared, notes = build(config, args, data, datetime.fromtimestamp(now, config.timezone))
+    from .sending import message_problem
+
+    # As for `send`: a message no sender of the route could ever take (max_message_size, or more recipients
+    # than a recipient-counted limit) is refused now rather than left to fail or wait for ever.
+    problem = message_problem(prepared, [config.senders[k] for k in plan.candidates if config.senders[k].active])
+    if problem is not None:
+        raise InputError(problem)
     run_id = uuid.uuid4().hex
     outbox = Outbox(store, config.delivery)
     outbox.stage([_row(prepared, plan, run_id, None, now)])

@@ -86,3 +86,10 @@ def test_errors_are_the_typed_exceptions_and_nothing_is_queued(ws, srv, tmp_path
         api.enqueue(subject="S", body="B", to=["a@example.org"], config=tmp_path / "missing.yaml")
     assert ws.query("SELECT COUNT(*) FROM messages") == [(0,)]
     assert srv.messages == []
+
+
+def test_suppressed_recipients_are_left_out_as_by_send(ws, srv, cli):
+    assert cli("suppress", "add", "gone@example.org").exit_code == 0
+    assert api.enqueue(subject="S", body="B", to=["gone@example.org"]) == []
+    [kept] = api.enqueue(subject="S", body="B", to=["gone@example.org"], include_suppressed=True)
+    assert ws.query("SELECT id, recipients FROM messages") == [(kept, '["gone@example.org"]')]

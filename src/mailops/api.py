@@ -56,13 +56,15 @@ def enqueue(
     batch: str | None = None,
     at: str | datetime | None = None,
     skip_invalid: bool = False,
+    include_suppressed: bool = False,
     config: PathLike | None = None,
 ) -> list[int]:
     """Validate, render and queue the messages (due now, or at ``at``); returns their outbox ids.
 
     ``at`` is ``+30m``/``+2h``/``+1d``, an ISO date-time, or a ``datetime``
     (a naive one is in the config's time zone); it must be in the future.
-    Nothing is sent here: ``mailops deliver`` (cron) sends what is due.
+    Nothing is sent here: ``mailops deliver`` (cron) sends what is due. Recipients on the suppression
+    list are left out (a message with none left is not queued) unless ``include_suppressed``.
     """
     return _queue(locals(), deliver=False)
 
@@ -87,6 +89,7 @@ def send(
     batch: str | None = None,
     at: str | datetime | None = None,
     skip_invalid: bool = False,
+    include_suppressed: bool = False,
     config: PathLike | None = None,
 ) -> list[int]:
     """:func:`enqueue`, then deliver the queued messages now (unless ``at`` schedules them); returns their ids.
@@ -146,7 +149,15 @@ def _queue(args: dict[str, Any], *, deliver: bool) -> list[int]:
     store = Store.open(config.database_url)
     try:
         result = sending.enqueue(
-            config, store, request, plan, now=now, batch=args["batch"], skip_invalid=args["skip_invalid"], due_at=due_at
+            config,
+            store,
+            request,
+            plan,
+            now=now,
+            batch=args["batch"],
+            skip_invalid=args["skip_invalid"],
+            due_at=due_at,
+            include_suppressed=args["include_suppressed"],
         )
         ids = Outbox(store, config.delivery).ids_of_run(result.run_id)
         if deliver and due_at is None and ids:

@@ -85,7 +85,9 @@ password_app = typer.Typer(help="Store, remove and inspect sender passwords (kep
 queue_app = typer.Typer(help="Inspect and manage the outbox: list, show, retry, cancel, purge.")
 db_app = typer.Typer(help="The database: schema status and upgrades.")
 suppress_app = typer.Typer(help="The suppression list: addresses send leaves out (hard bounces, opt-outs).")
+oauth_app = typer.Typer(help="OAuth2 senders (oauth2: in senders.yaml): log in, store a refresh token.")
 app.add_typer(password_app, name="password")
+app.add_typer(oauth_app, name="oauth")
 app.add_typer(queue_app, name="queue")
 app.add_typer(db_app, name="db")
 app.add_typer(suppress_app, name="suppress")
@@ -329,14 +331,16 @@ def password_delete(sender: Annotated[str, typer.Argument(help="Sender name from
 
 @password_app.command("status")
 def password_status(json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
-    """Show, per sender, where its password comes from (never the value)."""
+    """Show, per sender, where its password (or OAuth2 refresh token) comes from (never the value)."""
     from . import secrets
 
     config = _load_config()
     backend = secrets.backend_info()
     rows = []
     for sender in config.senders.values():
-        source = secrets.password_source(sender) if sender.auth else "not needed (auth: false)"
+        source: str = secrets.password_source(sender) if sender.auth else "not needed (auth: false)"
+        if sender.oauth2 is not None:
+            source = "oauth2: token_command" if source == "command" else f"oauth2 refresh token: {source}"
         rows.append({"sender": sender.key, "email": sender.email, "active": sender.active, "source": source})
     if json_out:
         _print_json(
@@ -350,6 +354,39 @@ def password_status(json_out: Annotated[bool, typer.Option("--json", help="Print
     )
     # the problem text names the backend itself
     _out(f"keyring backend: {backend.name}" if backend.usable else f"keyring backend refused: {backend.problem}")
+
+
+# ---------------------------------------------------------------- oauth
+
+
+def _oauth_sender(config: Config, key: str) -> Any:
+    """The sender ``key`` when it logs in with an OAuth2 refresh token; UsageError naming the fix otherwise."""
+    sender = config.sender(key)
+    if sender.oauth2 is None:
+        raise UsageError(f"sender {key!r} has no oauth2: in {config.path}; add it (see senders.yaml.example) first")
+    if sender.oauth2.token_command:
+        raise UsageError(
+            f"sender {key!r} takes its access token from oauth2.token_command; mailops keeps no refresh token for it"
+        )
+    return sender
+
+
+@oauth_app.command("token")
+def oauth_token(
+    sender: Annotated[str, typer.Argument(help="Sender name from senders.yaml.")],
+    stdin: Annotated[bool, typer.Option("--stdin", help="Read the refresh token from standard input.")] = False,
+) -> None:
+    """Store a refresh token obtained elsewhere (another tool's login) in the system keyring."""
+    from . import secrets
+
+    _oauth_sender(_load_config(), sender)
+    if not stdin:
+        raise UsageError("pipe the refresh token in with --stdin (it is never taken from the command line)")
+    value = sys.stdin.readline().strip()
+    if not value:
+        raise UsageError(f"no refresh token on standard input for {sender!r}: nothing stored")
+    secrets.set_refresh_token(sender, value)
+    _out(f"stored the OAuth refresh token of {sender} in the keyring ({secrets.backend_info().name})")
 
 
 # ---------------------------------------------------------------- test-smtp / doctor

@@ -27,6 +27,8 @@ from .paths import config_candidates, user_data_dir
 if TYPE_CHECKING:
     from pydantic_core import ErrorDetails
 
+    from .oauth import OAuth2Settings
+
 Security = Literal["starttls", "ssl", "none"]
 LimitUnit = Literal["messages", "recipients"]
 #: The largest max_message_size: 2 GB, beyond what any SMTP server accepts.
@@ -115,6 +117,7 @@ class SenderFields(_Strict):
     region: str | None = None
     limit_unit: LimitUnit | None = None
     max_message_size: int | None = Field(default=None, ge=1, le=MAX_MESSAGE_SIZE)
+    oauth2: Any = None  # checked by oauth.parse_oauth2, which names the file and key
 
     @field_validator(
         "port",
@@ -168,6 +171,7 @@ class Sender:
     max_message_size: int | None = None  # bytes of the whole message as sent; larger is an input error
     #: (key, where its value came from): "explicit", "defaults", "provider NAME" or "built-in default"
     sources: tuple[tuple[str, str], ...] = field(default=(), compare=False)
+    oauth2: OAuth2Settings | None = None  # log in with SASL XOAUTH2 instead of a password
 
     @property
     def domain(self) -> str:
@@ -588,6 +592,17 @@ def _build_sender(
             return default
         return value
 
+    oauth2 = None
+    if fields.oauth2 is not None:
+        from .oauth import parse_oauth2
+
+        oauth2 = parse_oauth2(fields.oauth2, provider=fields.provider, host=fields.host, path=path, where=where)
+        clash = "password_command" if fields.password_command else "auth" if fields.auth is False else None
+        if clash:
+            raise ConfigError(
+                f"{path}: {where}.{clash}: an oauth2: sender logs in with an access token; remove {clash} or oauth2"
+            )
+
     return Sender(
         key=key,
         email=email,
@@ -615,6 +630,7 @@ def _build_sender(
         limit_unit=pick("limit_unit", "messages"),
         max_message_size=fields.max_message_size,
         sources=tuple(sources.items()),
+        oauth2=oauth2,
     )
 
 

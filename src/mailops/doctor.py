@@ -125,6 +125,13 @@ def run_doctor(config: Config) -> DoctorReport:
             report.ok.append(f"{sender.key}: no login needed (auth: false)")
             continue
         source = secrets.password_source(sender)
+        if sender.oauth2 is not None:
+            if source in ("env", "command", "keyring"):
+                what = "token_command" if source == "command" else f"refresh token from {source}"
+                report.ok.append(f"{sender.key}: OAuth2 ({what})")
+            else:
+                report.problems.append(str(secrets.credentials_problem(sender)))
+            continue
         if source in ("env", "command", "keyring"):
             report.ok.append(f"{sender.key}: password from {source}")
         elif source == "missing":

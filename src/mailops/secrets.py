@@ -45,6 +45,9 @@ if TYPE_CHECKING:
 #: keyring service name; the keyring username is the sender key
 SERVICE = "mailops"
 ENV_PREFIX = "MAILOPS_PASSWORD_"
+OAUTH_ENV_PREFIX = "MAILOPS_OAUTH_"
+#: what a refresh token is called in messages; its keyring username is "oauth2:<sender>"
+REFRESH_TOKEN = "OAuth refresh token"
 ALLOW_INSECURE_ENV = "MAILOPS_ALLOW_INSECURE_KEYRING"
 KEYRING_TIMEOUT_ENV = "MAILOPS_KEYRING_TIMEOUT"
 COMMAND_TIMEOUT_ENV = "MAILOPS_PASSWORD_COMMAND_TIMEOUT"
@@ -75,6 +78,15 @@ def password_env_var(sender_key: str) -> str:
     return ENV_PREFIX + sender_key.upper().replace("-", "_").replace(".", "_")
 
 
+def oauth_env_var(sender_key: str) -> str:
+    """The environment variable holding ``sender_key``'s OAuth2 refresh token: ``MAILOPS_OAUTH_SALES_EU``."""
+    return OAUTH_ENV_PREFIX + sender_key.upper().replace("-", "_").replace(".", "_")
+
+
+def _env_var_for(sender_key: str, what: str) -> str:
+    return oauth_env_var(sender_key) if what == REFRESH_TOKEN else password_env_var(sender_key)
+
+
 def _seconds_from_env(name: str, default: float) -> float:
     raw = os.environ.get(name, "").strip()
     if not raw:
@@ -94,7 +106,8 @@ def _insecure_allowed() -> bool:
 
 def _headless(env_var: str) -> str:
     """The part of every refusal that says what works without a keyring."""
-    return f"set {env_var} or password_command in senders.yaml (headless machines, cron)"
+    other = "oauth2.token_command" if env_var.startswith(OAUTH_ENV_PREFIX) else "password_command"
+    return f"set {env_var} or {other} in senders.yaml (headless machines, cron)"
 
 
 def _one_line(exc: BaseException, secret: str | None = None) -> str:
@@ -211,31 +224,31 @@ def _backend(env_var: str) -> tuple[KeyringBackend, BackendInfo]:
         ) from None
 
 
-def _usable_backend(sender_key: str, verb: str) -> tuple[KeyringBackend, str]:
+def _usable_backend(sender_key: str, verb: str, what: str = "password") -> tuple[KeyringBackend, str]:
     """The backend to use for ``sender_key`` and its name, or SecretError saying why it is refused."""
-    backend, info = _backend(password_env_var(sender_key))
+    backend, info = _backend(_env_var_for(sender_key, what))
     if not info.usable:
-        raise SecretError(f"cannot {verb} the password of sender {sender_key!r}: {info.problem}")
+        raise SecretError(f"cannot {verb} the {what} of sender {sender_key!r}: {info.problem}")
     return backend, info.name
 
 
 def _keyring_call(
-    func: Callable[[], _T], name: str, verb: str, sender_key: str, secret: str | None = None
+    func: Callable[[], _T], name: str, verb: str, sender_key: str, secret: str | None = None, what: str = "password"
 ) -> _T:
     """One bounded keyring call for ``sender_key``; any backend exception becomes a one-line SecretError.
 
     The SecretError is raised outside the ``except`` block so it carries no
     ``__context__``: a careless backend's exception may contain the password.
     """
-    env_var = password_env_var(sender_key)
+    env_var = _env_var_for(sender_key, what)
     doing = {"read": "reading", "store": "storing", "delete": "deleting"}[verb]
     try:
-        return _bounded(func, f"{doing} the password of sender {sender_key!r}", env_var)
+        return _bounded(func, f"{doing} the {what} of sender {sender_key!r}", env_var)
     except SecretError:
         raise
     except Exception as exc:
         failure = SecretError(
-            f"the system keyring ({name}) failed to {verb} the password of sender {sender_key!r}: "
+            f"the system keyring ({name}) failed to {verb} the {what} of sender {sender_key!r}: "
             f"{_one_line(exc, secret)}; unlock or repair the keyring, or {_headless(env_var)}"
         )
     raise failure
@@ -258,8 +271,16 @@ def _kill(proc: subprocess.Popen[bytes]) -> None:
 def _run_password_command(sender: Sender) -> str:
     """The first line printed by the sender's password_command; SecretError if it fails."""
     command = sender.password_command or ""
+    return run_secret_command(command, f"password_command of sender {sender.key!r} ({command!r})")
+
+
+def run_secret_command(command: str, what: str, noun: str = "password") -> str:
+    """The first line printed by ``command`` (run through the shell); SecretError naming ``what`` if it fails.
+
+    Used for password_command, and for an oauth2 sender's token_command and
+    client_secret_command; the output is never part of a message.
+    """
     timeout = _seconds_from_env(COMMAND_TIMEOUT_ENV, DEFAULT_COMMAND_TIMEOUT)
-    what = f"password_command of sender {sender.key!r} ({command!r})"
     try:
         proc = subprocess.Popen(  # shell on purpose, as msmtp's passwordeval
             command,
@@ -289,10 +310,10 @@ def _run_password_command(sender: Sender) -> str:
     try:
         text = out.decode("utf-8")
     except UnicodeDecodeError:
-        raise SecretError(f"{what} printed something that is not UTF-8 text; make it print the password") from None
+        raise SecretError(f"{what} printed something that is not UTF-8 text; make it print the {noun}") from None
     first = text.split("\n", 1)[0].removesuffix("\r")
     if not first:
-        raise SecretError(f"{what} printed nothing on its first line; it must print the password there")
+        raise SecretError(f"{what} printed nothing on its first line; it must print the {noun} there")
     return first
 
 
@@ -308,7 +329,16 @@ def backend_info() -> BackendInfo:
 
 
 def get_password(sender: Sender) -> str:
-    """The sender's password from the environment, its password_command, or the keyring; SecretError if none."""
+    """The sender's password from the environment, its password_command, or the keyring; SecretError if none.
+
+    An oauth2 sender has no password: this checks that its refresh token is
+    available (or that it uses token_command) and returns ``""``; the access
+    token is fetched when the session logs in (:func:`mailops.oauth.access_token`).
+    """
+    if sender.oauth2 is not None:
+        if sender.oauth2.token_command is None:
+            get_refresh_token(sender)
+        return ""
     env_var = password_env_var(sender.key)
     value = os.environ.get(env_var)
     if value:
@@ -337,6 +367,14 @@ def credentials_problem(sender: Sender) -> str | None:
     """
     if not sender.auth:
         return None
+    if sender.oauth2 is not None:
+        if sender.oauth2.token_command:
+            return None
+        try:
+            get_refresh_token(sender)
+        except SecretError as exc:
+            return str(exc)
+        return None
     env_var = password_env_var(sender.key)
     if os.environ.get(env_var):
         return None
@@ -355,7 +393,12 @@ def credentials_problem(sender: Sender) -> str | None:
 
 
 def password_source(sender: Sender) -> PasswordSource:
-    """Where the sender's password would come from, without revealing it or running password_command."""
+    """Where the sender's password would come from, without revealing it or running password_command.
+
+    For an oauth2 sender: where its refresh token comes from (``command`` for token_command).
+    """
+    if sender.oauth2 is not None:
+        return refresh_token_source(sender)
     if os.environ.get(password_env_var(sender.key)):
         return "env"
     if sender.password_command:
@@ -398,3 +441,66 @@ def delete_password(sender_key: str) -> bool:
         return False
     _keyring_call(lambda: backend.delete_password(SERVICE, sender_key), name, "delete", sender_key)
     return True
+
+
+# ---------------------------------------------------------------- OAuth2 refresh tokens
+
+
+def _oauth_user(sender_key: str) -> str:
+    # sender names hold no ':', so this never meets a password entry
+    return f"oauth2:{sender_key}"
+
+
+def _missing_refresh_token(sender_key: str) -> str:
+    return (
+        f"no OAuth refresh token for sender {sender_key!r}: run 'mailops oauth login {sender_key}' "
+        f"(or set {oauth_env_var(sender_key)} on a headless machine)"
+    )
+
+
+def get_refresh_token(sender: Sender) -> tuple[str, PasswordSource]:
+    """The sender's OAuth2 refresh token and where it came from (``env`` or ``keyring``); SecretError if none."""
+    value = os.environ.get(oauth_env_var(sender.key))
+    if value:
+        return value, "env"
+    backend, name = _usable_backend(sender.key, "read", REFRESH_TOKEN)
+    user = _oauth_user(sender.key)
+    value = _keyring_call(lambda: backend.get_password(SERVICE, user), name, "read", sender.key, what=REFRESH_TOKEN)
+    if not value:
+        raise SecretError(_missing_refresh_token(sender.key))
+    return value, "keyring"
+
+
+def refresh_token_source(sender: Sender) -> PasswordSource:
+    """Where an oauth2 sender's token comes from: env, command (token_command), keyring, missing, keyring unavailable."""
+    if sender.oauth2 is not None and sender.oauth2.token_command:
+        return "command"
+    if os.environ.get(oauth_env_var(sender.key)):
+        return "env"
+    try:
+        backend, name = _usable_backend(sender.key, "read", REFRESH_TOKEN)
+        user = _oauth_user(sender.key)
+        value = _keyring_call(lambda: backend.get_password(SERVICE, user), name, "read", sender.key, what=REFRESH_TOKEN)
+    except SecretError:
+        return "keyring unavailable"
+    return "keyring" if value else "missing"
+
+
+def set_refresh_token(sender_key: str, value: str) -> None:
+    """Store (or replace) the OAuth2 refresh token of ``sender_key`` in the keyring, and check it reads back."""
+    if not value or any(ch.isspace() for ch in value):
+        raise SecretError(
+            f"refusing to store the {REFRESH_TOKEN} of sender {sender_key!r}: it is empty or holds spaces or line "
+            "breaks; give the token alone, on one line"
+        )
+    backend, name = _usable_backend(sender_key, "store", REFRESH_TOKEN)
+    user = _oauth_user(sender_key)
+    _keyring_call(
+        lambda: backend.set_password(SERVICE, user, value), name, "store", sender_key, value, what=REFRESH_TOKEN
+    )
+    stored = _keyring_call(lambda: backend.get_password(SERVICE, user), name, "read", sender_key, value, REFRESH_TOKEN)
+    if stored != value:
+        raise SecretError(
+            f"the system keyring ({name}) accepted the {REFRESH_TOKEN} of sender {sender_key!r} but does not return "
+            f"it; use another keyring backend, or {_headless(oauth_env_var(sender_key))}"
+        )

@@ -114,6 +114,20 @@ def _one_line(value: bytes | str | None) -> str:
     return " ".join(value.split())
 
 
+def _challenge_status(challenge: bytes) -> str | None:
+    """The ``status`` (and ``scope``) of an XOAUTH2 error challenge, which is JSON, as short text."""
+    import json
+
+    try:
+        payload = json.loads(challenge)
+    except ValueError:
+        return None
+    if not isinstance(payload, dict) or "status" not in payload:
+        return None
+    scope = f", scope {payload['scope']}" if payload.get("scope") else ""
+    return _one_line(f"status {payload['status']}{scope}")[:200]
+
+
 def _kind_for_code(code: int | None) -> str:
     if code is not None and 400 <= code < 500:
         return "temporary"
@@ -297,9 +311,7 @@ class SmtpSession:
         if sender.security == "starttls":
             if not smtp.has_extn("starttls"):
                 self.steps.append(("starttls", 0.0, False))
-                raise SmtpFailure(
-                    "starttls", "no-starttls", None, f"{self.address} does not offer STARTTLS"
-                )
+                raise SmtpFailure("starttls", "no-starttls", None, f"{self.address} does not offer STARTTLS")
             assert context is not None
             self._run_step("starttls", lambda: self._starttls(smtp, context))
             self._note_tls(smtp)
@@ -320,7 +332,9 @@ class SmtpSession:
         try:
             smtp.starttls(context=context)
         except smtplib.SMTPResponseException as exc:
-            raise SmtpFailure("starttls", _kind_for_code(exc.smtp_code), exc.smtp_code, _one_line(exc.smtp_error)) from None
+            raise SmtpFailure(
+                "starttls", _kind_for_code(exc.smtp_code), exc.smtp_code, _one_line(exc.smtp_error)
+            ) from None
 
     def _note_tls(self, smtp: smtplib.SMTP) -> None:
         sock = smtp.sock
@@ -341,9 +355,12 @@ class SmtpSession:
             )
         if not smtp.has_extn("auth"):
             raise SmtpFailure("auth", "no-auth-offered", None, f"{self.address} does not offer AUTH on this connection")
+        offered = smtp.esmtp_features.get("auth", "").upper().split()
+        if sender.oauth2 is not None:
+            self._login_xoauth2(smtp, offered)
+            return
         if self._password is None:
             raise SmtpFailure("auth", "auth", None, f"no password available for {sender.key}")
-        offered = smtp.esmtp_features.get("auth", "").upper().split()
         usable = [mech for mech in _MECHANISMS if mech in offered]
         if not usable:
             raise SmtpFailure(
@@ -390,6 +407,71 @@ class SmtpSession:
         assert failure is not None
         raise failure
 
+    def _login_xoauth2(self, smtp: smtplib.SMTP, offered: list[str]) -> None:
+        """SASL XOAUTH2 with the sender's access token; a refused token is replaced once by a fresh one.
+
+        smtplib's ``auth()`` calls the auth object with no challenge for the
+        initial response, then once per 334 reply with the decoded challenge.
+        A refused XOAUTH2 token gets a 334 whose challenge is a JSON error
+        (status, schemes, scope); the client must answer it with an empty
+        line, after which the server sends its final reply (535, 454, ...),
+        which smtplib raises as SMTPAuthenticationError.
+        """
+        from . import oauth
+        from .errors import SecretError
+
+        sender = self.sender
+        self.auth_mechanism = "XOAUTH2"
+        if "XOAUTH2" not in offered:
+            raise SmtpFailure(
+                "auth",
+                "no-auth-offered",
+                None,
+                f"{self.address} offers AUTH {' '.join(offered) or '(nothing)'} but not XOAUTH2, which an oauth2: "
+                "sender needs",
+            )
+        failure: SmtpFailure | None = None
+        for attempt in (1, 2):
+            try:
+                token = oauth.access_token(sender, force=attempt > 1)
+            except SecretError as exc:  # revoked refresh token, endpoint down, token_command failing
+                self.auth_ok = False
+                raise SmtpFailure("auth", "auth", None, _one_line(str(exc))) from None
+            challenges: list[bytes] = []
+
+            def respond(
+                challenge: bytes | None = None, token: str = token, challenges: list[bytes] = challenges
+            ) -> str:
+                if challenge is None:
+                    return oauth.xoauth2_initial_response(sender.username, token)
+                challenges.append(challenge)
+                return ""  # RFC 7628 3.2.3: the client answers the error challenge with an empty response
+
+            try:
+                code, reply = smtp.auth("XOAUTH2", respond)
+            except smtplib.SMTPAuthenticationError as exc:
+                text = _one_line(exc.smtp_error).replace(token, "***")
+                status = _challenge_status(challenges[0]) if challenges else None
+                if status:
+                    text = f"{text} (token refused: {status})"
+                failure = SmtpFailure("auth", "auth", exc.smtp_code, text)
+                self.auth_reply = (exc.smtp_code, text)
+                continue  # the token may have expired early or been revoked: one fresh token, then give up
+            except UnicodeEncodeError:
+                self.auth_ok = False
+                raise SmtpFailure(
+                    "auth",
+                    "auth",
+                    None,
+                    f"the username of {sender.key} has non-ASCII characters, which XOAUTH2 cannot send",
+                ) from None
+            self.auth_ok = True
+            self.auth_reply = (code, _one_line(reply))
+            return
+        self.auth_ok = False
+        assert failure is not None
+        raise failure
+
     def _scrub(self, text: str) -> str:
         """Remove the password should a server ever echo it back."""
         if self._password and self._password in text:
@@ -418,7 +500,9 @@ class SmtpSession:
             detail = _one_line(str(exc)) or "connection closed"
             return SmtpFailure(step, "temporary", None, f"{where} closed the connection ({detail})")
         if isinstance(exc, smtplib.SMTPResponseException):
-            return SmtpFailure(step, _kind_for_code(exc.smtp_code), exc.smtp_code, self._scrub(_one_line(exc.smtp_error)))
+            return SmtpFailure(
+                step, _kind_for_code(exc.smtp_code), exc.smtp_code, self._scrub(_one_line(exc.smtp_error))
+            )
         if isinstance(exc, smtplib.SMTPException):
             return SmtpFailure(step, "protocol", None, self._scrub(_one_line(str(exc))))
         if isinstance(exc, ConnectionRefusedError):
@@ -576,7 +660,10 @@ class SmtpSession:
         if not all(address.isascii() for address in [mail_from, *rcpt_to]):
             if not smtp.has_extn("smtputf8"):
                 raise SmtpFailure(
-                    "mail", "permanent", None, f"{self.address} does not support SMTPUTF8, needed for a non-ASCII address"
+                    "mail",
+                    "permanent",
+                    None,
+                    f"{self.address} does not support SMTPUTF8, needed for a non-ASCII address",
                 )
             options.append("SMTPUTF8")
         return options

@@ -1,0 +1,367 @@
+"""OAuth2 senders: config, SASL XOAUTH2, token refresh and rotation, invalid_grant failover, the oauth commands.
+
+Against a real loopback token endpoint and a real aiosmtpd server that accepts
+XOAUTH2 only with a currently valid access token (tests/oauth_servers.py).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mailops import oauth
+from mailops.config import parse_config
+from mailops.errors import ConfigError
+from mailops.oauth import OAuth2Settings
+from mailops.transport import SmtpFailure, SmtpSession
+from tests.fixtures_cli import log_json
+from tests.fixtures_smtp import _server_context, make_sender
+from tests.keyring_backend import read_entries, write_entry
+from tests.oauth_servers import CLIENT_ID, XOAUTH2_REFUSED, OAuthSmtpServer, TokenEndpoint
+
+PASSWORD = "s3cret-pass"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_token_cache():
+    oauth.forget_tokens()
+    yield
+    oauth.forget_tokens()
+
+
+@pytest.fixture
+def endpoint():
+    server = TokenEndpoint()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def oauth_smtp(endpoint, server_cert, ca_file):
+    started = []
+
+    def start(**options: Any) -> OAuthSmtpServer:
+        server = OAuthSmtpServer(endpoint, tls_context=_server_context(server_cert), ca_file=ca_file, **options)
+        started.append(server)
+        return server.start()
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+def _oauth2(endpoint: TokenEndpoint) -> dict[str, str]:
+    return {"client_id": CLIENT_ID, "token_url": endpoint.token_url, "scope": "https://mail.google.com/"}
+
+
+def _settings(endpoint: TokenEndpoint, **keys: Any) -> OAuth2Settings:
+    return OAuth2Settings(**{"client_id": CLIENT_ID, "token_url": endpoint.token_url, "scope": "s", **keys})
+
+
+# ---------------------------------------------------------------- config
+
+
+def _parse(oauth2: Any, tmp_path: Path, **sender: Any) -> Any:
+    data = {"senders": {"m365": {"email": "ops@example.com", "host": "smtp.office365.com", "oauth2": oauth2, **sender}}}
+    return parse_config(data, tmp_path / "senders.yaml").senders["m365"]
+
+
+def test_microsoft_and_gmail_hosts_give_the_token_url_and_scope(tmp_path):
+    m365 = _parse({"client_id": "abc"}, tmp_path).oauth2
+    assert m365.token_url == "https://login.microsoftonline.com/organizations/oauth2/v2.0/token"
+    assert m365.scope == "https://outlook.office.com/SMTP.Send offline_access"
+    assert m365.device_url == "https://login.microsoftonline.com/organizations/oauth2/v2.0/devicecode"
+    tenant = _parse({"client_id": "abc", "tenant": "contoso.onmicrosoft.com"}, tmp_path).oauth2
+    assert tenant.token_url == "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/token"
+    gmail = _parse({"client_id": "abc"}, tmp_path, host="smtp.gmail.com").oauth2
+    assert (gmail.token_url, gmail.scope, gmail.family) == (
+        "https://oauth2.googleapis.com/token",
+        "https://mail.google.com/",
+        "google",
+    )
+    command = _parse({"token_command": "get-token ops"}, tmp_path).oauth2
+    assert command == OAuth2Settings(token_command="get-token ops")
+
+
+@pytest.mark.parametrize(
+    ("oauth2", "sender", "message"),
+    [
+        ({"client_id": "a", "client_secret": "x"}, {}, "senders.m365.oauth2.client_secret: secrets do not belong in senders.yaml; use client_secret_command: a command that prints it"),
+        ({"client_id": "a", "refresh_token": "x"}, {}, "senders.m365.oauth2.refresh_token: secrets do not belong in senders.yaml; delete the key and run 'mailops oauth login SENDER' (or 'mailops oauth token SENDER --stdin')"),
+        ({"client_id": "a", "scopes": "x"}, {}, "senders.m365.oauth2.scopes: unknown key; did you mean 'scope'?"),
+        ({"token_command": "t", "client_id": "a"}, {}, "senders.m365.oauth2.client_id: not used with token_command (mailops does no OAuth itself then: the command prints the access token); remove client_id or token_command"),
+        ({"tenant": "x"}, {}, "senders.m365.oauth2.client_id: required key is missing; add the application (client) ID registered with the provider, or use token_command"),
+        ({"client_id": "a"}, {"host": "mail.example.com"}, "senders.m365.oauth2.token_url: required key is missing (no provider to take it from); add it, or use a provider host such as smtp.office365.com or smtp.gmail.com"),
+        ({"client_id": "a", "tenant": "x"}, {"host": "smtp.gmail.com"}, "senders.m365.oauth2.tenant: only for Microsoft senders (provider microsoft365 or outlook); remove it"),
+        ({"client_id": "a", "token_url": "http://login.example.com/token"}, {}, "senders.m365.oauth2.token_url: must be an https:// URL (http:// only for 127.0.0.1, ::1 or localhost) (got 'http://login.example.com/token')"),
+        ({"client_id": ""}, {}, "senders.m365.oauth2.client_id: must be non-empty text (got '')"),
+        ("abc", {}, "senders.m365.oauth2: must be a mapping with client_id (and token_url, scope when the provider is not known), or with token_command (got str)"),
+        ({"client_id": "a"}, {"password_command": "pass x"}, "senders.m365.password_command: an oauth2: sender logs in with an access token; remove password_command or oauth2"),
+    ],
+)  # fmt: skip
+def test_bad_oauth2_settings_are_one_line_naming_file_and_key(tmp_path, oauth2, sender, message):
+    with pytest.raises(ConfigError) as caught:
+        _parse(oauth2, tmp_path, **sender)
+    assert str(caught.value) == f"{tmp_path / 'senders.yaml'}: {message}"
+
+
+def test_http_token_url_is_allowed_for_loopback_only(tmp_path):
+    for url in ("http://127.0.0.1:8080/token", "http://localhost/token", "http://[::1]:9/token"):
+        assert (
+            _parse(
+                {"client_id": "a", "token_url": url, "scope": "s"}, tmp_path, host="mail.example.com"
+            ).oauth2.token_url
+            == url
+        )
+
+
+def test_bad_oauth2_in_senders_yaml_exits_2_and_sends_nothing(workspace, cli, oauth_smtp):
+    srv = oauth_smtp()
+    workspace.write_config(
+        {"m365": workspace.sender(srv, password=None, oauth2={"client_id": "a", "access_token": "x"})}
+    )
+
+    result = cli("send", "--to", "a@example.org", "--subject", "s", "--body", "b")
+
+    assert result.exit_code == 2
+    assert result.stderr.strip().endswith("senders.m365.oauth2.access_token: secrets do not belong in senders.yaml; "
+        "delete the key and run 'mailops oauth login SENDER' (or 'mailops oauth token SENDER --stdin')")  # fmt: skip
+    assert srv.commands == []
+
+
+# ---------------------------------------------------------------- XOAUTH2 in the session
+
+
+def test_xoauth2_login_with_a_refreshed_token(monkeypatch, endpoint, oauth_smtp):
+    srv = oauth_smtp()
+    monkeypatch.setenv("MAILOPS_OAUTH_SALES", endpoint.new_refresh_token())
+    session = SmtpSession(make_sender(srv, oauth2=_settings(endpoint)), "")
+    session.open()
+    session.close()
+
+    assert (session.auth_mechanism, session.auth_ok, session.auth_reply[0]) == ("XOAUTH2", True, 235)
+    assert srv.auth_attempts == [("XOAUTH2", "sales@example.com", True)]
+    assert endpoint.refreshes == 1
+    request = endpoint.requests[0]
+    assert (request["grant_type"], request["client_id"], request["scope"]) == ("refresh_token", CLIENT_ID, "s")
+
+
+def test_refused_token_gets_the_empty_response_then_one_fresh_token_then_the_server_reply(
+    tmp_path, oauth_smtp, endpoint
+):
+    srv = oauth_smtp()
+    # a token_command printing a token the server does not know: refused both times
+    session = SmtpSession(make_sender(srv, oauth2=OAuth2Settings(token_command="echo at-bogus")), "")
+
+    with pytest.raises(SmtpFailure) as caught:
+        session.open()
+
+    assert (caught.value.step, caught.value.kind, caught.value.code) == ("auth", "auth", 535)
+    assert caught.value.text == (
+        f"{XOAUTH2_REFUSED.removeprefix('535 ')} (token refused: status 401, scope https://mail.google.com/)"
+    )
+    assert caught.value.sender_problem
+    assert srv.auth_attempts == [("XOAUTH2", "sales@example.com", False)] * 2  # once more with a fresh token
+    assert srv.empty_responses == 2  # the failure challenge was answered, as RFC 7628 wants
+    assert srv.commands.count("QUIT") == 1 and "MAIL" not in srv.commands
+
+
+def test_a_token_the_server_stops_accepting_is_refreshed_once(monkeypatch, endpoint, oauth_smtp):
+    srv = oauth_smtp()
+    monkeypatch.setenv("MAILOPS_OAUTH_SALES", endpoint.new_refresh_token())
+    sender = make_sender(srv, oauth2=_settings(endpoint))
+    first = SmtpSession(sender, "")
+    first.open()
+    first.close()
+    with endpoint._lock:
+        endpoint.access_tokens.clear()  # revoked early: the client still thinks it is good for an hour
+
+    second = SmtpSession(sender, "")
+    second.open()
+    second.close()
+
+    assert second.auth_ok
+    assert [a.succeeded for a in srv.auth_attempts] == [True, False, True]
+    assert endpoint.refreshes == 2
+
+
+def test_access_token_is_cached_and_refreshed_before_it_expires(monkeypatch, endpoint):
+    endpoint.expires_in = 120
+    monkeypatch.setenv("MAILOPS_OAUTH_SALES", endpoint.new_refresh_token())
+    sender = make_sender(oauth2=_settings(endpoint))
+    now = [1000.0]
+
+    first = oauth.access_token(sender, clock=lambda: now[0])
+    now[0] += 59  # within its lifetime less the 60 s margin
+    assert oauth.access_token(sender, clock=lambda: now[0]) == first
+    assert endpoint.refreshes == 1
+    now[0] += 2  # 61 s: less than a minute left, refreshed before it runs out
+    assert oauth.access_token(sender, clock=lambda: now[0]) != first
+    assert endpoint.refreshes == 2
+
+
+def test_invalid_grant_is_one_line_naming_the_login_command(monkeypatch, endpoint):
+    monkeypatch.setenv("MAILOPS_OAUTH_SUPPORT", "rt-revoked")
+    with pytest.raises(oauth.OAuthError) as caught:
+        oauth.access_token(make_sender(key="support", oauth2=_settings(endpoint)))
+    assert str(caught.value) == (
+        f"sender 'support': the OAuth refresh token was refused by 127.0.0.1:{endpoint.token_url.split(':')[2].split('/')[0]} "
+        "(invalid_grant: revoked, expired or replaced); run 'mailops oauth login support'"
+    )
+
+
+def test_unreachable_token_endpoint_is_an_auth_failure_of_the_sender(monkeypatch, closed_port, oauth_smtp, endpoint):
+    srv = oauth_smtp()
+    monkeypatch.setenv("MAILOPS_OAUTH_SALES", "rt-x")
+    settings = _settings(endpoint, token_url=f"http://127.0.0.1:{closed_port}/token")
+    with pytest.raises(SmtpFailure) as caught:
+        SmtpSession(make_sender(srv, oauth2=settings), "").open()
+    assert caught.value.kind == "auth" and caught.value.sender_problem
+    assert caught.value.text.startswith(f"sender 'sales': cannot reach the token endpoint 127.0.0.1:{closed_port} (")
+    assert caught.value.text.endswith("); check token_url and the network")
+    assert srv.auth_attempts == []
+
+
+# ---------------------------------------------------------------- end to end
+
+
+def _grep_everywhere(workspace, tokens: list[str], outputs: str, keyring_file: Path) -> list[str]:
+    """Tokens found in the command output, the database or any file of the workspace (the keyring excepted)."""
+    found = [t for t in tokens if t in outputs]
+    for path in [*workspace.root.rglob("*"), *workspace.db_path.parent.glob("mailops.db*")]:
+        if path.is_file() and path != keyring_file:
+            data = path.read_bytes()
+            found += [f"{t} in {path.name}" for t in tokens if t.encode() in data]
+    for row in workspace.query("SELECT * FROM messages"):
+        found += [t for t in tokens if t in repr(row)]
+    return found
+
+
+def test_a_send_outlives_three_access_tokens_and_keeps_the_rotated_refresh_token(
+    workspace, cli, endpoint, oauth_smtp, keyring_file
+):
+    endpoint.uses_per_token = 2  # each access token is good for two logins, then the server refuses it
+    srv = oauth_smtp()
+    workspace.write_config(
+        {
+            "m365": workspace.sender(
+                srv, email="ops@example.com", password=None, oauth2=_oauth2(endpoint), max_per_connection=1
+            )
+        }
+    )
+    stored = cli("oauth", "token", "m365", "--stdin", input=endpoint.new_refresh_token() + "\n")
+    assert stored.exit_code == 0, stored.output
+    data = workspace.csv("c.csv", [{"email": f"u{i}@example.org"} for i in range(6)])
+
+    result = cli("send", "--sender", "m365", "--data", data, "--subject", "Hello", "--body", "Hi")
+
+    assert result.exit_code == 0, result.output
+    assert len(srv.messages) == 6 and {m.username for m in srv.messages} == {"ops@example.com"}
+    assert endpoint.refreshes == 3  # first token, then a fresh one each time the server refused the old one
+    assert [a.succeeded for a in srv.auth_attempts] == [True, True, False, True, True, False, True, True]
+    # every refresh rotated the refresh token; the keyring holds the current one
+    keyring_token = read_entries(keyring_file)["mailops"]["oauth2:m365"]
+    assert endpoint.refresh_tokens == {keyring_token}
+    log = log_json(cli)
+    assert Counter(r["outcome"] for r in log) == {"sent": 6}
+    status = cli("password", "status", "--json")
+    outputs = stored.output + result.output + json.dumps(log) + status.output
+    assert _grep_everywhere(workspace, endpoint.issued, outputs, keyring_file) == []
+
+
+def test_invalid_grant_skips_the_sender_and_fails_over(workspace, cli, endpoint, oauth_smtp, smtp_server, keyring_file):
+    srv = oauth_smtp()
+    relay = smtp_server(users={"finance@example.com": PASSWORD})
+    workspace.write_config(
+        {
+            "m365": workspace.sender(srv, email="ops@example.com", password=None, oauth2=_oauth2(endpoint), priority=1),
+            "finance": workspace.sender(relay, email="finance@example.com", password=PASSWORD, priority=2),
+        },
+        routes={"default": ["m365", "finance"]},
+    )
+    write_entry(keyring_file, "mailops", "oauth2:m365", endpoint.new_refresh_token())
+    endpoint.revoke()
+    data = workspace.csv("c.csv", [{"email": f"u{i}@example.org"} for i in range(3)])
+
+    result = cli("send", "--data", data, "--subject", "Hello", "--body", "Hi")
+
+    assert result.exit_code == 0, result.output
+    assert len(relay.messages) == 3 and srv.messages == [] and srv.auth_attempts == []
+    log = log_json(cli)
+    assert Counter((r["sender"], r["outcome"]) for r in log)[("finance", "sent")] == 3
+    port = endpoint.token_url.split(":")[2].split("/")[0]
+    line = (
+        f"sender 'm365': the OAuth refresh token was refused by 127.0.0.1:{port} (invalid_grant: revoked, expired or "
+        "replaced); run 'mailops oauth login m365'"
+    )
+    assert f"  m365: auth: {line}" in result.output.splitlines()
+    failed = [r for r in log if r["sender"] == "m365"]
+    assert failed and all(r["outcome"] == "failed" and r["smtp_text"] == line for r in failed)
+
+
+def test_test_smtp_checks_refresh_then_auth(workspace, cli, endpoint, oauth_smtp, keyring_file):
+    srv = oauth_smtp()
+    workspace.write_config(
+        {"m365": workspace.sender(srv, email="ops@example.com", password=None, oauth2=_oauth2(endpoint))}
+    )
+    write_entry(keyring_file, "mailops", "oauth2:m365", endpoint.new_refresh_token())
+
+    ok = cli("test-smtp", "m365")
+    assert ok.exit_code == 0, ok.output
+    assert "  auth: XOAUTH2 235 accepted" in ok.stdout.splitlines()
+
+    endpoint.revoke()
+    oauth.forget_tokens()  # a new run
+    failed = cli("test-smtp", "m365")
+    assert failed.exit_code == 1
+    assert (
+        f"  error: sender 'm365': the OAuth refresh token was refused by 127.0.0.1:{endpoint.token_url.split(':')[2].split('/')[0]} "
+        "(invalid_grant: revoked, expired or replaced); run 'mailops oauth login m365'"
+    ) in failed.stdout.splitlines()
+    assert _grep_everywhere(workspace, endpoint.issued, ok.output + failed.output, keyring_file) == []
+
+
+def test_password_status_and_doctor_show_where_oauth_tokens_come_from(
+    workspace, cli, endpoint, oauth_smtp, keyring_file, monkeypatch
+):
+    srv = oauth_smtp()
+    workspace.write_config(
+        {
+            "kr": workspace.sender(srv, password=None, oauth2=_oauth2(endpoint)),
+            "envtok": workspace.sender(srv, password=None, oauth2=_oauth2(endpoint)),
+            "cmd": workspace.sender(srv, password=None, oauth2={"token_command": "echo x"}),
+            "none": workspace.sender(srv, password=None, oauth2=_oauth2(endpoint)),
+        }
+    )
+    write_entry(keyring_file, "mailops", "oauth2:kr", "rt-kr")
+    monkeypatch.setenv("MAILOPS_OAUTH_ENVTOK", "rt-env")
+
+    status = json.loads(cli("password", "status", "--json").stdout)
+    assert {r["sender"]: r["source"] for r in status["senders"]} == {
+        "kr": "oauth2 refresh token: keyring",
+        "envtok": "oauth2 refresh token: env",
+        "cmd": "oauth2: token_command",
+        "none": "oauth2 refresh token: missing",
+    }
+    doctor = cli("doctor")
+    assert doctor.exit_code == 1
+    assert (
+        "no OAuth refresh token for sender 'none': run 'mailops oauth login none' "
+        "(or set MAILOPS_OAUTH_NONE on a headless machine)"
+    ) in doctor.output
+    assert "rt-kr" not in doctor.output and "rt-env" not in doctor.output
+
+
+def test_oauth_token_refuses_a_sender_without_oauth2(workspace, cli, smtp_server, keyring_file):
+    srv = smtp_server()
+    workspace.write_config({"sales": workspace.sender(srv)})
+    result = cli("oauth", "token", "sales", "--stdin", input="rt-x\n")
+    assert result.exit_code == 2
+    assert result.stderr.strip().endswith(
+        f"sender 'sales' has no oauth2: in {workspace.config_path}; add it (see senders.yaml.example) first"
+    )
+    assert "oauth2:sales" not in read_entries(keyring_file).get("mailops", {})

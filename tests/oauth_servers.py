@@ -8,7 +8,11 @@
   with providers that rotate); an unknown or revoked refresh token gets
   ``400 {"error": "invalid_grant"}``;
 * ``POST /devicecode`` and ``POST /token`` with the device-code grant:
-  ``authorization_pending`` until :meth:`TokenEndpoint.approve` is called.
+  ``authorization_pending`` for the first ``approve_after_polls`` polls (or
+  until :meth:`TokenEndpoint.approve`), then tokens;
+* ``POST /token`` with ``grant_type=authorization_code``: tokens for the code
+  ``auth-code-1`` (what the test's "browser" brings back), ``invalid_grant``
+  for any other.
 
 Access tokens expire by use, not by time (tests never wait on a clock): each
 one is good for ``uses_per_token`` logins, then the SMTP server refuses it as
@@ -40,8 +44,12 @@ XOAUTH2_REFUSED = "535 5.7.8 Username and Password not accepted"
 class TokenEndpoint:
     """OAuth2 token (and device-code) endpoint on 127.0.0.1; see the module docstring."""
 
-    def __init__(self, *, rotate: bool = True, uses_per_token: int = 1000, expires_in: int = 3600) -> None:
+    def __init__(
+        self, *, rotate: bool = True, uses_per_token: int = 1000, expires_in: int = 3600, approve_after_polls: int = 2
+    ) -> None:
         self.rotate = rotate
+        self.approve_after_polls = approve_after_polls  # device-code polls answered "pending" before approval
+        self.polls = 0
         self.uses_per_token = uses_per_token
         self.expires_in = expires_in
         self.refresh_tokens: set[str] = set()
@@ -49,6 +57,7 @@ class TokenEndpoint:
         self.requests: list[dict[str, str]] = []  # every form posted, for assertions (tokens included)
         self.refreshes = 0
         self.issued: list[str] = []  # every token handed out (access and refresh), to grep outputs for
+        self.code_exchanges: list[dict[str, str]] = []
         self._device: dict[str, bool] = {}  # device_code -> approved
         self._lock = threading.Lock()
         endpoint = self
@@ -162,11 +171,15 @@ class TokenEndpoint:
                 approved = self._device.get(form.get("device_code", ""))
                 if approved is None:
                     return 400, {"error": "expired_token"}
-                if not approved:
+                self.polls += 1
+                if not approved and self.polls <= self.approve_after_polls:
                     return 400, {"error": "authorization_pending"}
                 del self._device[form["device_code"]]
                 return 200, self._issue()
             if grant == "authorization_code":
+                self.code_exchanges.append(dict(form))
+                if form.get("code") != "auth-code-1":
+                    return 400, {"error": "invalid_grant"}
                 return 200, self._issue()
             return 400, {"error": "unsupported_grant_type"}
 

@@ -6,7 +6,12 @@ XOAUTH2 only with a currently valid access token (tests/oauth_servers.py).
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
+import threading
+import urllib.parse
+import urllib.request
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -19,6 +24,7 @@ from mailops.errors import ConfigError
 from mailops.oauth import OAuth2Settings
 from mailops.transport import SmtpFailure, SmtpSession
 from tests.fixtures_cli import log_json
+from tests.fixtures_home import TEST_BACKEND
 from tests.fixtures_smtp import _server_context, make_sender
 from tests.keyring_backend import read_entries, write_entry
 from tests.oauth_servers import CLIENT_ID, XOAUTH2_REFUSED, OAuthSmtpServer, TokenEndpoint
@@ -365,3 +371,93 @@ def test_oauth_token_refuses_a_sender_without_oauth2(workspace, cli, smtp_server
         f"sender 'sales' has no oauth2: in {workspace.config_path}; add it (see senders.yaml.example) first"
     )
     assert "oauth2:sales" not in read_entries(keyring_file).get("mailops", {})
+
+
+# ---------------------------------------------------------------- oauth login
+
+
+def test_oauth_login_device_code_prints_url_and_code_polls_and_stores(
+    workspace, cli, endpoint, oauth_smtp, keyring_file
+):
+    srv = oauth_smtp()
+    workspace.write_config(
+        {"m365": workspace.sender(srv, email="ops@example.com", password=None, oauth2=_oauth2(endpoint))}
+    )
+
+    result = cli("oauth", "login", "m365")
+
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == [
+        "To sign in as ops@example.com, open https://microsoft.com/devicelogin and enter the code ABCD-EFGH (valid 15 minutes)",
+        f"stored the OAuth refresh token of m365 in the keyring ({TEST_BACKEND})",
+    ]
+    assert endpoint.polls == 3  # twice "authorization_pending", then approved
+    stored = read_entries(keyring_file)["mailops"]["oauth2:m365"]
+    assert stored in endpoint.refresh_tokens
+    check = cli("test-smtp", "m365")
+    assert check.exit_code == 0, check.output
+    assert _grep_everywhere(workspace, endpoint.issued, result.output + check.output, keyring_file) == []
+
+
+def _google_sender(endpoint: TokenEndpoint) -> Any:
+    settings = _settings(
+        endpoint,
+        family="google",
+        auth_url="https://accounts.example.com/o/oauth2/v2/auth",
+        scope="https://mail.google.com/",
+    )
+    return make_sender(key="gmail", email="ops@example.com", oauth2=settings)
+
+
+def _browser(code: str = "auth-code-1", state: str | None = None) -> tuple[Any, list[str], list[threading.Thread]]:
+    """A 'browser' that signs in and is sent back to the redirect URI (in a thread, as a real one is)."""
+    opened: list[str] = []
+    threads: list[threading.Thread] = []
+
+    def open_browser(url: str) -> None:
+        opened.append(url)
+        query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(url).query))
+        back = f"{query['redirect_uri']}?" + urllib.parse.urlencode({"code": code, "state": state or query["state"]})
+        thread = threading.Thread(target=lambda: urllib.request.urlopen(back, timeout=10).read())
+        thread.start()
+        threads.append(thread)
+
+    return open_browser, opened, threads
+
+
+def test_google_loopback_login_with_pkce_stores_the_refresh_token(endpoint, keyring_file):
+    open_browser, opened, threads = _browser()
+    shown: list[str] = []
+
+    oauth.login_loopback(_google_sender(endpoint), shown.append, open_browser, timeout=30)
+    for thread in threads:
+        thread.join(10)
+
+    query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(opened[0]).query))
+    assert opened[0].startswith("https://accounts.example.com/o/oauth2/v2/auth?")
+    assert shown == [f"Open this URL in a browser on this machine and sign in as ops@example.com:\n{opened[0]}"]
+    assert (query["response_type"], query["code_challenge_method"], query["access_type"], query["scope"]) == (
+        "code", "S256", "offline", "https://mail.google.com/"
+    )  # fmt: skip
+    assert query["redirect_uri"].startswith("http://127.0.0.1:")
+    (exchange,) = endpoint.code_exchanges
+    verifier = exchange["code_verifier"]
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).decode().rstrip("=")
+    assert challenge == query["code_challenge"]
+    assert (exchange["redirect_uri"], exchange["code"]) == (query["redirect_uri"], "auth-code-1")
+    assert read_entries(keyring_file)["mailops"]["oauth2:gmail"] in endpoint.refresh_tokens
+
+
+def test_google_loopback_login_refuses_an_answer_for_another_login(endpoint, keyring_file):
+    open_browser, _, threads = _browser(state="forged")
+
+    with pytest.raises(oauth.OAuthError) as caught:
+        oauth.login_loopback(_google_sender(endpoint), lambda text: None, open_browser, timeout=30)
+    for thread in threads:
+        thread.join(10)
+
+    assert str(caught.value) == (
+        "sender 'gmail': the browser's answer does not match this login (state); nothing stored"
+    )
+    assert endpoint.code_exchanges == []
+    assert "oauth2:gmail" not in read_entries(keyring_file).get("mailops", {})

@@ -389,6 +389,32 @@ def oauth_token(
     _out(f"stored the OAuth refresh token of {sender} in the keyring ({secrets.backend_info().name})")
 
 
+@oauth_app.command("login")
+def oauth_login(
+    sender: Annotated[str, typer.Argument(help="Sender name from senders.yaml.")],
+    no_browser: Annotated[
+        bool, typer.Option("--no-browser", help="Only print the sign-in URL (Google); do not open a browser.")
+    ] = False,
+) -> None:
+    """Sign in and store the refresh token: device code for Microsoft (works over SSH), browser + PKCE for Google."""
+    import webbrowser
+
+    from . import oauth, secrets
+    from .errors import SecretError
+
+    config = _load_config()
+    settings = _oauth_sender(config, sender).oauth2
+    backend = secrets.backend_info()
+    if not backend.usable:  # say so before the operator signs in for nothing
+        raise SecretError(f"cannot store the OAuth refresh token of sender {sender!r}: {backend.problem}")
+    target = config.sender(sender)
+    if settings.family == "google":
+        oauth.login_loopback(target, _out, None if no_browser else webbrowser.open)
+    else:
+        oauth.login_device_code(target, _out)
+    _out(f"stored the OAuth refresh token of {sender} in the keyring ({backend.name})")
+
+
 # ---------------------------------------------------------------- test-smtp / doctor
 
 

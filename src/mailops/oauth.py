@@ -177,6 +177,10 @@ def parse_oauth2(raw: Any, *, provider: str | None, host: str | None, path: Path
 class OAuthError(SecretError):
     """No access token could be had (refused refresh token, unreachable endpoint, failing command)."""
 
+    def __init__(self, message: str, error: str | None = None) -> None:
+        super().__init__(message)
+        self.error = error  # the endpoint's OAuth error code (invalid_grant, authorization_pending, ...)
+
 
 @dataclass
 class _State:
@@ -286,12 +290,13 @@ def post_form(url: str, form: dict[str, str], sender_key: str) -> dict[str, Any]
         if error == "invalid_grant":
             raise OAuthError(
                 f"sender {sender_key!r}: the OAuth refresh token was refused by {host} (invalid_grant: revoked, "
-                f"expired or replaced); run 'mailops oauth login {sender_key}'"
+                f"expired or replaced); run 'mailops oauth login {sender_key}'",
+                error,
             ) from None
-        if error in ("authorization_pending", "slow_down", "expired_token", "access_denied"):
-            raise OAuthError(error) from None  # device-code polling states, handled by the caller
         detail = f"{error}: {description}" if description else (error or f"HTTP {exc.code}")
-        raise OAuthError(f"sender {sender_key!r}: the token endpoint {host} refused the request ({detail})") from None
+        raise OAuthError(
+            f"sender {sender_key!r}: the token endpoint {host} refused the request ({detail})", error
+        ) from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise OAuthError(
@@ -323,3 +328,186 @@ def _error_of(exc: urllib.error.HTTPError) -> tuple[str | None, str | None]:
 def xoauth2_initial_response(username: str, token: str) -> str:
     """The SASL XOAUTH2 client response (before base64): ``user=…^Aauth=Bearer …^A^A``."""
     return f"user={username}\x01auth=Bearer {token}\x01\x01"
+
+
+# ---------------------------------------------------------------- logging in (oauth login)
+
+DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
+#: How long the loopback flow waits for the browser to come back.
+LOOPBACK_TIMEOUT = 300.0
+_MAX_POLLS = 2000
+
+
+def _client_form(sender: Sender, settings: OAuth2Settings) -> dict[str, str]:
+    form = {"client_id": settings.client_id or ""}
+    if settings.client_secret_command:
+        from . import secrets
+
+        form["client_secret"] = secrets.run_secret_command(
+            settings.client_secret_command, f"client_secret_command of sender {sender.key!r}", "client secret"
+        )
+    return form
+
+
+def _store_login(sender: Sender, answer: dict[str, Any]) -> None:
+    from . import secrets
+
+    refresh = answer.get("refresh_token")
+    if not isinstance(refresh, str) or not refresh:
+        raise OAuthError(
+            f"sender {sender.key!r}: the login succeeded but the provider returned no refresh token; add "
+            "offline_access to oauth2.scope (Microsoft) or revoke the app's access and log in again (Google)"
+        )
+    secrets.set_refresh_token(sender.key, refresh)
+    forget_tokens()  # an access token of the previous login must not outlive it
+
+
+def device_url_for(settings: OAuth2Settings) -> str | None:
+    """The device-authorization endpoint: the provider's, else next to a token_url ending in ``/token``."""
+    if settings.device_url:
+        return settings.device_url
+    url = settings.token_url or ""
+    if settings.family != "google" and url.endswith("/token"):
+        return url[: -len("token")] + "devicecode"
+    return None
+
+
+def login_device_code(
+    sender: Sender,
+    show: Callable[[str], None],
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> None:
+    """RFC 8628 device-code login (Microsoft): ``show`` the URL and code, poll until approved, store the token.
+
+    Works over SSH on a headless server: the browser can be on any device.
+    """
+    settings = sender.oauth2
+    assert settings is not None and settings.client_id
+    device_url = device_url_for(settings)
+    if device_url is None:
+        raise OAuthError(f"sender {sender.key!r}: no device-code endpoint is known for {settings.token_url}")
+    form = _client_form(sender, settings)
+    start = post_form(device_url, {**form, "scope": settings.scope or ""}, sender.key)
+    device_code, user_code = start.get("device_code"), start.get("user_code")
+    uri = start.get("verification_uri") or start.get("verification_url")
+    if not (isinstance(device_code, str) and isinstance(user_code, str) and isinstance(uri, str)):
+        raise OAuthError(f"sender {sender.key!r}: the device-code endpoint answered without a code; check token_url")
+    interval = float(start.get("interval", 5) or 0)
+    expires_in = float(start.get("expires_in", 900) or 900)
+    show(
+        f"To sign in as {sender.email}, open {uri} and enter the code {user_code} (valid {expires_in / 60:.0f} minutes)"
+    )
+    deadline = clock() + expires_in
+    for _ in range(_MAX_POLLS):
+        if clock() > deadline:
+            break
+        sleep(interval)
+        try:
+            answer = post_form(
+                settings.token_url or "", {**form, "grant_type": DEVICE_GRANT, "device_code": device_code}, sender.key
+            )
+        except OAuthError as exc:
+            if exc.error == "authorization_pending":
+                continue
+            if exc.error == "slow_down":
+                interval += 5  # RFC 8628 3.5
+                continue
+            if exc.error == "access_denied":
+                raise OAuthError(f"sender {sender.key!r}: the sign-in was declined; nothing stored") from None
+            if exc.error == "expired_token":
+                break
+            raise
+        _store_login(sender, answer)
+        return
+    raise OAuthError(f"sender {sender.key!r}: the code expired before the sign-in finished; run the login again")
+
+
+def login_loopback(
+    sender: Sender,
+    show: Callable[[str], None],
+    open_browser: Callable[[str], object] | None,
+    *,
+    timeout: float = LOOPBACK_TIMEOUT,
+) -> None:
+    """Installed-app login with a loopback redirect and PKCE (Google; its device flow refuses the mail scope).
+
+    Listens on 127.0.0.1 (an ephemeral port), ``show``s the authorization
+    URL (and opens it with ``open_browser`` unless None), takes the code the
+    browser brings back, checks ``state``, exchanges it with the PKCE
+    verifier and stores the refresh token.
+    """
+    import base64
+    import hashlib
+    import secrets as random
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    settings = sender.oauth2
+    assert settings is not None and settings.client_id
+    if not settings.auth_url:
+        raise OAuthError(f"sender {sender.key!r}: no authorization endpoint is known for {settings.token_url}")
+    verifier = random.token_urlsafe(64)
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).decode().rstrip("=")
+    state = random.token_urlsafe(16)
+    received: dict[str, str] = {}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(self.path).query))
+            if "code" in query or "error" in query:
+                received.update(query)
+            ok = "code" in query and query.get("state") == state
+            body = ("Signed in: you can close this window." if ok else "Sign-in failed: see the terminal.").encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass  # the URL carries the code: never printed
+
+    httpd = HTTPServer(("127.0.0.1", 0), Handler)
+    try:
+        redirect_uri = f"http://127.0.0.1:{httpd.server_port}/"
+        params = {
+            "client_id": settings.client_id,
+            "redirect_uri": redirect_uri,
+            "response_type": "code",
+            "scope": settings.scope or "",
+            "code_challenge": challenge,
+            "code_challenge_method": "S256",
+            "state": state,
+            "access_type": "offline",  # Google: return a refresh token
+            "prompt": "consent",  # ... also when the account consented before
+            "login_hint": sender.username,
+        }
+        url = f"{settings.auth_url}?{urllib.parse.urlencode(params)}"
+        show(f"Open this URL in a browser on this machine and sign in as {sender.email}:\n{url}")
+        if open_browser is not None:
+            open_browser(url)
+        httpd.timeout = 1.0
+        deadline = time.monotonic() + timeout
+        while not received and time.monotonic() < deadline:
+            httpd.handle_request()  # returns after one request or the 1 s timeout
+    finally:
+        httpd.server_close()
+    if not received:
+        raise OAuthError(f"sender {sender.key!r}: no answer from the browser within {timeout:g} s; run the login again")
+    if received.get("state") != state:
+        raise OAuthError(
+            f"sender {sender.key!r}: the browser's answer does not match this login (state); nothing stored"
+        )
+    if "code" not in received:
+        raise OAuthError(
+            f"sender {sender.key!r}: the sign-in failed ({received.get('error', 'no code')}); nothing stored"
+        )
+    form = {
+        **_client_form(sender, settings),
+        "grant_type": "authorization_code",
+        "code": received["code"],
+        "redirect_uri": redirect_uri,
+        "code_verifier": verifier,
+    }
+    _store_login(sender, post_form(settings.token_url or "", form, sender.key))

@@ -93,6 +93,24 @@ def test_microsoft_and_gmail_hosts_give_the_token_url_and_scope(tmp_path):
     assert command == OAuth2Settings(token_command="get-token ops")
 
 
+def test_provider_preset_gives_the_oauth2_defaults(tmp_path):
+    def parse(provider: str, oauth2: dict[str, str]) -> Any:
+        sender = {"email": "ops@example.com", "provider": provider, "oauth2": oauth2}
+        return parse_config({"senders": {"s": sender}}, tmp_path / "senders.yaml").senders["s"].oauth2
+
+    assert parse("microsoft365", {"client_id": "a"}).token_url == (
+        "https://login.microsoftonline.com/organizations/oauth2/v2.0/token"
+    )
+    assert parse("outlook", {"client_id": "a"}).token_url == (
+        "https://login.microsoftonline.com/consumers/oauth2/v2.0/token"
+    )
+    assert parse("google-workspace", {"client_id": "a"}).family == "google"
+    with pytest.raises(ConfigError) as caught:
+        parse("yahoo", {"client_id": "a"})
+    assert str(caught.value).endswith("senders.s.oauth2.token_url: required key is missing (no provider to take it "
+        "from); add it, or use a provider host such as smtp.office365.com or smtp.gmail.com")  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("oauth2", "sender", "message"),
     [
@@ -210,6 +228,17 @@ def test_access_token_is_cached_and_refreshed_before_it_expires(monkeypatch, end
     assert endpoint.refreshes == 2
 
 
+def test_a_refused_token_is_refreshed_once_for_all_connections(monkeypatch, endpoint):
+    monkeypatch.setenv("MAILOPS_OAUTH_SALES", endpoint.new_refresh_token())
+    sender = make_sender(oauth2=_settings(endpoint))
+    old = oauth.access_token(sender)
+
+    fresh = oauth.access_token(sender, refused=old)  # the first connection the server refused
+    assert oauth.access_token(sender, refused=old) == fresh  # a second connection refused the same old one
+
+    assert fresh != old and endpoint.refreshes == 2
+
+
 def test_invalid_grant_is_one_line_naming_the_login_command(monkeypatch, endpoint):
     monkeypatch.setenv("MAILOPS_OAUTH_SUPPORT", "rt-revoked")
     with pytest.raises(oauth.OAuthError) as caught:
@@ -319,6 +348,9 @@ def test_test_smtp_checks_refresh_then_auth(workspace, cli, endpoint, oauth_smtp
     ok = cli("test-smtp", "m365")
     assert ok.exit_code == 0, ok.output
     assert "  auth: XOAUTH2 235 accepted" in ok.stdout.splitlines()
+
+    doctor = cli("doctor", "--connect")
+    assert "m365: connected to" in doctor.output and "and logged in" in doctor.output
 
     endpoint.revoke()
     oauth.forget_tokens()  # a new run

@@ -208,9 +208,11 @@ def forget_tokens() -> None:
         _states.clear()
 
 
-def access_token(sender: Sender, *, force: bool = False, clock: Callable[[], float] = time.monotonic) -> str:
-    """A current access token for ``sender``; a fresh one when ``force`` (the server refused the last one).
+def access_token(sender: Sender, *, refused: str | None = None, clock: Callable[[], float] = time.monotonic) -> str:
+    """A current access token for ``sender``; never ``refused`` (the one the server just turned down).
 
+    When another connection of the sender already replaced the refused
+    token, its replacement is returned: one refresh serves them all.
     Raises OAuthError (a SecretError) with one line naming the fix.
     """
     settings = sender.oauth2
@@ -218,7 +220,7 @@ def access_token(sender: Sender, *, force: bool = False, clock: Callable[[], flo
     state = _state(sender)
     with state.lock:  # one refresh per sender even with several connections
         now = clock()
-        if not force and state.access_token is not None and now < state.expires_at:
+        if state.access_token is not None and state.access_token != refused and now < state.expires_at:
             return state.access_token
         if settings.token_command:
             from . import secrets

@@ -431,9 +431,10 @@ class SmtpSession:
                 "sender needs",
             )
         failure: SmtpFailure | None = None
-        for attempt in (1, 2):
+        refused: str | None = None
+        for _attempt in (1, 2):
             try:
-                token = oauth.access_token(sender, force=attempt > 1)
+                token = oauth.access_token(sender, refused=refused)
             except SecretError as exc:  # revoked refresh token, endpoint down, token_command failing
                 self.auth_ok = False
                 raise SmtpFailure("auth", "auth", None, _one_line(str(exc))) from None
@@ -456,6 +457,7 @@ class SmtpSession:
                     text = f"{text} (token refused: {status})"
                 failure = SmtpFailure("auth", "auth", exc.smtp_code, text)
                 self.auth_reply = (exc.smtp_code, text)
+                refused = token
                 continue  # the token may have expired early or been revoked: one fresh token, then give up
             except UnicodeEncodeError:
                 self.auth_ok = False

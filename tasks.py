@@ -74,7 +74,6 @@ def main(argv: list[str]) -> int:
     return run_tests(argv[1:])
 
 
-
 def run_tests(pytest_args: list[str]) -> int:
     """Run pytest under branch coverage, child processes included, and print the least-covered modules."""
     coverage = [str(PYTHON), "-m", "coverage"]

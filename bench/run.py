@@ -34,8 +34,14 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 PY = sys.executable
-ENV = {**os.environ, "NO_COLOR": "1", "MAILOPS_PASSWORD_S0": "x", "MAILOPS_PASSWORD_S1": "x",
-       "MAILOPS_PASSWORD_S2": "x", "MAILOPS_PASSWORD_S3": "x"}
+ENV = {
+    **os.environ,
+    "NO_COLOR": "1",
+    "MAILOPS_PASSWORD_S0": "x",
+    "MAILOPS_PASSWORD_S1": "x",
+    "MAILOPS_PASSWORD_S2": "x",
+    "MAILOPS_PASSWORD_S3": "x",
+}
 
 
 def scratch(prefix: str) -> Path:
@@ -57,8 +63,20 @@ def sink(delay_ms: float) -> Iterator[dict[str, Any]]:
     folder = scratch("mailops-sink-")
     ready = folder / "ready.json"
     port = free_port()
-    proc = subprocess.Popen([PY, str(HERE / "sink.py"), "--port", str(port), "--delay-ms", str(delay_ms),
-                             "--ready-file", str(ready), "--count-file", str(folder / "count")])
+    proc = subprocess.Popen(
+        [
+            PY,
+            str(HERE / "sink.py"),
+            "--port",
+            str(port),
+            "--delay-ms",
+            str(delay_ms),
+            "--ready-file",
+            str(ready),
+            "--count-file",
+            str(folder / "count"),
+        ]
+    )
     try:
         for _ in range(200):  # bounded wait for the sink to listen
             if ready.exists() and ready.read_text():
@@ -75,8 +93,10 @@ def sink(delay_ms: float) -> Iterator[dict[str, Any]]:
 
 
 def rows(n: int) -> list[dict[str, str]]:
-    return [{"email": f"customer{i}@example.org", "name": f"Customer {i}", "plan": "Pro", "date": "2026-12-01"}
-            for i in range(n)]
+    return [
+        {"email": f"customer{i}@example.org", "name": f"Customer {i}", "plan": "Pro", "date": "2026-12-01"}
+        for i in range(n)
+    ]
 
 
 def write_csv(path: Path, n: int) -> Path:
@@ -84,7 +104,9 @@ def write_csv(path: Path, n: int) -> Path:
         writer = csv.DictWriter(fh, fieldnames=["email", "name", "plan", "date"])
         writer.writeheader()
         for i in range(n):
-            writer.writerow({"email": f"customer{i}@example.org", "name": f"Customer {i}", "plan": "Pro", "date": "2026-12-01"})
+            writer.writerow(
+                {"email": f"customer{i}@example.org", "name": f"Customer {i}", "plan": "Pro", "date": "2026-12-01"}
+            )
     return path
 
 
@@ -149,9 +171,20 @@ def mailmerge_command() -> tuple[Path | None, str]:
     if not exe.exists():
         try:
             subprocess.run([sys.executable, "-m", "venv", str(MAILMERGE_VENV)], check=True, timeout=300)
-            subprocess.run([str(MAILMERGE_VENV / "bin" / "python"), "-m", "pip", "install", "--quiet",
-                            "--disable-pip-version-check", f"mailmerge=={MAILMERGE_VERSION}"],
-                           check=True, timeout=600, stdout=subprocess.DEVNULL)
+            subprocess.run(
+                [
+                    str(MAILMERGE_VENV / "bin" / "python"),
+                    "-m",
+                    "pip",
+                    "install",
+                    "--quiet",
+                    "--disable-pip-version-check",
+                    f"mailmerge=={MAILMERGE_VERSION}",
+                ],
+                check=True,
+                timeout=600,
+                stdout=subprocess.DEVNULL,
+            )
         except (subprocess.SubprocessError, OSError) as exc:
             return None, f"could not install mailmerge {MAILMERGE_VERSION}: {exc}"
     return exe, ""
@@ -163,15 +196,36 @@ def loop_mailmerge(exe: Path, info: dict[str, Any], n: int) -> float:
     write_csv(folder / "rows.csv", n)
     (folder / "template.txt").write_text(
         "TO: {{ name }} <{{ email }}>\nSUBJECT: Your {{ plan }} plan renews on {{ date }}\n"
-        "FROM: Sales <s0@example.com>\n\nHello {{ name }},\nyour {{ plan }} plan renews on {{ date }}.\n")
+        "FROM: Sales <s0@example.com>\n\nHello {{ name }},\nyour {{ plan }} plan renews on {{ date }}.\n"
+    )
     (folder / "server.conf").write_text(
-        f"[smtp_server]\nhost = 127.0.0.1\nport = {info['port']}\nsecurity = STARTTLS\nusername = s0@example.com\n")
+        f"[smtp_server]\nhost = 127.0.0.1\nport = {info['port']}\nsecurity = STARTTLS\nusername = s0@example.com\n"
+    )
     start = time.perf_counter()
     # A new session has no controlling terminal, so mailmerge's getpass reads the password from stdin.
-    proc = subprocess.run([str(exe), "--no-dry-run", "--no-limit", "--output-format", "raw",
-                           "--template", "template.txt", "--database", "rows.csv", "--config", "server.conf"],
-                          input="x\n", text=True, cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                          start_new_session=True, check=False, timeout=3600)
+    proc = subprocess.run(
+        [
+            str(exe),
+            "--no-dry-run",
+            "--no-limit",
+            "--output-format",
+            "raw",
+            "--template",
+            "template.txt",
+            "--database",
+            "rows.csv",
+            "--config",
+            "server.conf",
+        ],
+        input="x\n",
+        text=True,
+        cwd=folder,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        check=False,
+        timeout=3600,
+    )
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"mailmerge failed with {proc.returncode}: {proc.stderr[-500:]}")
@@ -183,12 +237,22 @@ def workdir(info: dict[str, Any], senders: int, connections: int, strategy: str 
     (folder / "templates" / "renewal").mkdir(parents=True)
     (folder / "templates" / "renewal" / "subject.txt").write_text("Your {{ plan }} plan renews on {{ date }}\n")
     (folder / "templates" / "renewal" / "body.txt").write_text(
-        "Hello {{ name }},\nyour {{ plan }} plan renews on {{ date }}.\n")
+        "Hello {{ name }},\nyour {{ plan }} plan renews on {{ date }}.\n"
+    )
     names = [f"s{i}" for i in range(senders)]
-    lines = ["timezone: UTC", "database: bench.db", "templates: templates", "defaults:",
-             "  host: 127.0.0.1", f"  port: {info['port']}", "  security: starttls",
-             f"  ca_file: {info['ca_file']}", f"  connections: {connections}", "  max_per_connection: 100000",
-             "senders:"]
+    lines = [
+        "timezone: UTC",
+        "database: bench.db",
+        "templates: templates",
+        "defaults:",
+        "  host: 127.0.0.1",
+        f"  port: {info['port']}",
+        "  security: starttls",
+        f"  ca_file: {info['ca_file']}",
+        f"  connections: {connections}",
+        "  max_per_connection: 100000",
+        "senders:",
+    ]
     for name in names:
         lines += [f"  {name}:", f"    email: {name}@example.com"]
     lines += ["routes:", f"  default: {{senders: [{', '.join(names)}], strategy: {strategy}}}"]
@@ -199,8 +263,14 @@ def workdir(info: dict[str, Any], senders: int, connections: int, strategy: str 
 def mailops(folder: Path, *args: str) -> tuple[float, subprocess.CompletedProcess[str], int]:
     """Run mailops in ``folder``; returns (wall seconds, process, peak RSS in KiB)."""
     start = time.perf_counter()
-    proc = subprocess.run([PY, "-m", "mailops", "--config", str(folder / "senders.yaml"), *args],
-                          capture_output=True, text=True, env=ENV, cwd=folder, check=False)
+    proc = subprocess.run(
+        [PY, "-m", "mailops", "--config", str(folder / "senders.yaml"), *args],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        cwd=folder,
+        check=False,
+    )
     return time.perf_counter() - start, proc, 0
 
 
@@ -263,16 +333,45 @@ def section_send(n: int, with_mailmerge: bool) -> None:
     if merge20:
         results.append([f"mailmerge {MAILMERGE_VERSION}", "1", "20", f"{merge20:.0f}", f"{merge20 / reuse20:.2f}"])
     results.append(["mailops send", "1", "20", f"{one20:.0f}", f"{one20 / reuse20:.2f}"])
-    results.append(["smtplib, 4 threads x one connection", "4", "20", f"{reuse20x4:.0f}",
-                    f"{reuse20x4 / reuse20:.2f}x one connection"])
-    results.append(["mailops send, 4 senders", "4", "20", f"{four20:.0f}",
-                    f"{four20 / one20:.2f}x one sender, {four20 / reuse20x4:.2f} of 4 threads"])
-    results.append(["smtplib, 16 threads x one connection", "16", "20", f"{reuse20x16:.0f}",
-                    f"{reuse20x16 / reuse20:.2f}x one connection"])
-    results.append(["mailops send, 4 senders x connections: 4", "4x4", "20", f"{four4_20:.0f}",
-                    f"{four4_20 / baseline:.1f}x {baseline_name}, {four4_20 / reuse20x16:.2f} of 16 threads"])
-    table(f"sending ({n} rows, 0 ms and 20 ms per message)", ["client", "senders", "delay ms", "msgs/s", "ratio"],
-          results)
+    results.append(
+        [
+            "smtplib, 4 threads x one connection",
+            "4",
+            "20",
+            f"{reuse20x4:.0f}",
+            f"{reuse20x4 / reuse20:.2f}x one connection",
+        ]
+    )
+    results.append(
+        [
+            "mailops send, 4 senders",
+            "4",
+            "20",
+            f"{four20:.0f}",
+            f"{four20 / one20:.2f}x one sender, {four20 / reuse20x4:.2f} of 4 threads",
+        ]
+    )
+    results.append(
+        [
+            "smtplib, 16 threads x one connection",
+            "16",
+            "20",
+            f"{reuse20x16:.0f}",
+            f"{reuse20x16 / reuse20:.2f}x one connection",
+        ]
+    )
+    results.append(
+        [
+            "mailops send, 4 senders x connections: 4",
+            "4x4",
+            "20",
+            f"{four4_20:.0f}",
+            f"{four4_20 / baseline:.1f}x {baseline_name}, {four4_20 / reuse20x16:.2f} of 16 threads",
+        ]
+    )
+    table(
+        f"sending ({n} rows, 0 ms and 20 ms per message)", ["client", "senders", "delay ms", "msgs/s", "ratio"], results
+    )
     if why_not:
         print(f"mailmerge: {why_not}; the reconnect loop stands in for it")
 
@@ -283,15 +382,30 @@ def section_memory(small: int, big: int) -> None:
         with sink(0) as info:
             folder = workdir(info, 1, 1)
             data = write_csv(folder / "rows.csv", n)
-            cmd = [PY, "-m", "mailops", "--config", str(folder / "senders.yaml"), "send", "--template", "renewal",
-                   "--data", str(data), "--queue-only", "-q"]
+            cmd = [
+                PY,
+                "-m",
+                "mailops",
+                "--config",
+                str(folder / "senders.yaml"),
+                "send",
+                "--template",
+                "renewal",
+                "--data",
+                str(data),
+                "--queue-only",
+                "-q",
+            ]
             seconds, rss, err = peak_rss(cmd, folder)
             if err.strip():
                 print(err, file=sys.stderr)
             out.append([f"{n} rows", f"{rss} MiB", f"{seconds:.1f} s", f"{n / seconds:.0f} rows/s"])
     ratio = int(out[1][1].split()[0]) / int(out[0][1].split()[0])
-    table(f"validate + render + queue (send --queue-only): peak memory, ratio {ratio:.2f}",
-          ["rows", "peak RSS", "wall", "rate"], out)
+    table(
+        f"validate + render + queue (send --queue-only): peak memory, ratio {ratio:.2f}",
+        ["rows", "peak RSS", "wall", "rate"],
+        out,
+    )
 
 
 def timed(cmd: list[str], repeat: int = 7, cwd: Path | None = None) -> float:
@@ -307,39 +421,68 @@ def section_startup() -> None:
     typer = timed([PY, "-c", "import typer"])
     help_ = timed([PY, "-m", "mailops", "--help"])
     version = timed([PY, "-m", "mailops", "--version"])
-    table("start-up (median of 7)", ["command", "seconds", "ratio to import typer"],
-          [["python -c 'import typer'", f"{typer:.3f}", "1.00"],
-           ["mailops --help", f"{help_:.3f}", f"{help_ / typer:.2f}"],
-           ["mailops --version", f"{version:.3f}", f"{version / typer:.2f}"]])
+    table(
+        "start-up (median of 7)",
+        ["command", "seconds", "ratio to import typer"],
+        [
+            ["python -c 'import typer'", f"{typer:.3f}", "1.00"],
+            ["mailops --help", f"{help_:.3f}", f"{help_ / typer:.2f}"],
+            ["mailops --version", f"{version:.3f}", f"{version / typer:.2f}"],
+        ],
+    )
 
 
 def section_log(n: int) -> None:
     with sink(0) as info:
         folder = workdir(info, 4, 1)
     # create the schema through mailops, then bulk-load attempt rows directly
-    subprocess.run([PY, "-m", "mailops", "--config", str(folder / "senders.yaml"), "db", "upgrade"], env=ENV,
-                   check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [PY, "-m", "mailops", "--config", str(folder / "senders.yaml"), "db", "upgrade"],
+        env=ENV,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     db = sqlite3.connect(folder / "bench.db")
     now = time.time()
     batch = []
     for i in range(n):
         outcome = "sent" if i % 50 else "failed"
-        batch.append((now - (n - i) * 2.0, i, f"s{i % 4}", "default", f"s{i % 4}@example.com",
-                      f"customer{i}@example.org", "Subject", "renewal", f"<{i}@example.com>", 250, "OK", outcome, 0.01))
+        batch.append(
+            (
+                now - (n - i) * 2.0,
+                i,
+                f"s{i % 4}",
+                "default",
+                f"s{i % 4}@example.com",
+                f"customer{i}@example.org",
+                "Subject",
+                "renewal",
+                f"<{i}@example.com>",
+                250,
+                "OK",
+                outcome,
+                0.01,
+            )
+        )
         if len(batch) >= 50000:
-            db.executemany("INSERT INTO attempts (at, message_pk, sender, route, from_addr, recipients, subject,"
-                           " template, message_id, smtp_code, smtp_text, outcome, duration)"
-                           " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", batch)
+            db.executemany(
+                "INSERT INTO attempts (at, message_pk, sender, route, from_addr, recipients, subject,"
+                " template, message_id, smtp_code, smtp_text, outcome, duration)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                batch,
+            )
             batch = []
     db.commit()
     db.close()
     base = [PY, "-m", "mailops", "--config", str(folder / "senders.yaml")]
     results = []
-    for label, args in [("log --limit 50", ["log", "--limit", "50", "--json"]),
-                        ("log --sender s1 --limit 50", ["log", "--sender", "s1", "--limit", "50", "--json"]),
-                        ("log --to customer5@example.org", ["log", "--to", "customer5@example.org", "--json"]),
-                        ("stats (7d)", ["stats", "--json"]),
-                        ("stats --since 30d", ["stats", "--since", "30d", "--json"])]:
+    for label, args in [
+        ("log --limit 50", ["log", "--limit", "50", "--json"]),
+        ("log --sender s1 --limit 50", ["log", "--sender", "s1", "--limit", "50", "--json"]),
+        ("log --to customer5@example.org", ["log", "--to", "customer5@example.org", "--json"]),
+        ("stats (7d)", ["stats", "--json"]),
+        ("stats --since 30d", ["stats", "--since", "30d", "--json"]),
+    ]:
         results.append([label, f"{timed(base + args, repeat=3, cwd=folder):.3f}"])
     results.append(["(mailops --version, process start)", f"{timed([*base, '--version'], repeat=3):.3f}"])
     table(f"queries over {n:,} log rows (whole command, seconds)", ["command", "seconds"], results)
@@ -348,8 +491,11 @@ def section_log(n: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=2000, help="rows for every sending run (0 ms and 20 ms)")
-    parser.add_argument("--no-mailmerge", action="store_true",
-                        help=f"do not install and run mailmerge {MAILMERGE_VERSION} for comparison")
+    parser.add_argument(
+        "--no-mailmerge",
+        action="store_true",
+        help=f"do not install and run mailmerge {MAILMERGE_VERSION} for comparison",
+    )
     parser.add_argument("--memory-rows", type=int, nargs=2, default=[1000, 100000])
     parser.add_argument("--log-rows", type=int, default=1_000_000)
     parser.add_argument("--only", choices=["send", "memory", "startup", "log"], action="append")

@@ -61,7 +61,12 @@ class Workspace:
         self.database_url = url
 
     def sender(
-        self, server: LocalSmtpServer | None = None, *, email: str = DEFAULT_USER, password: str | None = DEFAULT_PASSWORD, **keys: Any
+        self,
+        server: LocalSmtpServer | None = None,
+        *,
+        email: str = DEFAULT_USER,
+        password: str | None = DEFAULT_PASSWORD,
+        **keys: Any,
     ) -> dict[str, Any]:
         """A sender mapping for senders.yaml aimed at ``server``; ``password`` goes to the test keyring, not YAML."""
         spec: dict[str, Any] = {"email": email, "host": "127.0.0.1", "timeout": 5}
@@ -91,7 +96,11 @@ class Workspace:
             if password is not None and spec.get("auth", True):
                 write_entry(self.keyring_file, "mailops", key, password)
             clean[key] = spec
-        data: dict[str, Any] = {"timezone": "UTC", "database": self.database_url or str(self.db_path), "templates": "templates"}
+        data: dict[str, Any] = {
+            "timezone": "UTC",
+            "database": self.database_url or str(self.db_path),
+            "templates": "templates",
+        }
         data.update(top)
         data["senders"] = clean
         if routes is not None:
@@ -223,7 +232,9 @@ def run_mailops(*args: str, timeout: float = 120, env: dict[str, str] | None = N
 BOUNDED_MEMORY = 2 * 1024**3
 
 
-def run_bounded(*args: str, timeout: float = 60, memory: int = BOUNDED_MEMORY, env: dict[str, str] | None = None) -> CliResult:
+def run_bounded(
+    *args: str, timeout: float = 60, memory: int = BOUNDED_MEMORY, env: dict[str, str] | None = None
+) -> CliResult:
     """``run_mailops`` under a time limit and an address-space limit (RLIMIT_AS), for hostile input.
 
     A regression (a render that never ends, a read of /dev/zero) then fails the

@@ -42,7 +42,12 @@ def find_pg_bin() -> Path | None:
         candidates.append(Path(os.environ["PG_BIN"]))
     # Debian/Ubuntu keep the server binaries out of PATH, one folder per major version: take the newest.
     versions = glob.glob("/usr/lib/postgresql/*/bin")
-    candidates += [Path(p) for p in sorted(versions, key=lambda p: int(Path(p).parent.name) if Path(p).parent.name.isdigit() else 0, reverse=True)]
+    candidates += [
+        Path(p)
+        for p in sorted(
+            versions, key=lambda p: int(Path(p).parent.name) if Path(p).parent.name.isdigit() else 0, reverse=True
+        )
+    ]
     on_path = shutil.which("initdb")
     if on_path:
         candidates.append(Path(on_path).resolve().parent)
@@ -83,7 +88,11 @@ class PgCluster:
 
     def _run(self, *args: str) -> subprocess.CompletedProcess[str]:
         # As root, run the server tools as the postgres system user (they refuse to run as root).
-        as_user = {"user": SERVER_USER, "group": pwd.getpwnam(SERVER_USER).pw_gid, "extra_groups": []} if os.geteuid() == 0 else {}
+        as_user = (
+            {"user": SERVER_USER, "group": pwd.getpwnam(SERVER_USER).pw_gid, "extra_groups": []}
+            if os.geteuid() == 0
+            else {}
+        )
         return subprocess.run(  # the caller checks the return code and shows the server log
             [str(self.bin / args[0]), *args[1:]],
             check=False,
@@ -104,8 +113,14 @@ class PgCluster:
         """initdb (trust auth, UTF-8) and start the server on 127.0.0.1:port; waits until it accepts connections."""
         self._check(
             self._run(
-                "initdb", "-D", str(self.data), "--auth=trust", f"--username={DB_SUPERUSER}",
-                "--encoding=UTF8", "--locale=C", "--no-sync",
+                "initdb",
+                "-D",
+                str(self.data),
+                "--auth=trust",
+                f"--username={DB_SUPERUSER}",
+                "--encoding=UTF8",
+                "--locale=C",
+                "--no-sync",
             ),
             "initdb",
         )
@@ -124,7 +139,19 @@ class PgCluster:
             ]
         )
         self._check(
-            self._run("pg_ctl", "start", "-w", "-t", str(START_TIMEOUT), "-D", str(self.data), "-l", str(self.log), "-o", options),
+            self._run(
+                "pg_ctl",
+                "start",
+                "-w",
+                "-t",
+                str(START_TIMEOUT),
+                "-D",
+                str(self.data),
+                "-l",
+                str(self.log),
+                "-o",
+                options,
+            ),
             "pg_ctl start",
         )
 
@@ -154,7 +181,10 @@ class PgCluster:
 
 def _unavailable(reason: str) -> None:
     if os.environ.get("CI"):
-        pytest.fail(f"PostgreSQL tests cannot run under CI: {reason}; .ci/run installs the server (apt-get install postgresql)", pytrace=False)
+        pytest.fail(
+            f"PostgreSQL tests cannot run under CI: {reason}; .ci/run installs the server (apt-get install postgresql)",
+            pytrace=False,
+        )
     pytest.skip(f"PostgreSQL not available: {reason} (install the postgresql server package, or set PG_BIN)")
 
 

@@ -25,11 +25,14 @@ senders:
     host: smtp.gmail.com
 """
 
-SALES_SUPPORT = SALES + """\
+SALES_SUPPORT = (
+    SALES
+    + """\
   support:
     email: support@example.com
     host: smtp.office365.com
 """
+)
 
 
 def sender_with(*lines: str) -> str:
@@ -99,7 +102,11 @@ MALFORMED = [
     ("port a fraction", sender_with("port: 587.5"), "senders.sales.port: must be a whole number (got 587.5)"),
     ("port too large", sender_with("port: 70000"), "senders.sales.port: must be from 1 to 65535 (got 70000)"),
     ("port zero", sender_with("port: 0"), "senders.sales.port: must be from 1 to 65535 (got 0)"),
-    ("daily_limit zero", sender_with("daily_limit: 0"), "senders.sales.daily_limit: must be from 1 to 10,000,000 (got 0)"),
+    (
+        "daily_limit zero",
+        sender_with("daily_limit: 0"),
+        "senders.sales.daily_limit: must be from 1 to 10,000,000 (got 0)",
+    ),
     (
         "daily_limit negative",
         sender_with("daily_limit: -5"),
@@ -116,7 +123,11 @@ MALFORMED = [
         sender_with("min_interval: 2s"),
         "senders.sales.min_interval: must be a number (got '2s')",
     ),
-    ("too many connections", sender_with("connections: 100"), "senders.sales.connections: must be from 1 to 16 (got 100)"),
+    (
+        "too many connections",
+        sender_with("connections: 100"),
+        "senders.sales.connections: must be from 1 to 16 (got 100)",
+    ),
     # ---- out-of-range numbers: bounded, with the allowed range
     (
         "min_interval beyond a day",
@@ -138,7 +149,11 @@ MALFORMED = [
         sender_with("monthly_limit: 1000000000000000000000000000000"),
         "senders.sales.monthly_limit: must be from 1 to 300,000,000 (got 1000000000000000000000000000000)",
     ),
-    ("per_minute huge", sender_with("per_minute: 10000000"), "senders.sales.per_minute: must be from 1 to 100000 (got 10000000)"),
+    (
+        "per_minute huge",
+        sender_with("per_minute: 10000000"),
+        "senders.sales.per_minute: must be from 1 to 100000 (got 10000000)",
+    ),
     (
         "priority huge",
         sender_with("priority: 99999999999"),
@@ -149,10 +164,26 @@ MALFORMED = [
         sender_with("max_per_connection: 10000000"),
         "senders.sales.max_per_connection: must be from 1 to 100000 (got 10000000)",
     ),
-    ("timeout not a number", sender_with("timeout: .nan"), "senders.sales.timeout: must be a finite number more than 0 and at most 600 (got nan)"),
-    ("retry_max past a month", SALES + "delivery:\n  retry_max: 1.0e+300\n", "delivery.retry_max: must be from 0s to 30d (got 1e+300)"),
-    ("give_up_after a year", SALES + "delivery:\n  give_up_after: 365d\n", "delivery.give_up_after: must be from 0s to 30d (got '365d')"),
-    ("retry_initial infinite", SALES + "delivery:\n  retry_initial: .inf\n", "delivery.retry_initial: must be from 0s to 30d (got inf)"),
+    (
+        "timeout not a number",
+        sender_with("timeout: .nan"),
+        "senders.sales.timeout: must be a finite number more than 0 and at most 600 (got nan)",
+    ),
+    (
+        "retry_max past a month",
+        SALES + "delivery:\n  retry_max: 1.0e+300\n",
+        "delivery.retry_max: must be from 0s to 30d (got 1e+300)",
+    ),
+    (
+        "give_up_after a year",
+        SALES + "delivery:\n  give_up_after: 365d\n",
+        "delivery.give_up_after: must be from 0s to 30d (got '365d')",
+    ),
+    (
+        "retry_initial infinite",
+        SALES + "delivery:\n  retry_initial: .inf\n",
+        "delivery.retry_initial: must be from 0s to 30d (got inf)",
+    ),
     (
         "nested 100,000 deep",
         SALES + "groups:\n  g: " + "[" * 100_000 + "]" * 100_000 + "\n",
@@ -170,7 +201,11 @@ MALFORMED = [
         "(the names differ only in case, '-', '.' or '_'); rename one of them",
     ),
     ("active not a boolean", sender_with("active: maybe"), "senders.sales.active: must be true or false (got 'maybe')"),
-    ("email not text", "senders:\n  sales:\n    email: 42\n    host: h\n", "senders.sales.email: must be text (got 42)"),
+    (
+        "email not text",
+        "senders:\n  sales:\n    email: 42\n    host: h\n",
+        "senders.sales.email: must be text (got 42)",
+    ),
     (
         "display name with a line break",
         sender_with('name: "Sales\\nBcc: victim@example.com"'),
@@ -245,7 +280,11 @@ MALFORMED = [
     ("senders missing", "timezone: UTC\n", "senders: no senders defined; add at least one under 'senders:'"),
     ("senders empty", "senders:\n", "senders: no senders defined; add at least one under 'senders:'"),
     ("senders a list", "senders: [sales]\n", "senders: must be a mapping of sender names to settings (got list)"),
-    ("defaults a list", "defaults: [smtp.gmail.com]\n" + SALES, "defaults: must be a mapping of sender keys (got list)"),
+    (
+        "defaults a list",
+        "defaults: [smtp.gmail.com]\n" + SALES,
+        "defaults: must be a mapping of sender keys (got list)",
+    ),
     # ---- TLS options
     (
         "ca_file missing",
@@ -295,7 +334,11 @@ MALFORMED = [
         SALES + "routes:\n  quarterly:\n    strategy: random\n",
         "routes.quarterly.senders: required key is missing; list the senders of this route",
     ),
-    ("empty route list", SALES + "routes:\n  renewal: []\n", "routes.renewal: lists no senders; name at least one sender"),
+    (
+        "empty route list",
+        SALES + "routes:\n  renewal: []\n",
+        "routes.renewal: lists no senders; name at least one sender",
+    ),
     (
         "route without a value",
         SALES + "routes:\n  renewal:\n",
@@ -352,8 +395,16 @@ MALFORMED = [
         "address, text after '>' or an unbalanced quote or bracket); write it as 'Name <user@example.com>' or "
         "'user@example.com'",
     ),
-    ("group not a list", SALES + "groups:\n  finance-team: 42\n", "groups.finance-team: must be a non-empty list of addresses"),
-    ("group empty", SALES + "groups:\n  finance-team: []\n", "groups.finance-team: must be a non-empty list of addresses"),
+    (
+        "group not a list",
+        SALES + "groups:\n  finance-team: 42\n",
+        "groups.finance-team: must be a non-empty list of addresses",
+    ),
+    (
+        "group empty",
+        SALES + "groups:\n  finance-team: []\n",
+        "groups.finance-team: must be a non-empty list of addresses",
+    ),
     (
         "group member not text",
         SALES + "groups:\n  finance-team: [dana@example.com, 7]\n",
@@ -378,7 +429,11 @@ MALFORMED = [
         "delivery.retry_initial: must be a duration such as 30, 5m, 1h or 2d (got '5 minutes')",
     ),
     ("negative duration", SALES + "delivery:\n  lease: -5\n", "delivery.lease: must not be negative (got -5)"),
-    ("delivery key typo", SALES + "delivery:\n  retry_maxx: 1h\n", "delivery.retry_maxx: unknown key; did you mean 'retry_max'?"),
+    (
+        "delivery key typo",
+        SALES + "delivery:\n  retry_maxx: 1h\n",
+        "delivery.retry_maxx: unknown key; did you mean 'retry_max'?",
+    ),
     ("delivery not a mapping", SALES + "delivery: 5m\n", "delivery: must be a mapping of keys to values (got str)"),
     # ---- the file itself
     ("top level a list", "- sales\n- support\n", "(top level): must be a mapping of settings (got list)"),
@@ -392,7 +447,11 @@ YAML_SYNTAX = [
         "senders:\n  sales:\n    email: [oops\n",
         "4:1: invalid YAML: expected ',' or ']', but got '<stream end>'",
     ),
-    ("tab indentation", "senders:\n  sales:\n\temail: x\n", "3:1: invalid YAML: found character '\\t' that cannot start any token"),
+    (
+        "tab indentation",
+        "senders:\n  sales:\n\temail: x\n",
+        "3:1: invalid YAML: found character '\\t' that cannot start any token",
+    ),
     (
         "duplicate sender",
         SALES + "  sales:\n    email: other@example.com\n    host: h\n",
@@ -579,9 +638,7 @@ def test_unset_keys_take_their_documented_defaults(tmp_path: Path, isolated_home
     assert (config.delivery.give_up_after, config.delivery.lease) == (172800.0, 300.0)
 
 
-@pytest.mark.parametrize(
-    ("security", "port"), [("starttls", 587), ("ssl", 465), ("none", 25)]
-)
+@pytest.mark.parametrize(("security", "port"), [("starttls", 587), ("ssl", 465), ("none", 25)])
 def test_default_port_per_security_mode(tmp_path: Path, security: str, port: int) -> None:
     config = load_config(write(tmp_path, sender_with(f"security: {security}")))
     assert (config.senders["sales"].security, config.senders["sales"].port) == (security, port)
@@ -598,8 +655,7 @@ def test_relative_paths_resolve_against_the_config_folder(tmp_path: Path, isolat
     (folder / "certs" / "ca.pem").write_text("not parsed here\n")
     path = write(
         folder,
-        "templates: mail-templates\ndatabase: data/mailops.db\n"
-        + sender_with("ca_file: certs/ca.pem"),
+        "templates: mail-templates\ndatabase: data/mailops.db\n" + sender_with("ca_file: certs/ca.pem"),
     )
     assert Path.cwd() != folder  # the current folder must not matter
     config = load_config(path)

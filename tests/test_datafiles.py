@@ -30,8 +30,7 @@ def test_csv_rows_numbers_and_labels(tmp_path: Path) -> None:
 def test_csv_bom_dropped_and_quoted_newlines(tmp_path: Path) -> None:
     path = tmp_path / "c.csv"
     path.write_bytes(
-        "\ufeffemail,note\n".encode()
-        + 'a@example.com,"line one\nline two, with comma"\nb@example.com,Grüße\n'.encode()
+        "\ufeffemail,note\n".encode() + 'a@example.com,"line one\nline two, with comma"\nb@example.com,Grüße\n'.encode()
     )
     rows = list(read_rows(path))
     assert list(rows[0].values) == ["email", "note"]  # no "\ufeffemail"
@@ -192,7 +191,7 @@ def test_json_with_bom(tmp_path: Path) -> None:
         ),
         (
             '[{"email": "a@example.com"}, "b@example.com"]',
-            'item [1] (row 2) is a string, not an object; every item must be an object such as '
+            "item [1] (row 2) is a string, not an object; every item must be an object such as "
             '[{"email": "jane@example.com", "name": "Jane"}]',
         ),
         ('[{"email": "a@example.com", "": 1}]', "item [0] (row 1) has an empty key; name every field"),

@@ -85,7 +85,10 @@ def test_every_recipient_refused_one_for_now_one_for_good_defers_for_the_tempora
 def test_after_failover_from_and_reply_to_are_the_sender_that_really_sent(workspace, srv, cli):
     workspace.write_config(
         {
-            "sales": {**workspace.sender(srv, email="sales@example.com", password=PASSWORD, priority=1), "port": closed_port()},
+            "sales": {
+                **workspace.sender(srv, email="sales@example.com", password=PASSWORD, priority=1),
+                "port": closed_port(),
+            },
             "finance": workspace.sender(
                 srv, email="finance@example.com", password=PASSWORD, priority=2, reply_to="billing@example.com"
             ),

@@ -270,7 +270,10 @@ def test_the_executable_leaves_without_teardown_but_with_all_its_output(workspac
     )
     normal = subprocess.run(
         [sys.executable, "-c", f"from mailops.cli import main; main({args!r})"],
-        capture_output=True, text=True, env=env, timeout=60,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
     )
     assert via_exit.returncode == normal.returncode == 0, via_exit.stderr
     assert via_exit.stdout == normal.stdout and via_exit.stdout.strip()
@@ -281,7 +284,10 @@ def test_the_executable_keeps_the_exit_code_of_an_error(workspace):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
     proc = subprocess.run(
         [sys.executable, "-m", "mailops", "--config", str(workspace.root / "missing.yaml"), "stats"],
-        capture_output=True, text=True, env=env, timeout=60,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
     )
     assert proc.returncode == 2
     assert proc.stderr.startswith("mailops: error: ") and "missing.yaml" in proc.stderr

@@ -107,7 +107,9 @@ def test_451_twice_then_accepted_on_the_third_attempt_with_growing_delays(worksp
 
 
 def test_permanent_550_on_data_fails_at_once(workspace, srv, cli):
-    workspace.write_config({"sales": workspace.sender(srv, email="sales@example.com", password=PASSWORD)}, routes={"default": "sales"})
+    workspace.write_config(
+        {"sales": workspace.sender(srv, email="sales@example.com", password=PASSWORD)}, routes={"default": "sales"}
+    )
     srv.data_hook = lambda envelope: "550 5.7.1 Message rejected as spam"
 
     result = cli("send", "--to", "a@example.org", "--subject", "S", "--body", "B")
@@ -142,7 +144,9 @@ def test_temporary_failures_past_the_give_up_age_fail_with_the_reason(workspace,
 
 
 def test_queue_shows_states_and_retry_cancel_purge(workspace, srv, cli):
-    workspace.write_config({"sales": workspace.sender(srv, email="sales@example.com", password=PASSWORD)}, routes={"default": "sales"})
+    workspace.write_config(
+        {"sales": workspace.sender(srv, email="sales@example.com", password=PASSWORD)}, routes={"default": "sales"}
+    )
     data = _rows(workspace, 3)
     assert cli("send", "--data", data, "--subject", "S", "--body", "B", "--batch", "b1", "--queue-only").exit_code == 0
 
@@ -161,4 +165,7 @@ def test_queue_shows_states_and_retry_cancel_purge(workspace, srv, cli):
     assert "purged 1 sent message(s)" in purge.stdout
     assert len(log_json(cli)) == 1  # the log keeps its row
     bad = cli("queue", "show", "999")
-    assert bad.exit_code == 2 and bad.stderr.strip() == "mailops: error: no message with id 999 in the outbox; see 'mailops queue list'"
+    assert (
+        bad.exit_code == 2
+        and bad.stderr.strip() == "mailops: error: no message with id 999 in the outbox; see 'mailops queue list'"
+    )

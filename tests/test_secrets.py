@@ -367,9 +367,7 @@ def test_low_priority_backend_is_refused_without_opt_in(keyring_file: Path) -> N
 def test_low_priority_backend_is_allowed_with_opt_in(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MAILOPS_ALLOW_INSECURE_KEYRING", "1")
     keyring.set_keyring(LowPriorityKeyring())
-    assert secrets.backend_info() == secrets.BackendInfo(
-        "tests.keyring_backend.LowPriorityKeyring", 0.5, True, None
-    )
+    assert secrets.backend_info() == secrets.BackendInfo("tests.keyring_backend.LowPriorityKeyring", 0.5, True, None)
     secrets.set_password("sales", "pw")
     assert secrets.get_password(make_sender()) == "pw"
 

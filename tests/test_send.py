@@ -43,7 +43,9 @@ def _renewal(workspace) -> None:
 def test_fifty_row_merge_with_per_row_pdfs_arrives_and_is_logged(workspace, srv, cli):
     workspace.write_config(
         {
-            "sales": workspace.sender(srv, email="sales@example.com", password=PASSWORD, name="Sales Team", reply_to="renewals@example.com"),
+            "sales": workspace.sender(
+                srv, email="sales@example.com", password=PASSWORD, name="Sales Team", reply_to="renewals@example.com"
+            ),
         },
         routes={"renewal": "sales"},
     )
@@ -53,7 +55,15 @@ def test_fifty_row_merge_with_per_row_pdfs_arrives_and_is_logged(workspace, srv,
     rows = []
     for i in range(50):
         _pdf(invoices / f"inv-{i}.pdf", f"invoice {i}")
-        rows.append({"email": f"cust{i}@example.org", "name": f"Customer {i}", "plan": "Pro", "date": "2026-12-01", "attachments": f"invoices/inv-{i}.pdf"})
+        rows.append(
+            {
+                "email": f"cust{i}@example.org",
+                "name": f"Customer {i}",
+                "plan": "Pro",
+                "date": "2026-12-01",
+                "attachments": f"invoices/inv-{i}.pdf",
+            }
+        )
     data = workspace.csv("customers.csv", rows)
 
     result = cli("send", "--route", "renewal", "--template", "renewal", "--data", data)
@@ -172,7 +182,9 @@ def test_recipient_refused_with_550_fails_once_without_failover(workspace, srv, 
 
 
 def test_partial_refusal_records_each_recipient(workspace, srv, cli):
-    workspace.write_config({"sales": workspace.sender(srv, email="sales@example.com", password=PASSWORD)}, routes={"default": "sales"})
+    workspace.write_config(
+        {"sales": workspace.sender(srv, email="sales@example.com", password=PASSWORD)}, routes={"default": "sales"}
+    )
     srv.rcpt_hook = lambda addr: "550 5.1.1 no such user" if addr.startswith("gone") else None
 
     result = cli("send", "--to", "ok@example.org", "--to", "gone@example.org", "--subject", "S", "--body", "B")
@@ -192,7 +204,9 @@ def test_non_ascii_names_and_subjects_arrive_encoded_without_defects(workspace, 
         {"sales": workspace.sender(srv, email="sales@example.com", password=PASSWORD, name="Vertrieb Müller")},
         routes={"default": "sales"},
     )
-    workspace.template("hi", "{{ greeting }} {{ name }} 🎉\n", "{{ greeting }} {{ name }}, ยินดีต้อนรับ\n", "<p>{{ name }} – ü</p>")
+    workspace.template(
+        "hi", "{{ greeting }} {{ name }} 🎉\n", "{{ greeting }} {{ name }}, ยินดีต้อนรับ\n", "<p>{{ name }} – ü</p>"
+    )
     data = workspace.csv(
         "c.csv",
         [
@@ -214,13 +228,19 @@ def test_non_ascii_names_and_subjects_arrive_encoded_without_defects(workspace, 
         assert all(ord(ch) < 128 for ch in received.data.split(b"\r\n\r\n")[0].decode("ascii"))
         subjects[received.rcpt_tos[0]] = (str(msg["Subject"]), str(msg["To"]), str(msg["From"]))
         assert "ยินดีต้อนรับ" in _text(msg)
-    assert subjects["somchai@example.org"] == ("สวัสดี สมชาย ใจดี 🎉", "สมชาย ใจดี <somchai@example.org>", "Vertrieb Müller <sales@example.com>")
+    assert subjects["somchai@example.org"] == (
+        "สวัสดี สมชาย ใจดี 🎉",
+        "สมชาย ใจดี <somchai@example.org>",
+        "Vertrieb Müller <sales@example.com>",
+    )
     assert subjects["juergen@example.org"][0] == "Grüß Gott Jürgen Groß 🎉"
     assert subjects["emoji@example.org"][1] == "Rocket 🚀 Fan <emoji@example.org>"
 
 
 def test_batch_key_rerun_skips_rows_already_sent(workspace, srv, cli):
-    workspace.write_config({"sales": workspace.sender(srv, email="sales@example.com", password=PASSWORD)}, routes={"default": "sales"})
+    workspace.write_config(
+        {"sales": workspace.sender(srv, email="sales@example.com", password=PASSWORD)}, routes={"default": "sales"}
+    )
     rows = [{"email": f"u{i}@example.org"} for i in range(3)]
     data = workspace.csv("c.csv", rows)
     assert cli("send", "--data", data, "--subject", "S", "--body", "B", "--batch", "nov").exit_code == 0
@@ -235,7 +255,10 @@ def test_batch_key_rerun_skips_rows_already_sent(workspace, srv, cli):
 
 
 def test_dry_run_and_preview_connect_to_nothing(workspace, srv, cli):
-    workspace.write_config({"sales": workspace.sender(srv, email="sales@example.com", password=PASSWORD, daily_limit=2)}, routes={"default": "sales"})
+    workspace.write_config(
+        {"sales": workspace.sender(srv, email="sales@example.com", password=PASSWORD, daily_limit=2)},
+        routes={"default": "sales"},
+    )
     data = workspace.csv("c.csv", [{"email": f"u{i}@example.org", "name": f"U{i}"} for i in range(3)])
 
     result = cli("send", "--data", data, "--subject", "Hi {{ name }}", "--body", "Body", "--dry-run", "--preview", "1")
@@ -249,7 +272,9 @@ def test_dry_run_and_preview_connect_to_nothing(workspace, srv, cli):
 
 
 def test_limit_sends_only_the_first_rows(workspace, srv, cli):
-    workspace.write_config({"sales": workspace.sender(srv, email="sales@example.com", password=PASSWORD)}, routes={"default": "sales"})
+    workspace.write_config(
+        {"sales": workspace.sender(srv, email="sales@example.com", password=PASSWORD)}, routes={"default": "sales"}
+    )
     data = workspace.csv("c.csv", [{"email": f"u{i}@example.org"} for i in range(5)])
 
     result = cli("send", "--data", data, "--subject", "S", "--body", "B", "--limit", "2", "--json")
@@ -267,7 +292,19 @@ def test_group_and_cc_bcc(workspace, srv, cli):
         groups={"finance-team": ["Fin One <fin1@example.org>", "fin2@example.org"]},
     )
 
-    result = cli("send", "--group", "finance-team", "--cc", "cc@example.org", "--bcc", "hidden@example.org", "--subject", "S", "--body", "B")
+    result = cli(
+        "send",
+        "--group",
+        "finance-team",
+        "--cc",
+        "cc@example.org",
+        "--bcc",
+        "hidden@example.org",
+        "--subject",
+        "S",
+        "--body",
+        "B",
+    )
 
     assert result.exit_code == 0, result.output
     [received] = srv.messages

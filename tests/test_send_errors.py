@@ -82,7 +82,10 @@ def test_bad_data_file_exits_2_with_one_line_and_sends_nothing(setup, cli, case)
     assert len(lines) == 1, result.stderr
     if expected is None:
         missing = workspace.root / "invoices" / "none.pdf"
-        assert lines[0] == f"mailops: error: c.csv row 1: attachment '{missing}': no such file; check the path (nothing was sent)"
+        assert (
+            lines[0]
+            == f"mailops: error: c.csv row 1: attachment '{missing}': no such file; check the path (nothing was sent)"
+        )
     else:
         # whole-file problems name the file as it was given on the command line
         assert lines[0] == f"mailops: error: {expected.replace('c.csv:', f'{data}:')}"
@@ -95,7 +98,10 @@ def test_bad_data_file_exits_2_with_one_line_and_sends_nothing(setup, cli, case)
     "args, expected",
     [
         (["--route", "nope", "--to", "a@example.com"], "--route 'nope': no such route in {cfg}; known routes: default"),
-        (["--sender", "nope", "--to", "a@example.com"], "--sender 'nope': no such sender in {cfg}; known senders: sales"),
+        (
+            ["--sender", "nope", "--to", "a@example.com"],
+            "--sender 'nope': no such sender in {cfg}; known senders: sales",
+        ),
         (["--group", "nope"], "unknown group 'nope'; known groups: team (add it under 'groups:' in {cfg})"),
         (["--to", "x@"], "--to: 'x@' is not a valid email address: There must be something after the @-sign."),
         (["--to", "a@example.com", "--cc", "Jane <jane@>"], None),

@@ -470,7 +470,10 @@ def test_failure_classification(failure, sender_problem, temporary):
 
 def test_failure_str_is_one_line_with_step_and_code():
     assert str(SmtpFailure("auth", "auth", 535, "5.7.8 bad")) == "auth: 535 5.7.8 bad"
-    assert str(SmtpFailure("connect", "connect", None, "connection refused by h:1")) == "connect: connection refused by h:1"
+    assert (
+        str(SmtpFailure("connect", "connect", None, "connection refused by h:1"))
+        == "connect: connection refused by h:1"
+    )
 
 
 # ------------------------------------------------------------------ bookkeeping while the server works

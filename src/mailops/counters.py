@@ -28,9 +28,7 @@ def period_keys(ts: float, tz: ZoneInfo) -> dict[str, str]:
     }
 
 
-def usage(
-    conn: Reader | Connection, sender_keys: list[str], tz: ZoneInfo, now: float
-) -> dict[str, dict[str, int]]:
+def usage(conn: Reader | Connection, sender_keys: list[str], tz: ZoneInfo, now: float) -> dict[str, dict[str, int]]:
     """Messages counted today and this month per sender: ``{key: {"day": n, "month": m}}``."""
     keys = period_keys(now, tz)
     out = {key: {"day": 0, "month": 0} for key in sender_keys}

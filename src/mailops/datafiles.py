@@ -82,8 +82,7 @@ def _read_text(path: Path) -> str:
 
 def _too_deep(path: Path) -> InputError:
     return InputError(
-        f"{path}: values are nested too deeply (more than {MAX_DEPTH} levels of lists and mappings); "
-        "flatten the data"
+        f"{path}: values are nested too deeply (more than {MAX_DEPTH} levels of lists and mappings); flatten the data"
     )
 
 

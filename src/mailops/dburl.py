@@ -52,7 +52,9 @@ def connect_failure(text: str) -> str | None:
     """The reason from a server connection failure (``Connection refused``...), or None for other errors."""
     # psycopg: 'connection failed: connection to server at "h", port 5432 failed: FATAL:  database "x" does not exist'
     # or "failed to resolve host 'h': ..." or "connection timeout expired"
-    if not (text.startswith(("connection failed", "connection timeout", "failed to resolve host", "connection is bad"))):
+    if not (
+        text.startswith(("connection failed", "connection timeout", "failed to resolve host", "connection is bad"))
+    ):
         return None
     reason = re.sub(r"^connection failed:\s*", "", text)
     reason = re.sub(r'^connection to server at "[^"]*", port \d+ failed:\s*', "", reason)

@@ -118,9 +118,11 @@ def order(
         known = [k for k in keys if k in config.senders]
         used = quota.usage(conn, known, config.timezone, now)
         keys.sort(
-            key=lambda k: (-quota.headroom(config.senders[k], used[k]), config.senders[k].priority)
-            if k in config.senders
-            else (0, 0)
+            key=lambda k: (
+                (-quota.headroom(config.senders[k], used[k]), config.senders[k].priority)
+                if k in config.senders
+                else (0, 0)
+            )
         )
     chosen: list[Sender] = []
     skipped: list[Skip] = []
@@ -133,7 +135,9 @@ def order(
         elif has_password.get(key, True) is not True:
             # the lookup's own reason when known (a password_command that timed out is not a missing password)
             why = has_password[key]
-            skipped.append(Skip(key, why if isinstance(why, str) else f"no password (run 'mailops password set {key}')"))
+            skipped.append(
+                Skip(key, why if isinstance(why, str) else f"no password (run 'mailops password set {key}')")
+            )
         elif health.is_cooling_down(healths.get(key), now, health.settings_of(sender)):
             skipped.append(Skip(key, f"unhealthy: {healths[key].last_error or 'last attempt failed'}"))
         else:

@@ -49,6 +49,7 @@ from .errors import StoreError
 #: pooled connections per process: one per delivery worker thread (senders x connections) plus the dispatcher
 POOL_SIZE, POOL_OVERFLOW = 20, 20
 
+
 def _enable_wal(cur: Any) -> None:
     """Switch to WAL; retried because the switch can fail with "locked" without waiting on the busy handler
     (e.g. while another process is creating the same new database)."""
@@ -122,13 +123,17 @@ def _make_engine(url: str) -> Engine:
         return sa.create_engine(parsed, **options)
     except ImportError as exc:
         postgres = parsed.get_backend_name() == "postgresql"
-        hint = "pip install 'mailops[postgres]' (or '.[postgres]' in the checkout)" if postgres else "install its driver"
+        hint = (
+            "pip install 'mailops[postgres]' (or '.[postgres]' in the checkout)" if postgres else "install its driver"
+        )
         raise StoreError(
             f"database URL {mask_url(url)!r} needs the driver module {exc.name or exc}, which is not installed; "
             f"run: {hint}"
         ) from None
     except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError) as exc:
-        raise StoreError(f"database URL {mask_url(url)!r} is not usable: {exc}; check 'database:' in senders.yaml") from None
+        raise StoreError(
+            f"database URL {mask_url(url)!r} is not usable: {exc}; check 'database:' in senders.yaml"
+        ) from None
 
 
 class Store:

@@ -299,7 +299,8 @@ def _validate(addr: str) -> tuple[str, str, str]:
     if suffix is None:
         return values
     # the library lower-cases the ASCII stand-in; put the real name back in its place
-    return tuple(value[: len(value) - len(stand_in)] + suffix for value in values)  # type: ignore[return-value]
+    addr_spec, domain, ascii_domain = (value[: len(value) - len(stand_in)] + suffix for value in values)
+    return addr_spec, domain, ascii_domain
 
 
 def _library_addr_spec(addr: str) -> str:

@@ -258,7 +258,7 @@ class _NoAliasLoader(yaml.SafeLoader):
 
     def compose_node(self, parent: Any, index: Any) -> Any:
         if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()  # type: ignore[no-untyped-call]
+            event = self.peek_event()  # type: ignore[no-untyped-call]  # types-PyYAML leaves peek_event untyped
             raise yaml.composer.ComposerError(
                 None, None, "aliases (*name) are not allowed in a data file (write each value out)", event.start_mark
             )

@@ -221,7 +221,7 @@ def _bounded_filters(filters: dict[str, Any]) -> dict[str, Any]:
         return replace(*args, **kwargs)
 
     if bounded_replace_needs_ctx is not None:
-        bounded_replace.jinja_pass_arg = bounded_replace_needs_ctx  # type: ignore[attr-defined]
+        bounded_replace.jinja_pass_arg = bounded_replace_needs_ctx  # type: ignore[attr-defined]  # Jinja's marker
 
     def bounded_join(eval_ctx: Any, value: Any, d: str = "", attribute: Any = None) -> Any:
         if isinstance(value, (list, tuple)):
@@ -229,7 +229,7 @@ def _bounded_filters(filters: dict[str, Any]) -> dict[str, Any]:
             _check_size(texts + len(str(d)) * max(len(value) - 1, 0))
         return join(eval_ctx, value, d, attribute)
 
-    bounded_join.jinja_pass_arg = join.jinja_pass_arg  # type: ignore[attr-defined]
+    bounded_join.jinja_pass_arg = join.jinja_pass_arg  # type: ignore[attr-defined]  # Jinja's pass_* marker
     return {
         "center": bounded_center,
         "indent": bounded_indent,

@@ -262,7 +262,8 @@ def dev_server(
         # anything on the network may send here: show control characters as escapes
         _out(
             _safe(
-                f"received {msg.message_id or '(no Message-ID)'} from {msg.mail_from} to {', '.join(msg.rcpt_tos)}: {msg.subject!r} ({msg.size} bytes)"
+                f"received {msg.message_id or '(no Message-ID)'} from {msg.mail_from} to {', '.join(msg.rcpt_tos)}: "
+                f"{msg.subject!r} ({msg.size} bytes)"
             )
         )
 
@@ -786,7 +787,8 @@ def send(
         list[Path] | None,
         typer.Option(
             "--attach",
-            help="Attach this file to every message (repeatable); with {{ }} a per-row path such as 'invoices/{{ contract }}.pdf'.",
+            help="Attach this file to every message (repeatable); "
+            "with {{ }} a per-row path such as 'invoices/{{ contract }}.pdf'.",
         ),
     ] = None,
     attachments_dir: Annotated[
@@ -1008,7 +1010,8 @@ def _sendmail(argv: list[str]) -> None:
         # queued all the same: exit 0, like a sendmail whose relay is down; cron logs this line
         why = "; ".join(report.problems[:3]) or "not delivered in this run"
         _err(
-            f"mailops: sendmail: {_safe(accepted.message_id)} is queued, not sent yet: {_safe(why)}; 'mailops deliver' retries"
+            f"mailops: sendmail: {_safe(accepted.message_id)} is queued, not sent yet: {_safe(why)}; "
+            "'mailops deliver' retries"
         )
 
 
@@ -1087,10 +1090,12 @@ def queue_show(
     # every value here may come from a data file or a server: _safe() shows control characters as escapes
     _out(f"message {row['id']}: {row['state']}" + (f" ({_safe(row['reason'])})" if row["reason"] else ""))
     _out(
-        f"  batch: {_safe(row['batch'] or '-')}  route: {_safe(row['route'] or '-')}  candidates: {_safe(_stored_list(row['candidates']))}"
+        f"  batch: {_safe(row['batch'] or '-')}  route: {_safe(row['route'] or '-')}  "
+        f"candidates: {_safe(_stored_list(row['candidates']))}"
     )
     _out(
-        f"  created: {local_time(row['created_at'], tz)}  due: {local_time(row['due_at'], tz)}  attempts: {row['attempts']}"
+        f"  created: {local_time(row['created_at'], tz)}  due: {local_time(row['due_at'], tz)}  "
+        f"attempts: {row['attempts']}"
     )
     _out(f"  envelope: {_safe(row['envelope_from'])} -> {_safe(_stored_list(row['recipients']))}")
     if row["recipient_status"]:
@@ -1458,7 +1463,8 @@ def suppress_import(
     with store.write() as conn:
         added = suppress.add(conn, keys, reason=text, source="import", now=_now())
     _out(
-        f"imported {len(keys)} address(es) from {file}: {added} new, {len({k.lower() for k in keys}) - added} already listed"
+        f"imported {len(keys)} address(es) from {file}: {added} new, "
+        f"{len({k.lower() for k in keys}) - added} already listed"
     )
 
 

@@ -191,7 +191,10 @@ _PIECE_RE = re.compile(r" *[^ ]+| +")
 
 
 def _longest_piece(text: str) -> int:
-    """Length of the longest stretch of ``text`` that folding at spaces cannot break (a word and the spaces before it)."""
+    """Length of the longest stretch of ``text`` that folding at spaces cannot break.
+
+    A stretch is a word and the spaces before it.
+    """
     return max((len(piece) for piece in _PIECE_RE.findall(text)), default=0)
 
 
@@ -639,7 +642,9 @@ _MAX_BODY_LINE: int = _POLICY.max_line_length or 78  # the policy keeps the defa
 
 
 def _encode_text_body(text: str) -> tuple[str, str]:
-    """(Content-Transfer-Encoding, body) as ``EmailMessage.set_content(text)`` chooses them for UTF-8 under cte_type 7bit.
+    """(Content-Transfer-Encoding, body) as ``EmailMessage.set_content(text)`` chooses them.
+
+    That is, for UTF-8 text under cte_type 7bit.
 
     7bit when the text is ASCII with short lines; otherwise quoted-printable or
     base64, whichever the first ten lines say is shorter.

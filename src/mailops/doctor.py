@@ -59,8 +59,8 @@ def _intranet_warnings(config: Config, active: list[Sender]) -> list[str]:
             if internal:
                 more = f" and {len(internal) - 1} more" if len(internal) > 1 else ""
                 warnings.append(
-                    f"group {group}: {internal[0]}{more} is an intranet or test address; sent through a public provider "
-                    f"({names}) it cannot arrive: route such mail through your own relay"
+                    f"group {group}: {internal[0]}{more} is an intranet or test address; "
+                    f"sent through a public provider ({names}) it cannot arrive: route such mail through your own relay"
                 )
     return warnings
 

@@ -412,7 +412,10 @@ class Outbox:
         raise ValueError("nothing selected")
 
     def retry(self, now: float, *, msg_id: int | None = None, batch: str | None = None, all_: bool = False) -> int:
-        """Make deferred or failed messages due now (a failed one starts a fresh retry window); see :meth:`retry_refused`."""
+        """Make deferred or failed messages due now (a failed one starts a fresh retry window).
+
+        See :meth:`retry_refused`.
+        """
         return self.retry_refused(now, msg_id=msg_id, batch=batch, all_=all_)[0]
 
     def retry_refused(

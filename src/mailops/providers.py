@@ -164,7 +164,8 @@ PROVIDERS: dict[str, Provider] = {
             # https://documentation.mailgun.com/docs/mailgun/user-manual/sending-messages/send-http: 25 MB at most
             {"host": "smtp.mailgun.org", "port": 587, "security": "starttls", "max_message_size": 25_000_000},
             auth_hint=(
-                "Mailgun refuses the login: use the domain's SMTP credentials (username like postmaster@mg.example.com) "
+                "Mailgun refuses the login: use the domain's SMTP credentials "
+                "(username like postmaster@mg.example.com) "
                 f"and store the SMTP password with {_APP_PASSWORD}; an EU domain needs region: eu"
             ),
         ),

@@ -145,7 +145,8 @@ def message_problem(prepared: PreparedMessage, senders: list[Sender]) -> str | N
         if whole is not None and len(mail.envelope_to) > whole[1]:
             return (
                 f"{prepared.label}: {len(mail.envelope_to):,} recipients, more than sender {sender.key}'s whole "
-                f"{whole[0]} of {whole[1]:,} recipients ({whole[0]}{_origin(sender, whole[0])}, limit_unit: recipients); "
+                f"{whole[0]} of {whole[1]:,} recipients "
+                f"({whole[0]}{_origin(sender, whole[0])}, limit_unit: recipients); "
                 "split the recipients over several messages"
             )
     return None

@@ -210,7 +210,10 @@ def hint_for(sender: Sender, failure: SmtpFailure) -> str | None:
                 f"Microsoft refuses the login for {key}: use an app password, or ask the admin to enable "
                 f"SMTP AUTH for the mailbox (off by default in Microsoft 365), then run 'mailops password set {key}'"
             )
-        return f"wrong username or password for {key}: check 'username' in senders.yaml and run 'mailops password set {key}'"
+        return (
+            f"wrong username or password for {key}: check 'username' in senders.yaml "
+            f"and run 'mailops password set {key}'"
+        )
 
     if failure.kind == "tls" and "cannot load ca_file" in text:
         return f"ca_file of {key} is not a usable CA certificate: point it at the CA's certificate in PEM format"
@@ -221,9 +224,15 @@ def hint_for(sender: Sender, failure: SmtpFailure) -> str | None:
                 "certificate (usually the provider's documented SMTP host)"
             )
         if "expired" in text:
-            return "the server's certificate has expired: tell the server's administrator (tls_verify: false only for testing)"
+            return (
+                "the server's certificate has expired: tell the server's administrator "
+                "(tls_verify: false only for testing)"
+            )
         if "certificate verification failed" in text:
-            return "the server's certificate is not trusted: set ca_file to the CA that signed it (tls_verify: false only for testing)"
+            return (
+                "the server's certificate is not trusted: set ca_file to the CA that signed it "
+                "(tls_verify: false only for testing)"
+            )
         return (
             f"TLS negotiation with {address} failed: check that security matches the port (starttls on 587, ssl on 465)"
         )

@@ -52,7 +52,9 @@ class SmtpFailure(Exception):
     """One failed SMTP step, classified; internal to sending (the caller turns it into outcomes or errors)."""
 
     step: str  # connect | ehlo | starttls | tls | auth | mail | rcpt | data | quit
-    kind: str  # connect | timeout | tls | no-starttls | no-auth-offered | auth | plaintext-refused | temporary | permanent | protocol
+    # connect | timeout | tls | no-starttls | no-auth-offered | auth | plaintext-refused
+    # | temporary | permanent | protocol
+    kind: str
     code: int | None  # SMTP reply code when the server gave one
     text: str  # server reply text or OS/SSL error, one line, never a password
     #: recipient -> (code, text) when the failure is "every recipient was refused"

@@ -472,7 +472,10 @@ def get_refresh_token(sender: Sender) -> tuple[str, PasswordSource]:
 
 
 def refresh_token_source(sender: Sender) -> PasswordSource:
-    """Where an oauth2 sender's token comes from: env, command (token_command), keyring, missing, keyring unavailable."""
+    """Where an oauth2 sender's token comes from.
+
+    One of: env, command (token_command), keyring, missing, keyring unavailable.
+    """
     if sender.oauth2 is not None and sender.oauth2.token_command:
         return "command"
     if os.environ.get(oauth_env_var(sender.key)):

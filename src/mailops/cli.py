@@ -254,9 +254,23 @@ def dev_server(
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 8025,
     maildir: Annotated[Path | None, typer.Option(help="Store every message in this Maildir.")] = None,
+    web: Annotated[
+        int | None,
+        typer.Option(
+            "--web",
+            metavar="PORT",
+            help="Also serve a browser view of the captured mail on this port (same --host).",
+            min=1,
+            max=65535,
+        ),
+    ] = None,
 ) -> None:
     """Run a local capture SMTP server for trying templates and routes safely (Ctrl-C stops it)."""
+    import contextlib
+    import tempfile
+
     from .devserver import CaptureServer, serve_forever
+    from .devweb import WebView
 
     def show(msg: Any) -> None:
         # anything on the network may send here: show control characters as escapes
@@ -267,10 +281,17 @@ def dev_server(
             )
         )
 
-    server = CaptureServer(host=host, port=port, maildir=maildir, on_message=show)
-    with server:
+    with contextlib.ExitStack() as stack:
         where = f" storing in {maildir}" if maildir else ""
+        if web is not None and maildir is None:
+            # The web view reads a Maildir: without --maildir, one that lives as long as this run.
+            maildir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mailops-capture-"))) / "Maildir"
+            where = " storing in a temporary Maildir (removed when it stops)"
+        server = stack.enter_context(CaptureServer(host=host, port=port, maildir=maildir, on_message=show))
+        viewer = stack.enter_context(WebView(maildir, host=host, port=web)) if web is not None and maildir else None
         _err(f"capturing mail on {host}:{port}{where}; point a sender at it with security: none and auth: false")
+        if viewer is not None:
+            _err(f"web view of the captured mail: {viewer.url}")
         serve_forever(server)  # returns on Ctrl-C (it handles KeyboardInterrupt itself)
     _err(f"stopped after capturing {server.count} message(s)")
 

@@ -1312,15 +1312,48 @@ def stats(
         str, typer.Option("--since", help="Window for success rate and response time: 24h, 7d, a date.")
     ] = "7d",
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    days: Annotated[
+        int | None,
+        typer.Option(
+            "--days",
+            metavar="N",
+            help="Chart sent/deferred/failed per sender per day for the last N days, and quota use as bars.",
+            min=1,
+            max=366,
+        ),
+    ] = None,
 ) -> None:
-    """Per sender: sent today / this month against limits, success rate, response time, last error, health."""
-    from .history import local_time, parse_since, sender_stats
+    """Per sender: sent today / this month against limits, success rate, response time, last error, health.
+
+    Example: 'mailops stats --days 14' draws the last two weeks; add --json for the same numbers.
+    """
+    from .history import daily_outcomes, local_time, parse_since, sender_stats
 
     config = _load_config()
     now = _now()
     start = parse_since(since, config.timezone, now)
     with _reading(config) as db:
         rows = sender_stats(db, config, start, now)
+        daily = daily_outcomes(db, config, days, now) if days is not None else None
+    if daily is not None:
+        quota = [
+            {
+                "sender": r["sender"],
+                "limit_unit": r["limit_unit"],
+                "today": {"used": r["sent_today"], "limit": r["daily_limit"], "pct": r["daily_usage_pct"]},
+                "month": {"used": r["sent_this_month"], "limit": r["monthly_limit"], "pct": r["monthly_usage_pct"]},
+            }
+            for r in rows
+        ]
+        if json_out:
+            _print_json({**daily, "quota": quota})
+            return
+        from .charts import draw_daily, draw_quota
+
+        console = _console()
+        draw_daily(console, daily, {r["sender"]: r["email"] for r in rows})
+        draw_quota(console, rows)
+        return
     if json_out:
         _print_json(rows)
         return

@@ -209,6 +209,65 @@ def sender_stats(db: Reader, config: Config, since: float, now: float) -> list[d
     return out
 
 
+#: ``stats --days`` draws at most this many days (one CASE branch per day in the query)
+MAX_DAYS = 366
+#: the series of ``stats --days``: partial (some recipients accepted) counts as sent, as in the success rate
+DAILY_SERIES = {"sent": ("sent", "partial"), "deferred": ("deferred",), "failed": ("failed",)}
+
+
+def day_starts(days: int, tz: ZoneInfo, now: float) -> list[datetime]:
+    """Local midnights of the last ``days`` days (today last) in ``tz``, and the next midnight after today.
+
+    Computed in the calendar, not as multiples of 86400 s, so a day with a
+    daylight-saving change is that day (23 or 25 hours), not a shifted window.
+    """
+    today = datetime.fromtimestamp(now, tz).date()
+    first = today - timedelta(days=days - 1)
+    return [datetime.combine(first + timedelta(days=i), datetime.min.time(), tz) for i in range(days + 1)]
+
+
+def daily_outcomes(db: Reader, config: Config, days: int, now: float) -> dict[str, Any]:
+    """Attempts per sender per local day for the last ``days`` days (today included), by outcome.
+
+    Returns ``{"timezone", "days": [ISO dates], "senders": [{"sender", "sent": [..],
+    "deferred": [..], "failed": [..]}]}`` with one number per day in every
+    list, for every configured sender (zeros included), then ``"sender": null``
+    for attempts deferred before a sender was chosen (every sender of the
+    route at its quota), when there are any. A message deferred
+    three times counts three deferred attempts: these are attempts, as in
+    ``mailops log``.
+    """
+    if not 1 <= days <= MAX_DAYS:
+        raise UsageError(f"--days {days}: expected 1 to {MAX_DAYS}")
+    keys = list(config.senders)
+    starts = day_starts(days, config.timezone, now)
+    bounds = {f"b{i}": start.timestamp() for i, start in enumerate(starts)}
+    # The day index in SQL (portable CASE over the local midnights), so the database returns at most
+    # senders x days x outcomes rows however long the log; the index on (sender, outcome, at) serves it.
+    bucket = "CASE " + " ".join(f"WHEN at < :b{i + 1} THEN {i}" for i in range(days)) + " END"
+    outcomes = [o for names in DAILY_SERIES.values() for o in names]
+    rows = db.all(
+        f"SELECT sender, outcome, {bucket} AS day, count(*) AS n FROM attempts"
+        f" WHERE (sender IN (:senders) OR sender IS NULL) AND outcome IN (:outcomes) AND at >= :b0 AND at < :b{days}"
+        " GROUP BY sender, outcome, day",
+        senders=keys,
+        outcomes=outcomes,
+        **bounds,
+    )
+    series: dict[str | None, dict[str, list[int]]] = {key: {name: [0] * days for name in DAILY_SERIES} for key in keys}
+    series_of = {o: name for name, names in DAILY_SERIES.items() for o in names}
+    for row in rows:
+        # sender NULL: deferred before any sender was chosen (every sender of the route at its quota)
+        counts = series.setdefault(row["sender"], {name: [0] * days for name in DAILY_SERIES})
+        counts[series_of[row["outcome"]]][int(row["day"])] += int(row["n"])
+    order: list[str | None] = [*keys, None] if None in series else list(keys)
+    return {
+        "timezone": config.timezone.key,
+        "days": [start.date().isoformat() for start in starts[:-1]],
+        "senders": [{"sender": key, **series[key]} for key in order],
+    }
+
+
 def record_event(store: Store, kind: str, detail: str, now: float) -> None:
     """Keep an operator action (reset-counts, purge) on record."""
     import sqlalchemy as sa

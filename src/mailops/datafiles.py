@@ -19,7 +19,7 @@ from typing import IO, Any
 import yaml
 
 from .errors import InputError
-from .files import FileRefused, read_regular_file, regular_file_problem
+from .files import read_text_file, regular_file_problem
 from .limits import DATA_FILE_MAX_BYTES, MAX_DEPTH, nested_deeper_than
 
 KINDS = {".csv": "csv", ".json": "json", ".yaml": "yaml", ".yml": "yaml"}
@@ -70,14 +70,7 @@ def _check_regular(path: Path) -> None:
 
 
 def _read_text(path: Path) -> str:
-    try:
-        data = read_regular_file(path, DATA_FILE_MAX_BYTES)
-    except FileRefused as exc:
-        raise InputError(f"{path}: {exc.reason}") from None
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        raise InputError(f"{path}: not UTF-8 text; save the file as UTF-8") from None
+    return read_text_file(path, DATA_FILE_MAX_BYTES)
 
 
 def _too_deep(path: Path) -> InputError:

@@ -11,6 +11,7 @@ import os
 import stat
 from pathlib import Path
 
+from .errors import InputError
 from .limits import Limit, human_size
 
 
@@ -66,3 +67,19 @@ def read_regular_file(path: Path, limit: Limit) -> bytes:
     if len(data) > max_bytes:
         raise _too_big(limit, max_bytes)
     return data
+
+
+def read_text_file(path: Path, limit: Limit, label: str | None = None) -> str:
+    """The UTF-8 text (a BOM dropped) of the regular file ``path``, at most ``limit`` bytes.
+
+    InputError naming ``label`` (default: the path) when the file is refused or is not UTF-8.
+    """
+    where = str(path) if label is None else label
+    try:
+        data = read_regular_file(path, limit)
+    except FileRefused as exc:
+        raise InputError(f"{where}: {exc.reason}") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise InputError(f"{where}: not UTF-8 text; save the file as UTF-8") from None

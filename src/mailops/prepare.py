@@ -32,7 +32,7 @@ from .compose import (
 from .config import Config, Route, Sender
 from .datafiles import DataRow, read_rows
 from .errors import InputError, UsageError
-from .files import FileRefused, read_regular_file, regular_file_problem
+from .files import read_text_file, regular_file_problem
 from .headers import HeaderPlan, HeaderSpec, merged, parse_header_option
 from .limits import BODY_FILE_MAX_BYTES
 from .templates import (
@@ -178,12 +178,7 @@ def _load(request: SendRequest, config: Config) -> MessageTemplate:
     subject = request.subject or ""
     if request.body_file is not None:
         path = Path(request.body_file)
-        try:
-            body = read_regular_file(path, BODY_FILE_MAX_BYTES).decode("utf-8-sig")
-        except FileRefused as exc:
-            raise InputError(f"--body-file {path}: {exc.reason}") from None
-        except UnicodeDecodeError:
-            raise InputError(f"--body-file {path}: not UTF-8 text; save the file as UTF-8") from None
+        body = read_text_file(path, BODY_FILE_MAX_BYTES, label=f"--body-file {path}")
         return inline_template(subject, body, body_source=str(path))
     return inline_template(subject, request.body or "")
 

@@ -120,15 +120,10 @@ def read_import_file(path: Path) -> list[tuple[int, str]]:
     Blank lines and lines starting with ``#`` are skipped. InputError for an
     unreadable file or a CSV without an ``email`` column.
     """
-    from .files import FileRefused, read_regular_file
+    from .files import read_text_file
     from .limits import DATA_FILE_MAX_BYTES
 
-    try:
-        text = read_regular_file(path, DATA_FILE_MAX_BYTES).decode("utf-8-sig")
-    except FileRefused as exc:
-        raise InputError(f"{path}: {exc.reason}") from None
-    except UnicodeDecodeError:
-        raise InputError(f"{path}: not UTF-8 text; save the file as UTF-8") from None
+    text = read_text_file(path, DATA_FILE_MAX_BYTES)
     lines = text.splitlines()
     first = next((line for line in lines if line.strip() and not line.lstrip().startswith("#")), "")
     if "," in first or first.strip().lower() == "email":

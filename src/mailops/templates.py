@@ -433,15 +433,12 @@ def _load_headers(folder: Path, name: str) -> tuple[HeaderSpec, ...]:
         return ()
     import yaml
 
-    from .files import FileRefused, read_regular_file
+    from .files import read_text_file
     from .limits import BODY_FILE_MAX_BYTES
 
+    text = read_text_file(path, BODY_FILE_MAX_BYTES)
     try:
-        raw = yaml.safe_load(read_regular_file(path, BODY_FILE_MAX_BYTES).decode("utf-8-sig"))
-    except FileRefused as exc:
-        raise InputError(f"{path}: {exc.reason}") from None
-    except UnicodeDecodeError:
-        raise InputError(f"{path}: not UTF-8 text; save the file as UTF-8") from None
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark is not None else ""

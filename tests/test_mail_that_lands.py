@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from mailops import cli as cli_module
+from mailops.cli import runtime
 from mailops.compose import stamp_date
 from tests.smtp_servers import refusing
 
@@ -41,7 +41,7 @@ def test_a_message_delivered_a_day_late_is_dated_at_delivery(workspace, srv, cli
     _config(workspace, srv, timezone="Europe/Berlin")
     queued_at = time.time() - DAY
     with monkeypatch.context() as patch:
-        patch.setattr(cli_module, "_now", lambda: queued_at)
+        patch.setattr(runtime, "now", lambda: queued_at)
         queued = cli("send", "--to", "a@example.org", "--subject", "S", "--body", "B", "--queue-only")
     assert queued.exit_code == 0, queued.stderr
     [(stored,)] = workspace.query("SELECT mime FROM messages")
@@ -69,7 +69,7 @@ def test_each_attempt_gets_its_own_date(workspace, srv, cli, monkeypatch):
     _config(workspace, srv)
     srv.rcpt_hook = refusing("a@example.org", reply="451 4.7.1 try later")
     with monkeypatch.context() as patch:
-        patch.setattr(cli_module, "_now", lambda: time.time() - DAY)
+        patch.setattr(runtime, "now", lambda: time.time() - DAY)
         first = cli("send", "--to", "a@example.org", "--subject", "S", "--body", "B")
     assert first.exit_code == 1 and srv.messages == []
     srv.rcpt_hook = None

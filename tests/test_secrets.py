@@ -19,7 +19,7 @@ import keyring.core
 import pytest
 from keyring.backends import fail, null
 
-from mailops import secrets
+from mailops import envnames, secrets
 from mailops.config import Sender
 from mailops.errors import MailopsError, SecretError
 from tests.keyring_backend import (
@@ -107,7 +107,7 @@ def test_missing_password_names_the_env_var_of_a_dotted_sender() -> None:
     ],
 )
 def test_password_env_var_name(key: str, name: str) -> None:
-    assert secrets.password_env_var(key) == name
+    assert envnames.password_env_var(key) == name
 
 
 @pytest.mark.parametrize(
@@ -491,7 +491,7 @@ def test_subprocesses_share_the_test_keyring(isolated_home) -> None:
     secrets.set_password("sales", "set-in-test")
     script = textwrap.dedent(
         """
-        from mailops import secrets
+        from mailops import envnames, secrets
         from mailops.config import Sender
         sender = Sender("sales", "s@example.com", "h", 587, "starttls", "s@example.com")
         print(secrets.backend_info().name, secrets.get_password(sender) == "set-in-test")

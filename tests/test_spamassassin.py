@@ -16,7 +16,7 @@ from email.utils import format_datetime
 
 import pytest
 
-from mailops import cli as cli_module
+from mailops.cli import runtime
 
 SPAMASSASSIN = shutil.which("spamassassin")
 pytestmark = pytest.mark.skipif(
@@ -102,7 +102,7 @@ def test_a_message_delivered_a_day_after_queueing_scores_zero(workspace, srv, cl
     workspace.write_config({"sales": workspace.sender(srv, name="Example Sales")}, routes={"default": "sales"})
     _templates(workspace)
     with monkeypatch.context() as patch:
-        patch.setattr(cli_module, "_now", lambda: time.time() - 86400)
+        patch.setattr(runtime, "now", lambda: time.time() - 86400)
         queued = cli(
             "send",
             "--to",

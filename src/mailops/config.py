@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from .envnames import password_env_var
 from .errors import ConfigError
 from .headers import HeaderSpec, Unsubscribe, mapping_specs, unsubscribe_from
 from .limits import MAX_DEPTH, nested_deeper_than
@@ -784,8 +785,6 @@ def parse_config(data: Any, path: Path) -> Config:
     raw_senders = _as_mapping(top.get("senders"), path, "senders", "sender names to settings")
     if not raw_senders:
         raise ConfigError(f"{path}: senders: no senders defined; add at least one under 'senders:'")
-    from .secrets import password_env_var
-
     senders: dict[str, Sender] = {}
     password_vars: dict[str, str] = {}
     for key, raw in raw_senders.items():

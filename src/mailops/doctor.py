@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config import Config, Sender
+from .envnames import password_env_var
 from .errors import MailopsError
 from .routing import DEFAULT_ROUTE
 
@@ -140,7 +141,7 @@ def run_doctor(config: Config) -> DoctorReport:
             needs_keyring = True
             report.problems.append(
                 f"{sender.key}: password unavailable (keyring refused); set "
-                f"{secrets.password_env_var(sender.key)} or password_command for this sender"
+                f"{password_env_var(sender.key)} or password_command for this sender"
             )
     if not backend.usable and needs_keyring:
         report.problems.append(str(backend.problem))  # it names the backend and the way around it

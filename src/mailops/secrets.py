@@ -35,6 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, TypeVar
 
+from .envnames import ENV_PREFIX, OAUTH_ENV_PREFIX, oauth_env_var, password_env_var
 from .errors import SecretError
 
 if TYPE_CHECKING:
@@ -44,8 +45,6 @@ if TYPE_CHECKING:
 
 #: keyring service name; the keyring username is the sender key
 SERVICE = "mailops"
-ENV_PREFIX = "MAILOPS_PASSWORD_"
-OAUTH_ENV_PREFIX = "MAILOPS_OAUTH_"
 #: what a refresh token is called in messages; its keyring username is "oauth2:<sender>"
 REFRESH_TOKEN = "OAuth refresh token"
 ALLOW_INSECURE_ENV = "MAILOPS_ALLOW_INSECURE_KEYRING"
@@ -71,16 +70,6 @@ class BackendInfo:
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def password_env_var(sender_key: str) -> str:
-    """The environment variable holding ``sender_key``'s password: ``sales-eu`` → ``MAILOPS_PASSWORD_SALES_EU``."""
-    return ENV_PREFIX + sender_key.upper().replace("-", "_").replace(".", "_")
-
-
-def oauth_env_var(sender_key: str) -> str:
-    """The environment variable holding ``sender_key``'s OAuth2 refresh token: ``MAILOPS_OAUTH_SALES_EU``."""
-    return OAUTH_ENV_PREFIX + sender_key.upper().replace("-", "_").replace(".", "_")
 
 
 def _env_var_for(sender_key: str, what: str) -> str:

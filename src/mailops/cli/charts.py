@@ -1,4 +1,4 @@
-"""Terminal charts for ``mailops stats --days``: part of the CLI's output layer (the only Rich user besides cli).
+"""Terminal charts for ``mailops stats --days``: part of the CLI's output layer.
 
 The numbers come from :func:`mailops.history.daily_outcomes` and
 :func:`mailops.history.sender_stats`; this module only draws them. Every bar

@@ -1,0 +1,152 @@
+"""password and oauth: where each sender's secret comes from."""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from ..errors import ConfigError, UsageError
+from .output import (
+    out,
+    print_json,
+    show_table,
+)
+from .runtime import load_config
+
+if TYPE_CHECKING:
+    from ..config import Config
+
+password_app = typer.Typer(help="Store, remove and inspect sender passwords (kept in the system keyring).")
+oauth_app = typer.Typer(help="OAuth2 senders (oauth2: in senders.yaml): log in, store a refresh token.")
+
+
+# ---------------------------------------------------------------- passwords
+
+
+@password_app.command("set")
+def password_set(
+    sender: Annotated[str, typer.Argument(help="Sender name from senders.yaml.")],
+    stdin: Annotated[
+        bool, typer.Option("--stdin", help="Read the password from standard input (for scripts).")
+    ] = False,
+) -> None:
+    """Store a sender's password in the system keyring (asks twice, input hidden)."""
+    from .. import secrets
+
+    config = load_config()
+    config.sender(sender)
+    if stdin:
+        value = sys.stdin.readline().rstrip("\r\n")
+    else:
+        if not sys.stdin.isatty():
+            raise UsageError("no terminal to ask for the password: pipe it in with --stdin")
+        value = typer.prompt(f"Password for {sender}", hide_input=True, confirmation_prompt=True)
+    if not value:
+        raise UsageError(f"empty password for {sender!r}: nothing stored")
+    secrets.set_password(sender, value)
+    out(f"stored the password of {sender} in the keyring ({secrets.backend_info().name})")
+
+
+@password_app.command("delete")
+def password_delete(sender: Annotated[str, typer.Argument(help="Sender name from senders.yaml.")]) -> None:
+    """Remove a sender's password from the system keyring (also of a sender no longer in senders.yaml)."""
+    from .. import secrets
+
+    if secrets.delete_password(sender):
+        out(f"deleted the password of {sender} from the keyring")
+        return
+    try:
+        config = load_config()
+    except ConfigError:
+        config = None  # cleaning up the keyring must not need a usable senders.yaml
+    if config is not None:
+        config.sender(sender)  # nothing stored and not a sender: a typo; one line listing the senders, exit 2
+    out(f"no password of {sender} was in the keyring")
+
+
+@password_app.command("status")
+def password_status(json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Show, per sender, where its password (or OAuth2 refresh token) comes from (never the value)."""
+    from .. import secrets
+
+    config = load_config()
+    backend = secrets.backend_info()
+    rows = []
+    for sender in config.senders.values():
+        source: str = secrets.password_source(sender) if sender.auth else "not needed (auth: false)"
+        if sender.oauth2 is not None:
+            source = "oauth2: token_command" if source == "command" else f"oauth2 refresh token: {source}"
+        rows.append({"sender": sender.key, "email": sender.email, "active": sender.active, "source": source})
+    if json_out:
+        print_json(
+            {"backend": backend.name, "backend_usable": backend.usable, "problem": backend.problem, "senders": rows}
+        )
+        return
+    show_table(
+        None,
+        ["sender", "email", "active", "password"],
+        [[r["sender"], r["email"], r["active"], r["source"]] for r in rows],
+    )
+    # the problem text names the backend itself
+    out(f"keyring backend: {backend.name}" if backend.usable else f"keyring backend refused: {backend.problem}")
+
+
+# ---------------------------------------------------------------- oauth
+
+
+def _oauth_sender(config: Config, key: str) -> Any:
+    """The sender ``key`` when it logs in with an OAuth2 refresh token; UsageError naming the fix otherwise."""
+    sender = config.sender(key)
+    if sender.oauth2 is None:
+        raise UsageError(f"sender {key!r} has no oauth2: in {config.path}; add it (see senders.yaml.example) first")
+    if sender.oauth2.token_command:
+        raise UsageError(
+            f"sender {key!r} takes its access token from oauth2.token_command; mailops keeps no refresh token for it"
+        )
+    return sender
+
+
+@oauth_app.command("token")
+def oauth_token(
+    sender: Annotated[str, typer.Argument(help="Sender name from senders.yaml.")],
+    stdin: Annotated[bool, typer.Option("--stdin", help="Read the refresh token from standard input.")] = False,
+) -> None:
+    """Store a refresh token obtained elsewhere (another tool's login) in the system keyring."""
+    from .. import secrets
+
+    _oauth_sender(load_config(), sender)
+    if not stdin:
+        raise UsageError("pipe the refresh token in with --stdin (it is never taken from the command line)")
+    value = sys.stdin.readline().strip()
+    if not value:
+        raise UsageError(f"no refresh token on standard input for {sender!r}: nothing stored")
+    secrets.set_refresh_token(sender, value)
+    out(f"stored the OAuth refresh token of {sender} in the keyring ({secrets.backend_info().name})")
+
+
+@oauth_app.command("login")
+def oauth_login(
+    sender: Annotated[str, typer.Argument(help="Sender name from senders.yaml.")],
+    no_browser: Annotated[
+        bool, typer.Option("--no-browser", help="Only print the sign-in URL (Google); do not open a browser.")
+    ] = False,
+) -> None:
+    """Sign in and store the refresh token: device code for Microsoft (works over SSH), browser + PKCE for Google."""
+    import webbrowser
+
+    from .. import oauth, secrets
+    from ..errors import SecretError
+
+    config = load_config()
+    settings = _oauth_sender(config, sender).oauth2
+    backend = secrets.backend_info()
+    if not backend.usable:  # say so before the operator signs in for nothing
+        raise SecretError(f"cannot store the OAuth refresh token of sender {sender!r}: {backend.problem}")
+    target = config.sender(sender)
+    if settings.family == "google":
+        oauth.login_loopback(target, out, None if no_browser else webbrowser.open)
+    else:
+        oauth.login_device_code(target, out)
+    out(f"stored the OAuth refresh token of {sender} in the keyring ({backend.name})")

@@ -1,0 +1,205 @@
+"""queue: inspect and manage the outbox."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from ..errors import UsageError
+from . import runtime
+from .output import (
+    out,
+    print_json,
+    safe,
+    show_table,
+)
+from .runtime import MAX_ID, MAX_ROWS, load_config, open_store
+
+if TYPE_CHECKING:
+    pass
+
+queue_app = typer.Typer(help="Inspect and manage the outbox: list, show, retry, cancel, purge.")
+
+
+# ---------------------------------------------------------------- queue
+
+
+@queue_app.command("list")
+def queue_list(
+    state: Annotated[
+        str | None, typer.Option("--state", help="queued, sending, sent, deferred, failed or cancelled.")
+    ] = None,
+    batch: Annotated[str | None, typer.Option("--batch", help="Only this batch.")] = None,
+    sender: Annotated[str | None, typer.Option("--sender", help="Only this sender.")] = None,
+    limit: Annotated[int, typer.Option("--limit", help="At most N rows.", min=1, max=MAX_ROWS)] = 50,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List messages in the outbox, newest first, with counts per state."""
+    from ..history import local_time
+    from ..outbox import Outbox
+    from ..states import STATES
+
+    if state and state not in STATES:
+        raise UsageError(f"--state {state!r}: expected one of {', '.join(STATES)}")
+    config = load_config()
+    outbox = Outbox(open_store(config), config.delivery)
+    rows = outbox.list(state=state, batch=batch, sender=sender, limit=limit)
+    counts = outbox.counts()
+    if json_out:
+        print_json({"counts": counts, "messages": rows})
+        return
+    tz = config.timezone
+    show_table(
+        None,
+        ["id", "state", "due", "sender", "to", "subject", "attempts", "reason"],
+        [
+            [
+                r["id"],
+                r["state"],
+                local_time(r["due_at"], tz) if r["state"] in ("queued", "deferred") else "",
+                r["sender"] or r["nominal_sender"],
+                _stored_list(r["recipients"]),
+                r["subject"],
+                r["attempts"],
+                r["reason"] or "",
+            ]
+            for r in rows
+        ],
+    )
+    out("  ".join(f"{k}: {v}" for k, v in sorted(counts.items())) or "the outbox is empty")
+
+
+@queue_app.command("show")
+def queue_show(
+    message: Annotated[int, typer.Argument(help="Message id (from 'mailops queue list').", min=1, max=MAX_ID)],
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show one message: state, headers and every attempt."""
+    import email
+    from email import policy
+
+    from ..errors import InputError
+    from ..history import local_time
+    from ..outbox import Outbox
+
+    config = load_config()
+    found = Outbox(open_store(config), config.delivery).get(message)
+    if found is None:
+        raise InputError(f"no message with id {message} in the outbox; see 'mailops queue list'")
+    row, attempts = found
+    parsed = email.message_from_bytes(bytes(row.pop("mime") or b""), policy=policy.default)
+    headers = {k: str(v) for k, v in parsed.items()}
+    if json_out:
+        print_json({"message": row, "headers": headers, "attempts": attempts})
+        return
+    tz = config.timezone
+    # every value here may come from a data file or a server: safe() shows control characters as escapes
+    out(f"message {row['id']}: {row['state']}" + (f" ({safe(row['reason'])})" if row["reason"] else ""))
+    out(
+        f"  batch: {safe(row['batch'] or '-')}  route: {safe(row['route'] or '-')}  "
+        f"candidates: {safe(_stored_list(row['candidates']))}"
+    )
+    out(
+        f"  created: {local_time(row['created_at'], tz)}  due: {local_time(row['due_at'], tz)}  "
+        f"attempts: {row['attempts']}"
+    )
+    out(f"  envelope: {safe(row['envelope_from'])} -> {safe(_stored_list(row['recipients']))}")
+    if row["recipient_status"]:
+        for rcpt, status in _stored_mapping(row["recipient_status"]).items():
+            out(f"  {safe(rcpt)}: {safe(status)}")
+    for key, value in headers.items():
+        out(f"  {safe(key)}: {safe(value)}")
+    for a in attempts:
+        code = f"{a['smtp_code']} " if a["smtp_code"] else ""
+        text = f"{code}{a['smtp_text'] or ''} {a['detail'] or ''}"
+        out(f"  attempt {local_time(a['at'], tz)} {safe(a['sender'] or '-')}: {a['outcome']} {safe(text)}".rstrip())
+
+
+def _stored_list(text: Any) -> str:
+    """A JSON list column (recipients, candidates) for display; text that is not one is shown as it is."""
+    try:
+        value = json.loads(text)
+    except (TypeError, ValueError):
+        return str(text)
+    return ", ".join(str(item) for item in value) if isinstance(value, list) else str(value)
+
+
+def _stored_mapping(text: Any) -> dict[str, Any]:
+    """A JSON object column (recipient_status) for display; anything else is shown under '?'."""
+    try:
+        value = json.loads(text)
+    except (TypeError, ValueError):
+        return {"?": text}
+    return {str(k): v for k, v in value.items()} if isinstance(value, dict) else {"?": value}
+
+
+def _must_exist(outbox: Any, message: int | None, batch: str | None) -> None:
+    """InputError for an id (or batch) the outbox does not hold: a typo must not look like success."""
+    from ..errors import InputError
+
+    if message is not None and not outbox.exists(msg_id=message):
+        raise InputError(f"no message with id {message} in the outbox; see 'mailops queue list'")
+    if batch is not None and not outbox.exists(batch=batch):
+        raise InputError(f"no message in batch {batch!r} in the outbox; see 'mailops queue list'")
+
+
+def _one_target(message: int | None, batch: str | None, all_: bool | None = None) -> None:
+    """Exactly one of: a message id, --batch, or (where offered, ``all_`` not None) --all."""
+    chosen = [message is not None, batch is not None, bool(all_)]
+    if sum(chosen) != 1:
+        options = "a message id, --batch KEY" + (" or --all" if all_ is not None else "")
+        raise UsageError(f"name exactly one of: {options}")
+
+
+@queue_app.command("retry")
+def queue_retry(
+    message: Annotated[int | None, typer.Argument(help="Message id.", min=1, max=MAX_ID)] = None,
+    batch: Annotated[str | None, typer.Option("--batch", help="Every message of this batch.")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Every deferred or failed message.")] = False,
+) -> None:
+    """Make deferred or failed messages due now ('mailops deliver' then sends them)."""
+    from ..outbox import Outbox
+
+    _one_target(message, batch, all_)
+    config = load_config()
+    outbox = Outbox(open_store(config), config.delivery)
+    _must_exist(outbox, message, batch)
+    n, refused = outbox.retry_refused(runtime.now(), msg_id=message, batch=batch, all_=all_)
+    out(f"{n} message(s) due now; run 'mailops deliver' to send them")
+    if refused:
+        shown = ", ".join(refused[:5]) + (f" and {len(refused) - 5} more" if len(refused) > 5 else "")
+        out(f"retrying {len(refused)} recipient(s) the server refused permanently ({shown})")
+
+
+@queue_app.command("cancel")
+def queue_cancel(
+    message: Annotated[int | None, typer.Argument(help="Message id.", min=1, max=MAX_ID)] = None,
+    batch: Annotated[str | None, typer.Option("--batch", help="Every unsent message of this batch.")] = None,
+) -> None:
+    """Cancel messages that are not sent yet (in-flight ones cannot be cancelled)."""
+    from ..outbox import Outbox
+
+    _one_target(message, batch)
+    config = load_config()
+    outbox = Outbox(open_store(config), config.delivery)
+    _must_exist(outbox, message, batch)
+    n = outbox.cancel(runtime.now(), msg_id=message, batch=batch)
+    out(f"cancelled {n} message(s)")
+
+
+@queue_app.command("purge")
+def queue_purge(
+    before: Annotated[str, typer.Option("--before", help="Delete sent messages older than this date (or 30d).")],
+) -> None:
+    """Delete the stored bodies of sent messages older than a date; the log keeps every row."""
+    from ..history import parse_since, record_event
+    from ..outbox import Outbox
+
+    config = load_config()
+    cutoff = parse_since(before, config.timezone, runtime.now(), option="--before")
+    store = open_store(config)
+    n = Outbox(store, config.delivery).purge(cutoff)
+    record_event(store, "purge", f"purged {n} sent message(s) before {before}", runtime.now())
+    out(f"purged {n} sent message(s) older than {before}; the log is unchanged")

@@ -8,21 +8,13 @@ import typer
 
 from ..errors import UsageError
 from . import runtime
-from .output import (
-    out,
-    print_json,
-    safe,
-    warn_unverified_tls,
-)
+from .output import out, print_json, safe, warn_unverified_tls
 from .runtime import load_config, open_store
 
 if TYPE_CHECKING:
     from ..config import Config
 
 app = typer.Typer()
-
-
-# ---------------------------------------------------------------- test-smtp / doctor
 
 
 def _run_checks(config: Config, keys: list[str], send_to: str | None) -> list[Any]:

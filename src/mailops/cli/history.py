@@ -2,27 +2,16 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
 from ..errors import UsageError
 from . import runtime
-from .output import (
-    make_console,
-    out,
-    print_json,
-    show_table,
-)
+from .output import make_console, out, print_json, show_table
 from .runtime import MAX_ROWS, load_config, open_store, reading
 
-if TYPE_CHECKING:
-    pass
-
 app = typer.Typer()
-
-
-# ---------------------------------------------------------------- counts, log, stats
 
 
 @app.command("reset-counts")

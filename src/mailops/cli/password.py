@@ -8,11 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from ..errors import ConfigError, UsageError
-from .output import (
-    out,
-    print_json,
-    show_table,
-)
+from .output import out, print_json, show_table
 from .runtime import load_config
 
 if TYPE_CHECKING:
@@ -20,9 +16,6 @@ if TYPE_CHECKING:
 
 password_app = typer.Typer(help="Store, remove and inspect sender passwords (kept in the system keyring).")
 oauth_app = typer.Typer(help="OAuth2 senders (oauth2: in senders.yaml): log in, store a refresh token.")
-
-
-# ---------------------------------------------------------------- passwords
 
 
 @password_app.command("set")

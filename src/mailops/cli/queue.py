@@ -3,27 +3,16 @@
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 
 from ..errors import UsageError
 from . import runtime
-from .output import (
-    out,
-    print_json,
-    safe,
-    show_table,
-)
+from .output import out, print_json, safe, show_table
 from .runtime import MAX_ID, MAX_ROWS, load_config, open_store
 
-if TYPE_CHECKING:
-    pass
-
 queue_app = typer.Typer(help="Inspect and manage the outbox: list, show, retry, cancel, purge.")
-
-
-# ---------------------------------------------------------------- queue
 
 
 @queue_app.command("list")

@@ -9,16 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from . import runtime
-from .output import (
-    batch_done,
-    err,
-    out,
-    print_json,
-    print_summary,
-    progress_runner,
-    safe,
-    warn_unverified_tls,
-)
+from .output import batch_done, err, out, print_json, print_summary, progress_runner, safe, warn_unverified_tls
 from .runtime import MAX_ROWS, MAX_SECONDS, STATE, load_config, open_store
 
 if TYPE_CHECKING:

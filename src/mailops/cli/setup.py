@@ -3,20 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 
-from .output import (
-    err,
-    out,
-    print_json,
-    safe,
-)
+from .output import err, out, print_json, safe
 from .runtime import OPEN_STORES, load_config
-
-if TYPE_CHECKING:
-    pass
 
 app = typer.Typer()
 db_app = typer.Typer(help="The database: schema status and upgrades.")

@@ -3,26 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
 from . import runtime
-from .output import (
-    out,
-    print_json,
-    safe,
-    show_table,
-)
+from .output import out, print_json, safe, show_table
 from .runtime import load_config, open_store
 
-if TYPE_CHECKING:
-    pass
-
 suppress_app = typer.Typer(help="The suppression list: addresses send leaves out (hard bounces, opt-outs).")
-
-
-# ---------------------------------------------------------------- suppress
 
 
 def _suppress_addresses(values: list[str], where: str) -> list[str]:

@@ -2,6 +2,7 @@
 
     python3 tasks.py bench                 # everything, default sizes
     python3 tasks.py bench --rows 2000 --only send
+    python3 tasks.py bench --only targets --rounds 5   # the interleaved runs the targets compare
 
 Everything runs on 127.0.0.1: a sink process (bench/sink.py: aiosmtpd with
 STARTTLS + AUTH, optional per-message delay) and the clients being measured.
@@ -59,7 +60,8 @@ def free_port() -> int:
 
 @contextmanager
 def sink(delay_ms: float) -> Iterator[dict[str, Any]]:
-    """Start bench/sink.py in its own process; yields {"port", "ca_file"}."""
+    """Start bench/sink.py in its own process; yields {"port", "ca_file"}, and adds "received" (the
+    number of messages it accepted) once it has stopped."""
     folder = scratch("mailops-sink-")
     ready = folder / "ready.json"
     port = free_port()
@@ -77,6 +79,7 @@ def sink(delay_ms: float) -> Iterator[dict[str, Any]]:
             str(folder / "count"),
         ]
     )
+    info: dict[str, Any] = {}
     try:
         for _ in range(200):  # bounded wait for the sink to listen
             if ready.exists() and ready.read_text():
@@ -84,12 +87,14 @@ def sink(delay_ms: float) -> Iterator[dict[str, Any]]:
             time.sleep(0.05)
         else:
             raise RuntimeError("sink did not start")
-        info = json.loads(ready.read_text())
-        info["count_file"] = folder / "count"
+        info.update(json.loads(ready.read_text()))
         yield info
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+        count_file = folder / "count"
+        if count_file.exists():
+            info["received"] = int(count_file.read_text())
 
 
 def rows(n: int) -> list[dict[str, str]]:
@@ -232,7 +237,9 @@ def loop_mailmerge(exe: Path, info: dict[str, Any], n: int) -> float:
     return seconds
 
 
-def workdir(info: dict[str, Any], senders: int, connections: int, strategy: str = "round-robin") -> Path:
+def workdir(
+    info: dict[str, Any], senders: int, connections: int, strategy: str = "round-robin", database: str = "bench.db"
+) -> Path:
     folder = scratch("mailops-bench-")
     (folder / "templates" / "renewal").mkdir(parents=True)
     (folder / "templates" / "renewal" / "subject.txt").write_text("Your {{ plan }} plan renews on {{ date }}\n")
@@ -242,7 +249,7 @@ def workdir(info: dict[str, Any], senders: int, connections: int, strategy: str 
     names = [f"s{i}" for i in range(senders)]
     lines = [
         "timezone: UTC",
-        "database: bench.db",
+        f"database: {database}",
         "templates: templates",
         "defaults:",
         "  host: 127.0.0.1",
@@ -260,14 +267,15 @@ def workdir(info: dict[str, Any], senders: int, connections: int, strategy: str 
     return folder
 
 
-def mailops(folder: Path, *args: str) -> tuple[float, subprocess.CompletedProcess[str], int]:
-    """Run mailops in ``folder``; returns (wall seconds, process, peak RSS in KiB)."""
+def mailops(folder: Path, *args: str, src: str | None = None) -> tuple[float, subprocess.CompletedProcess[str], int]:
+    """Run mailops in ``folder`` (from the source tree ``src`` when given); returns (wall seconds, process,
+    peak RSS in KiB)."""
     start = time.perf_counter()
     proc = subprocess.run(
         [PY, "-m", "mailops", "--config", str(folder / "senders.yaml"), *args],
         capture_output=True,
         text=True,
-        env=ENV,
+        env={**ENV, "PYTHONPATH": src} if src else ENV,
         cwd=folder,
         check=False,
     )
@@ -284,16 +292,133 @@ def peak_rss(cmd: list[str], cwd: Path) -> tuple[float, int, str]:
     return time.perf_counter() - start, usage.ru_maxrss // 1024, err
 
 
-def bench_send(n: int, delay_ms: float, senders: int, connections: int) -> float:
-    """mailops send of ``n`` template rows; returns msgs/s."""
+def aiosmtplib_clients(info: dict[str, Any], data: list[dict[str, str]], connections: int) -> float:
+    """aiosmtplib, ``connections`` concurrent connections in one event loop, an EmailMessage built per row."""
+    import asyncio
+
+    import aiosmtplib
+
+    context = ssl.create_default_context(cafile=info["ca_file"])
+
+    async def one(chunk: list[tuple[int, dict[str, str]]]) -> None:
+        client = aiosmtplib.SMTP(hostname="127.0.0.1", port=info["port"], timeout=30, start_tls=False)
+        await client.connect()
+        await client.starttls(tls_context=context)
+        await client.login("s0@example.com", "x")
+        for i, row in chunk:
+            await client.send_message(build(row, i), sender="s0@example.com", recipients=[row["email"]])
+        await client.quit()
+
+    async def all_of_them() -> None:
+        numbered = list(enumerate(data))
+        await asyncio.gather(*(one(numbered[k::connections]) for k in range(connections)))
+
+    start = time.perf_counter()
+    asyncio.run(all_of_them())
+    return time.perf_counter() - start
+
+
+def pg_server() -> tuple[Any, str]:
+    """A throw-away PostgreSQL server (as tests/fixtures_pg.py starts it), or None and why not."""
+    sys.path.insert(0, str(HERE.parent))
+    try:
+        import psycopg  # noqa: F401
+
+        from tests.fixtures_pg import SERVER_USER, PgCluster, find_pg_bin
+    except ImportError as exc:
+        return None, f"cannot import the PostgreSQL helpers ({exc}); install the test extras"
+    pg_bin = find_pg_bin()
+    if pg_bin is None:
+        return None, "no PostgreSQL server binaries (initdb, pg_ctl, postgres) under /usr/lib/postgresql or PG_BIN"
+    import pwd
+
+    # Not under a folder private to root: the server runs as the postgres user when we are root.
+    root = Path(tempfile.mkdtemp(prefix="mailops-bench-pg-", dir="/tmp" if os.geteuid() == 0 else None))
+    if os.geteuid() == 0:
+        entry = pwd.getpwnam(SERVER_USER)
+        os.chown(root, entry.pw_uid, entry.pw_gid)
+    cluster = PgCluster(bin=pg_bin, root=root, port=free_port())
+    try:
+        cluster.start()
+    except (RuntimeError, subprocess.SubprocessError) as exc:
+        shutil.rmtree(root, ignore_errors=True)
+        return None, f"could not start PostgreSQL: {str(exc)[:300]}"
+
+    def stop() -> None:
+        cluster.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+    atexit.register(stop)
+    return cluster, ""
+
+
+def log_counts(folder: Path, pg_url: str | None) -> tuple[int, int]:
+    """What the store says after a run: (attempts logged as sent, messages in state sent)."""
+    attempts = "SELECT count(*) FROM attempts WHERE outcome = 'sent'"
+    messages = "SELECT count(*) FROM messages WHERE state = 'sent'"
+    if pg_url is None:
+        db = sqlite3.connect(folder / "bench.db")
+        try:
+            return db.execute(attempts).fetchone()[0], db.execute(messages).fetchone()[0]
+        finally:
+            db.close()
+    import psycopg
+
+    with psycopg.connect(pg_url.replace("postgresql+psycopg://", "postgresql://")) as conn:
+        return conn.execute(attempts).fetchone()[0], conn.execute(messages).fetchone()[0]  # type: ignore[index]
+
+
+class Check:
+    """Every run's "what the sink received equals what the client says it sent" (for mailops: its log)."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.failed = 0
+
+    def add(self, label: str, received: int | None, says: int, what: str) -> None:
+        ok = received == says
+        self.failed += not ok
+        self.lines.append(f"  {'ok' if ok else 'MISMATCH'}  {label}: sink received {received}, {what} {says}")
+
+
+def run_client(check: Check, label: str, delay_ms: float, n: int, client: Any) -> float:
+    """Time ``client(info)`` against a fresh sink; returns msgs/s and checks the sink's count against ``n``."""
     with sink(delay_ms) as info:
-        folder = workdir(info, senders, connections)
+        seconds = client(info)
+    check.add(label, info.get("received"), n, "client sent")
+    return n / seconds
+
+
+def bench_send(
+    check: Check,
+    label: str,
+    n: int,
+    delay_ms: float,
+    senders: int,
+    connections: int,
+    cluster: Any = None,
+    src: str | None = None,
+) -> float:
+    """mailops send of ``n`` template rows (on SQLite, or on a fresh database of ``cluster``; from the source
+    tree ``src`` when given); returns msgs/s."""
+    pg_url = None
+    if cluster is not None:
+        pg_url = cluster.url(cluster.create_database())
+    with sink(delay_ms) as info:
+        folder = workdir(info, senders, connections, database=pg_url or "bench.db")
         data = write_csv(folder / "rows.csv", n)
-        seconds, proc, _ = mailops(folder, "send", "--template", "renewal", "--data", str(data), "-q")
+        seconds, proc, _ = mailops(folder, "send", "--template", "renewal", "--data", str(data), "-q", src=src)
         if proc.returncode != 0:
             print(proc.stdout, proc.stderr, file=sys.stderr)
             raise SystemExit(f"mailops send failed with {proc.returncode}")
-        return n / seconds
+    logged, marked = log_counts(folder, pg_url)
+    check.add(label, info.get("received"), logged, f"outbox says {marked} sent, log says")
+    if marked != logged:
+        check.failed += 1
+        check.lines.append(f"  MISMATCH  {label}: outbox says {marked} sent, log {logged}")
+    if pg_url is not None:
+        cluster.drop_database(pg_url.rsplit("/", 1)[1])
+    return n / seconds
 
 
 def table(title: str, header: list[str], body: list[list[Any]]) -> None:
@@ -303,77 +428,164 @@ def table(title: str, header: list[str], body: list[list[Any]]) -> None:
         print("  ".join(str(x).ljust(w) for x, w in zip(line, widths, strict=True)))
 
 
-def section_send(n: int, with_mailmerge: bool) -> None:
-    """Every client on the same ``n`` rows: at 0 ms, then with a 20 ms per-message server delay."""
+def section_send(n: int, with_mailmerge: bool, rounds: int, targets_only: bool, baseline_src: str | None) -> None:
+    """Every client on the same ``n`` rows, at 0 ms and with a 20 ms per-message server delay.
+
+    The runs the targets compare are repeated ``rounds`` times, interleaved (A B C A B C ...), and their
+    median is printed with the ratio taken within each round (so a machine whose speed drifts moves both
+    sides of a ratio alike). The slow baselines (reconnect loops, mailmerge, one connection at 20 ms) run
+    once, in the first round, unless ``targets_only``. With ``baseline_src`` (another checkout's ``src``),
+    each mailops run the targets compare is followed by the same run of that code, for a before/after table.
+    """
     data = rows(n)
-    exe, why_not = mailmerge_command() if with_mailmerge else (None, "skipped (--no-mailmerge)")
-    results = []
-    with sink(0) as info:
-        reuse = n / loop_reuse(info, data)
-        reconnect = n / loop_reconnect(info, data)
-        merge = n / loop_mailmerge(exe, info, n) if exe else None
-    mailops_1 = bench_send(n, 0, 1, 1)
-    results.append(["smtplib, one connection (ceiling)", "1", "0", f"{reuse:.0f}", "1.00"])
-    results.append(["smtplib, reconnect per message", "1", "0", f"{reconnect:.0f}", f"{reconnect / reuse:.2f}"])
-    if merge:
-        results.append([f"mailmerge {MAILMERGE_VERSION}", "1", "0", f"{merge:.0f}", f"{merge / reuse:.2f}"])
-    results.append(["mailops send (render+outbox+log)", "1", "0", f"{mailops_1:.0f}", f"{mailops_1 / reuse:.2f}"])
-    with sink(20) as info:
-        reuse20 = n / loop_reuse(info, data)
-        reconnect20 = n / loop_reconnect(info, data)
-        merge20 = n / loop_mailmerge(exe, info, n) if exe else None
-        reuse20x4 = n / threaded_reuse(info, data, 4)
-        reuse20x16 = n / threaded_reuse(info, data, 16)
-    one20 = bench_send(n, 20, 1, 1)
-    four20 = bench_send(n, 20, 4, 1)
-    four4_20 = bench_send(n, 20, 4, 4)
-    baseline, baseline_name = (merge20, "mailmerge") if merge20 else (reconnect20, "reconnect loop")
-    results.append(["smtplib, one connection", "1", "20", f"{reuse20:.0f}", "1.00"])
-    results.append(["smtplib, reconnect per message", "1", "20", f"{reconnect20:.0f}", f"{reconnect20 / reuse20:.2f}"])
-    if merge20:
-        results.append([f"mailmerge {MAILMERGE_VERSION}", "1", "20", f"{merge20:.0f}", f"{merge20 / reuse20:.2f}"])
-    results.append(["mailops send", "1", "20", f"{one20:.0f}", f"{one20 / reuse20:.2f}"])
-    results.append(
-        [
-            "smtplib, 4 threads x one connection",
-            "4",
-            "20",
-            f"{reuse20x4:.0f}",
-            f"{reuse20x4 / reuse20:.2f}x one connection",
-        ]
+    check = Check()
+    cluster, no_pg = pg_server()
+    exe, why_not = (None, "skipped (--no-mailmerge)")
+    if with_mailmerge and not targets_only:
+        exe, why_not = mailmerge_command()
+    load_before = os.getloadavg()
+    rates: dict[str, list[float]] = {}
+
+    def measure(key: str, rate: float) -> None:
+        rates.setdefault(key, []).append(rate)
+        print(f"  {key}: {rate:.0f} msgs/s", flush=True)
+
+    def mailops_run(key: str, delay: float, senders: int, connections: int, pg: Any) -> None:
+        """One mailops run the targets compare (``key`` names it, ending in its delay), then the baseline's."""
+        measure(key, bench_send(check, f"{key} ms", n, delay, senders, connections, pg))
+        if baseline_src:
+            label = f"before: {key}"
+            measure(label, bench_send(check, f"{label} ms", n, delay, senders, connections, pg, src=baseline_src))
+
+    for r in range(rounds):
+        print(f"round {r + 1} of {rounds}", flush=True)
+        measure("smtplib 0", run_client(check, "smtplib 0 ms", 0, n, lambda i: loop_reuse(i, data)))
+        mailops_run("mailops sqlite 1x1 0", 0, 1, 1, None)
+        if cluster is not None:
+            mailops_run("mailops pg 1x1 0", 0, 1, 1, cluster)
+        measure(
+            "aiosmtplib 16 20",
+            run_client(check, "aiosmtplib 16 conns 20 ms", 20, n, lambda i: aiosmtplib_clients(i, data, 16)),
+        )
+        measure(
+            "smtplib 16 20",
+            run_client(check, "smtplib 16 threads 20 ms", 20, n, lambda i: threaded_reuse(i, data, 16)),
+        )
+        mailops_run("mailops sqlite 4x4 20", 20, 4, 4, None)
+        if cluster is not None:
+            mailops_run("mailops pg 4x4 20", 20, 4, 4, cluster)
+        if r == 0 and not targets_only:
+            measure("reconnect 0", run_client(check, "reconnect 0 ms", 0, n, lambda i: loop_reconnect(i, data)))
+            if exe:
+                measure("mailmerge 0", run_client(check, "mailmerge 0 ms", 0, n, lambda i: loop_mailmerge(exe, i, n)))
+            measure("smtplib 20", run_client(check, "smtplib 20 ms", 20, n, lambda i: loop_reuse(i, data)))
+            measure("reconnect 20", run_client(check, "reconnect 20 ms", 20, n, lambda i: loop_reconnect(i, data)))
+            if exe:
+                measure(
+                    "mailmerge 20", run_client(check, "mailmerge 20 ms", 20, n, lambda i: loop_mailmerge(exe, i, n))
+                )
+            measure(
+                "smtplib 4 20",
+                run_client(check, "smtplib 4 threads 20 ms", 20, n, lambda i: threaded_reuse(i, data, 4)),
+            )
+            measure("mailops sqlite 1x1 20", bench_send(check, "mailops sqlite 1x1 20 ms", n, 20, 1, 1))
+            measure("mailops sqlite 4x1 20", bench_send(check, "mailops sqlite 4x1 20 ms", n, 20, 4, 1))
+    load_after = os.getloadavg()
+
+    def med(key: str) -> float | None:
+        return statistics.median(rates[key]) if key in rates else None
+
+    def paired(a: str, b: str) -> float | None:
+        """Median of the per-round ratios a/b (rounds where both ran)."""
+        pairs = [x / y for x, y in zip(rates.get(a, []), rates.get(b, []), strict=False)]
+        return statistics.median(pairs) if pairs else None
+
+    body: list[list[Any]] = []
+
+    def row(label: str, senders: str, delay: str, key: str, versus: str | None, versus_name: str = "") -> None:
+        value = med(key)
+        if value is None:
+            return
+        ratio = paired(key, versus) if versus else None
+        spread = f"{min(rates[key]):.0f}-{max(rates[key]):.0f}" if len(rates[key]) > 1 else "(once)"
+        body.append([label, senders, delay, f"{value:.0f}", spread, f"{ratio:.2f}{versus_name}" if ratio else ""])
+
+    row("smtplib, one connection (ceiling)", "1", "0", "smtplib 0", None)
+    row("smtplib, reconnect per message", "1", "0", "reconnect 0", "smtplib 0", "x one connection")
+    row(f"mailmerge {MAILMERGE_VERSION}", "1", "0", "mailmerge 0", "smtplib 0", "x one connection")
+    row("mailops send, SQLite", "1", "0", "mailops sqlite 1x1 0", "smtplib 0", "x one connection")
+    row("mailops send, PostgreSQL", "1", "0", "mailops pg 1x1 0", "mailops sqlite 1x1 0", "x SQLite")
+    row("smtplib, one connection", "1", "20", "smtplib 20", None)
+    row("smtplib, reconnect per message", "1", "20", "reconnect 20", "smtplib 20", "x one connection")
+    row(f"mailmerge {MAILMERGE_VERSION}", "1", "20", "mailmerge 20", "smtplib 20", "x one connection")
+    row("mailops send", "1", "20", "mailops sqlite 1x1 20", "smtplib 20", "x one connection")
+    row("smtplib, 4 threads x one connection", "4", "20", "smtplib 4 20", "smtplib 20", "x one connection")
+    row("mailops send, 4 senders", "4", "20", "mailops sqlite 4x1 20", "smtplib 4 20", "x 4 threads")
+    row("smtplib, 16 threads x one connection", "16", "20", "smtplib 16 20", None)
+    row("aiosmtplib, 16 concurrent connections", "16", "20", "aiosmtplib 16 20", "smtplib 16 20", "x 16 threads")
+    row(
+        "mailops send, 4 senders x connections: 4, SQLite",
+        "4x4",
+        "20",
+        "mailops sqlite 4x4 20",
+        "aiosmtplib 16 20",
+        "x aiosmtplib",
     )
-    results.append(
-        [
-            "mailops send, 4 senders",
-            "4",
-            "20",
-            f"{four20:.0f}",
-            f"{four20 / one20:.2f}x one sender, {four20 / reuse20x4:.2f} of 4 threads",
-        ]
-    )
-    results.append(
-        [
-            "smtplib, 16 threads x one connection",
-            "16",
-            "20",
-            f"{reuse20x16:.0f}",
-            f"{reuse20x16 / reuse20:.2f}x one connection",
-        ]
-    )
-    results.append(
-        [
-            "mailops send, 4 senders x connections: 4",
-            "4x4",
-            "20",
-            f"{four4_20:.0f}",
-            f"{four4_20 / baseline:.1f}x {baseline_name}, {four4_20 / reuse20x16:.2f} of 16 threads",
-        ]
+    row(
+        "mailops send, 4 senders x connections: 4, PostgreSQL",
+        "4x4",
+        "20",
+        "mailops pg 4x4 20",
+        "mailops sqlite 4x4 20",
+        "x SQLite",
     )
     table(
-        f"sending ({n} rows, 0 ms and 20 ms per message)", ["client", "senders", "delay ms", "msgs/s", "ratio"], results
+        f"sending ({n} rows, median of {rounds} interleaved round(s); ratios: median of per-round ratios)",
+        ["client", "senders", "delay ms", "msgs/s", "min-max", "ratio"],
+        body,
     )
-    if why_not:
+    baseline = med("mailmerge 20") or med("reconnect 20")
+    four4 = med("mailops sqlite 4x4 20")
+    if baseline and four4:
+        name = "mailmerge" if med("mailmerge 20") else "the reconnect loop"
+        print(f"mailops 4x4 at 20 ms: {four4 / baseline:.1f}x {name}")
+    if why_not and not targets_only:
         print(f"mailmerge: {why_not}; the reconnect loop stands in for it")
+    if cluster is None:
+        print(f"PostgreSQL runs skipped: {no_pg}")
+
+    if baseline_src:
+        compared = []
+        for key in ("mailops sqlite 1x1 0", "mailops pg 1x1 0", "mailops sqlite 4x4 20", "mailops pg 4x4 20"):
+            before, after, ratio = med(f"before: {key}"), med(key), paired(key, f"before: {key}")
+            if before and after and ratio:
+                compared.append([key, f"{before:.0f}", f"{after:.0f}", f"{ratio:.2f}"])
+        table(
+            f"before ({baseline_src}) and after (this tree), interleaved; ratio: median of per-round after/before",
+            ["run", "before msgs/s", "after msgs/s", "after/before"],
+            compared,
+        )
+
+    print("\ntargets (printed, not asserted)")
+
+    def target(text: str, value: float | None, goal: float, unit: str = "") -> None:
+        if value is None:
+            print(f"  n/a   {text}: not measured")
+        else:
+            print(f"  {'met' if value >= goal else 'MISSED'}  {text}: {value:.2f}{unit} (goal >= {goal:g}{unit})")
+
+    target("4x4 at 20 ms, SQLite, msgs/s", four4, 650)
+    target("4x4 at 20 ms, SQLite / aiosmtplib 16 connections", paired("mailops sqlite 4x4 20", "aiosmtplib 16 20"), 1.2)
+    target("1 sender at 0 ms, SQLite / smtplib one connection", paired("mailops sqlite 1x1 0", "smtplib 0"), 0.95)
+    target("1 sender at 0 ms, PostgreSQL / SQLite", paired("mailops pg 1x1 0", "mailops sqlite 1x1 0"), 0.8)
+    target("4x4 at 20 ms, PostgreSQL / SQLite", paired("mailops pg 4x4 20", "mailops sqlite 4x4 20"), 0.8)
+    verdict = "met" if not check.failed else "MISSED"
+    print(f"  {verdict}  sink received == log says, in every run ({len(check.lines)} runs):")
+    print("\n".join(check.lines))
+    print(
+        f"load average (1/5/15 min) before: {' '.join(f'{x:.2f}' for x in load_before)}, "
+        f"after: {' '.join(f'{x:.2f}' for x in load_after)} on {os.cpu_count()} cores"
+    )
 
 
 def section_memory(small: int, big: int) -> None:
@@ -498,14 +710,26 @@ def main() -> None:
     )
     parser.add_argument("--memory-rows", type=int, nargs=2, default=[1000, 100000])
     parser.add_argument("--log-rows", type=int, default=1_000_000)
-    parser.add_argument("--only", choices=["send", "memory", "startup", "log"], action="append")
+    parser.add_argument(
+        "--baseline-src",
+        help="another checkout's src folder: its mailops runs interleaved with these, for a before/after table",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="interleaved repetitions of the sending runs the targets compare"
+    )
+    parser.add_argument(
+        "--only",
+        choices=["send", "targets", "memory", "startup", "log"],
+        action="append",
+        help="targets: only the interleaved sending runs the targets compare (no slow baselines)",
+    )
     args = parser.parse_args()
     only = set(args.only or ["send", "memory", "startup", "log"])
     print(f"mailops benchmark on {os.cpu_count()} cores, Python {sys.version.split()[0]}")
     if "startup" in only:
         section_startup()
-    if "send" in only:
-        section_send(args.rows, not args.no_mailmerge)
+    if "send" in only or "targets" in only:
+        section_send(args.rows, not args.no_mailmerge, args.rounds, "send" not in only, args.baseline_src)
     if "memory" in only:
         section_memory(*args.memory_rows)
     if "log" in only:

@@ -124,15 +124,15 @@ def test_an_outcome_that_cannot_be_written_returns_its_message_and_the_run_goes_
     # sent again: at-least-once), the second one's transaction is not disturbed, the rest are sent.
     from mailops import outbox
 
-    real_mark_sent, calls = outbox.Outbox.mark_sent, []
+    real_mark_sent, calls = outbox.Outbox.mark_sent_many, []
 
-    def mark_sent(*args, **kwargs):
+    def mark_sent_many(*args, **kwargs):
         calls.append(1)
         if len(calls) == 1:
             raise RuntimeError("disk full")
         return real_mark_sent(*args, **kwargs)
 
-    monkeypatch.setattr(outbox.Outbox, "mark_sent", staticmethod(mark_sent))
+    monkeypatch.setattr(outbox.Outbox, "mark_sent_many", staticmethod(mark_sent_many))
     workspace.write_config(
         {"sales": workspace.sender(srv, email="sales@example.com", password=PASSWORD)},
         routes={"default": "sales"},

@@ -69,9 +69,15 @@ def _no_db_errors(procs, outputs) -> None:
 
 
 @pytest.mark.slow
-def test_six_deliver_processes_share_one_daily_limit_exactly(shared, srv, cli):
+@pytest.mark.parametrize("connections", [1, 3])
+def test_six_deliver_processes_share_one_daily_limit_exactly(shared, srv, cli, connections):
+    # With three connections a process's group transactions reserve for several messages of one sender at once.
     shared.write_config(
-        {"sales": shared.sender(srv, email="sales@example.com", password=PASSWORD, daily_limit=100)},
+        {
+            "sales": shared.sender(
+                srv, email="sales@example.com", password=PASSWORD, daily_limit=100, connections=connections
+            )
+        },
         routes={"default": "sales"},
     )
     queued = cli("send", "--data", _rows(shared, 300), "--subject", "S {{ n }}", "--body", "B", "--queue-only")
@@ -475,6 +481,25 @@ def test_quota_health_and_history_round_trip(database_url: str, tmp_path: Path) 
 def _usage_rows(store: Store) -> list[tuple[str, str, int]]:
     with store.read() as conn:
         return [tuple(r) for r in conn.execute(sa.text("SELECT sender, period, count FROM usage"))]
+
+
+def test_reservations_of_a_group_take_each_counter_once_and_never_overspend(database_url: str, tmp_path: Path) -> None:
+    store = Store.open(database_url)
+    sales = _config(tmp_path, daily_limit=10, limit_unit="recipients").senders["sales"]
+    now = time.time()
+    with store.write() as conn:
+        group = quota.reserve_many(conn, sales, UTC, now, [3, 3, 3])
+    assert all(isinstance(h, quota.Reservation) and h.amounts == (3, 3) for h in group)
+    with store.write() as conn:
+        # 2 more do not fit together: one by one, the first takes the last unit and the second is blocked
+        first, second = quota.reserve_many(conn, sales, UTC, now, [1, 1])
+    assert isinstance(first, quota.Reservation) and isinstance(second, quota.Blocked)
+    assert second.reason == "daily limit of 10 recipients has no room for 1 more for sales"
+    with store.write() as conn:
+        quota.release(conn, group[1])
+    with store.read() as conn:
+        assert quota.usage(conn, ["sales"], UTC, now)["sales"] == {"day": 7, "month": 7}
+    store.close()
 
 
 def test_min_interval_pacing_is_atomic(database_url: str, tmp_path: Path) -> None:

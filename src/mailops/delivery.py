@@ -31,6 +31,7 @@ from . import health, quota, routing, suppress
 from .compose import format_date, stamp_date
 from .config import Config, Sender
 from .errors import SecretError
+from .groupcommit import GroupCommit
 from .outbox import Outbox, QueuedMessage, retry_delay
 from .store import Store
 from .transport import SendResult, SmtpFailure, SmtpSession
@@ -151,17 +152,82 @@ class _Result:
     trace: str | None = None  # traceback of an unexpected error (shown with --debug)
 
 
+class _Batch:
+    """The rows a group transaction's outcomes write with one statement each (a ``sent`` message's log row,
+    its ``messages`` update, the senders seen healthy), collected while their outcomes are worked out."""
+
+    def __init__(self) -> None:
+        self.attempts: list[dict[str, Any]] = []
+        self.sent: list[tuple[QueuedMessage, str, float, dict[str, str]]] = []
+        self.healthy: dict[str, str] = {}  # sender key -> health.settings_of(sender)
+
+
+#: a message's outcome, worked out inside a write transaction: (connection, the group's batch) -> result
+_Outcome = Callable[[Any, _Batch], _Result]
+
+
+@dataclass
+class _Write:
+    """What a worker hands to the group transaction: reserve for ``upcoming`` and/or record ``outcome``."""
+
+    sender: Sender
+    upcoming: _Job | None
+    outcome: _Outcome | None
+
+
+class _GroupWrites:
+    """Applies the writes of a group transaction (:class:`~mailops.groupcommit.GroupCommit`) in a fixed order.
+
+    Quota rows first, by sender key (day before month, as :func:`quota.reserve` takes them), then the
+    messages and the log, then ``sender_state`` by sender key: every transaction that takes rows of more
+    than one kind takes them in this order, so on PostgreSQL two processes' groups never wait on each
+    other in a cycle. The reservations of one sender in a group take each counter once for all of them
+    (:func:`quota.reserve_many`); the sent messages' log rows and updates are one statement each.
+    """
+
+    def __init__(self, deliverer: Deliverer) -> None:
+        self.d = deliverer
+
+    def __call__(self, conn: Any, writes: list[_Write]) -> list[tuple[quota.Reservation | quota.Blocked | None, Any]]:
+        d = self.d
+        now = d.clock()
+        ahead: dict[int, quota.Reservation | quota.Blocked] = {}
+        by_sender: dict[str, list[tuple[int, _Job]]] = {}
+        for index, write in enumerate(writes):
+            if write.upcoming is not None:
+                by_sender.setdefault(write.sender.key, []).append((index, write.upcoming))
+        for key in sorted(by_sender):
+            group = by_sender[key]
+            sender = writes[group[0][0]].sender
+            counts = [len(job.msg.pending_recipients) for _, job in group]
+            for (index, _), held in zip(
+                group, quota.reserve_many(conn, sender, d.config.timezone, now, counts), strict=True
+            ):
+                ahead[index] = held
+        batch = _Batch()
+        results = [write.outcome(conn, batch) if write.outcome is not None else None for write in writes]
+        if batch.attempts:
+            d.outbox.log(conn, batch.attempts)
+        if batch.sent:
+            d.outbox.mark_sent_many(conn, batch.sent)
+        for key in sorted(batch.healthy):
+            health.record(conn, key, True, now, settings=batch.healthy[key])
+        return [(ahead.get(index), result) for index, result in enumerate(results)]
+
+
 class _Worker(threading.Thread):
     """Sends jobs for one sender over one reused SMTP session.
 
     Bookkeeping is pipelined with the SMTP traffic: while a message's data is
     on its way to the server, the worker writes the previous message's outcome
-    and reserves quota for the next queued message, in one transaction. So
-    each message costs one database write. The write is done before the
-    message's end of data is sent, so the server never holds two accepted
-    messages that the database has not recorded: a crash sends at most one
-    message per worker twice. Every job still gets exactly one result, sent to
-    the dispatcher once its outcome is committed.
+    and reserves quota for the next queued message, in one write that goes
+    into the run's next group transaction (:class:`_GroupWrites`) with what
+    the other workers have ready. The worker waits until that write is
+    committed before it sends the message's end of data, so the server never
+    holds two accepted messages of one worker that the database has not
+    recorded: a crash sends at most one message per worker twice. Every job
+    still gets exactly one result, sent to the dispatcher once its outcome is
+    committed.
     """
 
     def __init__(
@@ -177,7 +243,7 @@ class _Worker(threading.Thread):
         self.next_job: tuple[_Job | None, quota.Reservation | None] | None = None
         # The last message's outcome, not written yet: it goes into the next write transaction.
         # Only ever held while next_job has its reservation, so it never waits through pacing.
-        self.pending: tuple[_Job, Callable[[Any], _Result]] | None = None
+        self.pending: tuple[_Job, _Outcome] | None = None
         # Pacing limits count from the reservation; reserving ahead would start the clock early.
         self.reserves_ahead = sender.per_minute is None and sender.min_interval <= 0
 
@@ -205,24 +271,15 @@ class _Worker(threading.Thread):
         return job if held is None else None  # job None: the stop sentinel
 
     def flush(self) -> None:
-        """Write the pending outcome and reserve ahead, in one transaction; hand the result to the dispatcher."""
+        """Write the pending outcome and reserve ahead, in the next group transaction (with what the other
+        workers have ready); hand the result to the dispatcher once committed."""
         pending, self.pending = self.pending, None
         upcoming = self._next_to_reserve()
         if pending is None and upcoming is None:
             return  # nothing to write
-        ahead = None
+        write = _Write(self.sender, upcoming, pending[1] if pending is not None else None)
         try:
-            with self.d.store.write() as conn:
-                # Quota rows before sender_state (health), as every transaction takes them: no lock cycle on PostgreSQL.
-                if upcoming is not None:
-                    ahead = quota.reserve(
-                        conn,
-                        self.sender,
-                        self.d.config.timezone,
-                        self.d.clock(),
-                        len(upcoming.msg.pending_recipients),
-                    )
-                result = pending[1](conn) if pending is not None else None
+            ahead, result = self.d.writer.commit(write)
         except BaseException as exc:
             if pending is not None:  # sent but not recorded: back to the queue (at-least-once)
                 self.d.results.put(_Result(pending[0], "returned", note=f"could not record an outcome: {exc}"))
@@ -365,6 +422,10 @@ class Deliverer:
         self._date_cache: tuple[int, str] = (-1, "")  # (second, Date value); workers share it (a tuple swap is atomic)
         self._deadline: float | None = None
         self._leases = _LeaseKeeper(self)  # replaced by a running one for each run()
+        # The workers' outcomes and reservations ahead, committed together (group commit).
+        self.writer: GroupCommit[_Write, tuple[quota.Reservation | quota.Blocked | None, _Result | None]] = GroupCommit(
+            store, _GroupWrites(self)
+        )
 
     # ------------------------------------------------------------ dispatcher
 
@@ -440,6 +501,7 @@ class Deliverer:
                 self._shutdown()
             finally:
                 self._leases.stop()  # after the workers: a message still with a server stays renewed
+                self.writer.close()
         if self.stop_event.is_set():
             report.interrupted = True
         report.backlog = self.outbox.backlog(self.clock(), run_id=run_id, batch=batch)
@@ -713,9 +775,10 @@ class Deliverer:
         return None
 
     def _record_sent(
-        self, job: _Job, sender: Sender, result: SendResult, duration: float, now: float, conn: Any
+        self, job: _Job, sender: Sender, result: SendResult, duration: float, now: float, conn: Any, batch: _Batch
     ) -> _Result:
-        """Write a server's acceptance (some recipients may have been refused) and the attempt's log rows.
+        """Write a server's acceptance (some recipients may have been refused) and the attempt's log rows
+        (those of a plain success go into ``batch``, written with the group's other ones).
 
         A recipient refused for good while others got the message is a failure of that
         recipient: its own ``failed`` log row with the server's reply, and a problem line.
@@ -748,22 +811,19 @@ class Deliverer:
                 temp_refused += 1
         refused_note = "; ".join(f"{r}: {c} {t}" for r, (c, t) in result.refused.items()) or None
         note = "\n".join(problems) or None
-        self.outbox.log(
-            conn,
-            [
-                self._attempt_row(
-                    msg,
-                    sender,
-                    "partial" if result.refused else "sent",
-                    at=now,
-                    smtp_code=result.code,
-                    smtp_text=result.text,
-                    detail=refused_note,
-                    duration=duration,
-                ),
-                *rows,
-            ],
+        batch.attempts.append(
+            self._attempt_row(
+                msg,
+                sender,
+                "partial" if result.refused else "sent",
+                at=now,
+                smtp_code=result.code,
+                smtp_text=result.text,
+                detail=refused_note,
+                duration=duration,
+            )
         )
+        batch.attempts.extend(rows)
         if temp_refused:
             # Accepted ones are done; only the temporarily refused recipients wait for a retry.
             outcome, deferral = self._defer_temporary(
@@ -771,10 +831,10 @@ class Deliverer:
             )
             note = "\n".join([*problems, deferral])
         else:
-            self.outbox.mark_sent(conn, msg, sender.key, now, status)
+            batch.sent.append((msg, sender.key, now, status))
             outcome = "sent"
         if sender.key not in self._known_healthy:  # one health write per run and sender
-            health.record(conn, sender.key, True, now, settings=health.settings_of(sender))
+            batch.healthy[sender.key] = health.settings_of(sender)
             self._known_healthy.add(sender.key)
         return _Result(job, outcome, sender.key, note, refused=len(problems))
 

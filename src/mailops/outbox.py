@@ -294,6 +294,19 @@ class Outbox:
         )
 
     @staticmethod
+    def mark_sent_many(conn: Connection, sent: builtins.list[tuple[QueuedMessage, str, float, dict[str, str]]]) -> None:
+        """:meth:`mark_sent` for several messages, ``(message, sender, now, recipient_status)`` each, in one
+        statement (an executemany: psycopg sends it in one pipeline, not a round trip per row)."""
+        if sent:
+            conn.execute(
+                _MARK_SENT,
+                [
+                    {"b_id": msg.id, "b_sender": sender, "b_now": now, "b_status": json.dumps(status)}
+                    for msg, sender, now, status in sent
+                ],
+            )
+
+    @staticmethod
     def _settle(
         conn: Connection,
         msg: QueuedMessage,

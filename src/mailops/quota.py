@@ -178,6 +178,38 @@ def reserve(conn: Connection, sender: Sender, tz: ZoneInfo, now: float, recipien
     return Reservation(sender=sender.key, periods=tuple(taken), amounts=tuple(amounts))
 
 
+def reserve_many(
+    conn: Connection, sender: Sender, tz: ZoneInfo, now: float, recipients: list[int]
+) -> list[Reservation | Blocked]:
+    """:func:`reserve` for several messages of one sender (``recipients``: each one's recipient count), in order.
+
+    When they all fit, one conditional UPDATE per counter takes the units of
+    all of them (the database still decides whether the sum fits, so a limit
+    is never overspent); when they do not, they are reserved one by one, so
+    the first ones get their units and the rest are blocked, as if reserved
+    in turn. Pacing (``min_interval``) is a time per message: one by one too.
+    """
+    if len(recipients) > 1 and sender.min_interval <= 0:
+        keys = period_keys(now, tz)
+        kinds: list[str] = []
+        amounts: list[int] = []
+        for kind, limit, _label in _limits(sender):
+            if kind == "minute" and limit is None:
+                continue
+            need = sum(units(sender, count, kind) for count in recipients)
+            if not _take(conn, sender.key, keys[kind], limit, need):
+                _give_back(conn, sender.key, [keys[k] for k in kinds], tuple(amounts))
+                break
+            kinds.append(kind)
+            amounts.append(need)
+        else:
+            periods = tuple(keys[k] for k in kinds)
+            return [
+                Reservation(sender.key, periods, tuple(units(sender, count, k) for k in kinds)) for count in recipients
+            ]
+    return [reserve(conn, sender, tz, now, count) for count in recipients]
+
+
 def release(conn: Connection, reservation: Reservation) -> None:
     """Give back a reservation whose message was not sent (failure before the server accepted it)."""
     _give_back(conn, reservation.sender, reservation.periods, reservation.amounts)

@@ -173,6 +173,14 @@ class Store:
             yield conn
 
     @contextmanager
+    def write_on(self, conn: Connection) -> Iterator[Connection]:
+        """:meth:`write` on a connection the caller keeps across transactions (``engine.connect()``): no pool
+        checkout, and on PostgreSQL no ping, per transaction; for a hot loop of short writes."""
+        lock = self._write_lock or contextlib.nullcontext()
+        with self._failures_as_store_errors(), lock, conn.begin():
+            yield conn
+
+    @contextmanager
     def read(self) -> Iterator[Connection]:
         """A read-only transaction; in WAL mode it never waits for a writer."""
         with self._failures_as_store_errors(), self.engine.connect() as conn:

@@ -1,0 +1,144 @@
+"""Group commit: the writes several threads have ready go into one database transaction.
+
+Each delivery worker writes after every message (the previous message's
+outcome, the next message's quota reservation). One transaction per write
+costs a ``BEGIN IMMEDIATE`` and a commit each (on PostgreSQL, round trips),
+and on SQLite every worker queues for the one writer anyway. Here a thread
+hands its write to :meth:`GroupCommit.commit` and waits until it is
+committed. A thread that finds no transaction under way becomes the leader:
+it takes every write waiting at that moment, its own included, and commits
+them together; writes that arrive meanwhile wait and go together in the next
+transaction, written by one of their own threads. Nobody sleeps to gather a
+larger group: a write waits at most for the transaction under way and then
+its own, a few milliseconds, and the caller knows its write is durable when
+``commit`` returns.
+
+One write that fails (a bug, a constraint) must not fail the others: when a
+group's transaction raises anything but a failure of the database itself,
+every write of the group is tried again alone, and only the one that fails
+again reports its error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Generic, TypeVar, cast
+
+from sqlalchemy.engine import Connection
+
+from .errors import StoreError
+from .store import Store
+
+#: seconds a kept connection may idle before the next group checks out a fresh (pinged) one instead
+KEEP_IDLE_CONNECTION = 2.0
+
+W = TypeVar("W")  # what a thread hands over
+R = TypeVar("R")  # what its write gives back once committed
+
+
+@dataclass
+class _Slot(Generic[W, R]):
+    write: W
+    done: bool = False
+    result: R | None = None
+    error: BaseException | None = None
+
+
+class GroupCommit(Generic[W, R]):
+    """Commits the writes of several threads together; ``apply(conn, writes)`` writes a group in order and
+    returns one result per write (it may run again on the same writes when a group has to be split)."""
+
+    def __init__(self, store: Store, apply: Callable[[Connection, list[W]], list[R]]) -> None:
+        self.store = store
+        self.apply = apply
+        self._cond = threading.Condition()
+        self._waiting: list[_Slot[W, R]] = []
+        self._busy = False
+        self._conn: Connection | None = None
+        self._used_at = 0.0
+        self.groups = 0  # transactions committed (for tests and the benchmark's notes)
+        self.writes = 0  # writes they carried
+
+    def commit(self, write: W) -> R:
+        """Write ``write`` with whatever else is waiting; returns its result once committed, or raises its error."""
+        slot: _Slot[W, R] = _Slot(write)
+        group: list[_Slot[W, R]] = []
+        with self._cond:
+            self._waiting.append(slot)
+            while self._busy and not slot.done:
+                self._cond.wait()
+            if not slot.done:  # no transaction under way: lead one with everything waiting
+                self._busy = True
+                group, self._waiting = self._waiting, []
+        if not slot.done:
+            try:
+                self._write(group)
+            except BaseException as exc:
+                for other in group:  # never leave a thread waiting for a write nobody will make
+                    if not other.done:
+                        other.error, other.done = exc, True
+                raise
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+        if slot.error is not None:
+            raise slot.error
+        return cast(R, slot.result)  # set for every slot that has no error
+
+    def _write(self, group: list[_Slot[W, R]]) -> None:
+        """Commit ``group`` in one transaction (each write alone if that fails); every slot ends done."""
+        try:
+            results = self._transaction([slot.write for slot in group])
+        except Exception as exc:  # noqa: BLE001 - reported to the threads whose writes these are
+            if len(group) == 1 or isinstance(exc, StoreError):
+                # The database itself failed (locked, gone): each write alone would meet the same wait.
+                for slot in group:
+                    slot.error, slot.done = exc, True
+                return
+            for slot in group:
+                try:
+                    slot.result = self._transaction([slot.write])[0]
+                    self.groups += 1
+                    self.writes += 1
+                except Exception as alone:  # noqa: BLE001 - this write's own error, for its thread
+                    slot.error = alone
+                slot.done = True
+            return
+        for slot, result in zip(group, results, strict=True):
+            slot.result, slot.done = result, True
+        self.groups += 1
+        self.writes += len(group)
+
+    def _transaction(self, writes: list[W]) -> list[R]:
+        # One connection kept for the groups (only the leader uses it): no pool checkout and, on PostgreSQL,
+        # no ping round trip per transaction. One that idled may have been dropped by the server: it goes
+        # back, and the pool checks the next one (a failed group would hand its outcomes back, sent twice).
+        if self._conn is not None and time.monotonic() - self._used_at > KEEP_IDLE_CONNECTION:
+            self._drop_connection()
+        if self._conn is None:
+            self._conn = self.store.engine.connect()
+        try:
+            with self.store.write_on(self._conn) as conn:
+                results = self.apply(conn, writes)
+        except BaseException:
+            self._drop_connection()  # whatever broke, the next group starts on a checked connection
+            raise
+        self._used_at = time.monotonic()
+        return results
+
+    def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):  # a broken connection may fail to close: it is gone either way
+                conn.close()
+
+    def close(self) -> None:
+        """Give the kept connection back (the end of a run); a later write takes a new one."""
+        with self._cond:
+            if not self._busy:
+                self._drop_connection()

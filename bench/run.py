@@ -267,9 +267,12 @@ def workdir(
     return folder
 
 
-def mailops(folder: Path, *args: str, src: str | None = None) -> tuple[float, subprocess.CompletedProcess[str], int]:
+def mailops(folder: Path, *args: str, src: str | None = None) -> tuple[float, subprocess.CompletedProcess[str], float]:
     """Run mailops in ``folder`` (from the source tree ``src`` when given); returns (wall seconds, process,
-    peak RSS in KiB)."""
+    CPU seconds it used: user + system, which a busy machine disturbs less than the wall time)."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.run(
         [PY, "-m", "mailops", "--config", str(folder / "senders.yaml"), *args],
@@ -279,7 +282,9 @@ def mailops(folder: Path, *args: str, src: str | None = None) -> tuple[float, su
         cwd=folder,
         check=False,
     )
-    return time.perf_counter() - start, proc, 0
+    seconds = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return seconds, proc, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def peak_rss(cmd: list[str], cwd: Path) -> tuple[float, int, str]:
@@ -368,6 +373,11 @@ def log_counts(folder: Path, pg_url: str | None) -> tuple[int, int]:
         return conn.execute(attempts).fetchone()[0], conn.execute(messages).fetchone()[0]  # type: ignore[index]
 
 
+#: CPU milliseconds per message of the last mailops run of each label
+CPU_MS: dict[str, float] = {}
+LAST = [""]  # the label of the last run that recorded its CPU time
+
+
 class Check:
     """Every run's "what the sink received equals what the client says it sent" (for mailops: its log)."""
 
@@ -383,8 +393,14 @@ class Check:
 
 def run_client(check: Check, label: str, delay_ms: float, n: int, client: Any) -> float:
     """Time ``client(info)`` against a fresh sink; returns msgs/s and checks the sink's count against ``n``."""
+    import resource
+
     with sink(delay_ms) as info:
+        before = resource.getrusage(resource.RUSAGE_SELF)
         seconds = client(info)
+        after = resource.getrusage(resource.RUSAGE_SELF)
+    CPU_MS[label] = 1000 * ((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)) / n
+    LAST[0] = label
     check.add(label, info.get("received"), n, "client sent")
     return n / seconds
 
@@ -407,7 +423,9 @@ def bench_send(
     with sink(delay_ms) as info:
         folder = workdir(info, senders, connections, database=pg_url or "bench.db")
         data = write_csv(folder / "rows.csv", n)
-        seconds, proc, _ = mailops(folder, "send", "--template", "renewal", "--data", str(data), "-q", src=src)
+        seconds, proc, cpu = mailops(folder, "send", "--template", "renewal", "--data", str(data), "-q", src=src)
+        CPU_MS[label] = 1000 * cpu / n
+        LAST[0] = label
         if proc.returncode != 0:
             print(proc.stdout, proc.stderr, file=sys.stderr)
             raise SystemExit(f"mailops send failed with {proc.returncode}")
@@ -448,14 +466,15 @@ def section_send(n: int, with_mailmerge: bool, rounds: int, targets_only: bool, 
 
     def measure(key: str, rate: float) -> None:
         rates.setdefault(key, []).append(rate)
-        print(f"  {key}: {rate:.0f} msgs/s", flush=True)
+        print(f"  {key}: {rate:.0f} msgs/s, {CPU_MS.get(LAST[0], 0):.2f} CPU ms/msg", flush=True)
+
+    cpu: dict[str, list[float]] = {}
 
     def mailops_run(key: str, delay: float, senders: int, connections: int, pg: Any) -> None:
         """One mailops run the targets compare (``key`` names it, ending in its delay), then the baseline's."""
-        measure(key, bench_send(check, f"{key} ms", n, delay, senders, connections, pg))
-        if baseline_src:
-            label = f"before: {key}"
-            measure(label, bench_send(check, f"{label} ms", n, delay, senders, connections, pg, src=baseline_src))
+        for label, src in [(key, None), (f"before: {key}", baseline_src)] if baseline_src else [(key, None)]:
+            measure(label, bench_send(check, f"{label} ms", n, delay, senders, connections, pg, src=src))
+            cpu.setdefault(label, []).append(CPU_MS[f"{label} ms"])
 
     for r in range(rounds):
         print(f"round {r + 1} of {rounds}", flush=True)
@@ -559,10 +578,13 @@ def section_send(n: int, with_mailmerge: bool, rounds: int, targets_only: bool, 
         for key in ("mailops sqlite 1x1 0", "mailops pg 1x1 0", "mailops sqlite 4x4 20", "mailops pg 4x4 20"):
             before, after, ratio = med(f"before: {key}"), med(key), paired(key, f"before: {key}")
             if before and after and ratio:
-                compared.append([key, f"{before:.0f}", f"{after:.0f}", f"{ratio:.2f}"])
+                cpu_before, cpu_after = statistics.median(cpu[f"before: {key}"]), statistics.median(cpu[key])
+                compared.append(
+                    [key, f"{before:.0f}", f"{after:.0f}", f"{ratio:.2f}", f"{cpu_before:.2f}", f"{cpu_after:.2f}"]
+                )
         table(
             f"before ({baseline_src}) and after (this tree), interleaved; ratio: median of per-round after/before",
-            ["run", "before msgs/s", "after msgs/s", "after/before"],
+            ["run", "before msgs/s", "after msgs/s", "after/before", "before CPU ms/msg", "after CPU ms/msg"],
             compared,
         )
 

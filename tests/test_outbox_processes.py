@@ -29,12 +29,16 @@ def _rows(workspace, n: int, name: str = "c.csv"):
 
 
 @pytest.mark.slow
-def test_sigkilled_sends_lose_nothing_and_duplicate_at_most_once_per_kill(workspace, srv, cli, lease_floor):
-    """A SIGKILL at any instant doubles at most one message per worker (here one sender, one connection):
-    each outcome is written before the next message's end of data reaches the server."""
+@pytest.mark.parametrize("connections", [1, 3])
+def test_sigkilled_sends_lose_nothing_and_duplicate_at_most_once_per_kill(
+    workspace, srv, cli, lease_floor, connections
+):
+    """A SIGKILL at any instant doubles at most one message per worker (one sender with one connection, or
+    three workers whose outcomes share group transactions): each outcome is committed before that worker's
+    next end of data reaches the server."""
     lease_floor(1.0)  # the killed processes' claims expire within the test
     workspace.write_config(
-        {"sales": workspace.sender(srv, email="sales@example.com", password=PASSWORD)},
+        {"sales": workspace.sender(srv, email="sales@example.com", password=PASSWORD, connections=connections)},
         routes={"default": "sales"},
         delivery={"lease": "2s"},
     )
@@ -61,7 +65,7 @@ def test_sigkilled_sends_lose_nothing_and_duplicate_at_most_once_per_kill(worksp
     received = Counter(m.rcpt_tos[0] for m in srv.messages)
     assert set(received) == {f"u{i}@example.org" for i in range(total)}  # none lost
     duplicates = sum(n - 1 for n in received.values())
-    workers = 1  # one sender with one connection
+    workers = connections  # one sender: a worker per connection
     assert duplicates <= kills * workers
     states = workspace.states()
     # rows a killed send had only staged were never queued (its rerun queued them again); deliver drops them after a day

@@ -156,7 +156,7 @@ def test_a_write_that_fails_to_commit_reserves_nothing_ahead(workspace, srv, cli
 
     from mailops import outbox, quota, store
 
-    real_write, real_reserve, real_log = store.Store.write, quota.reserve, outbox.Outbox.log
+    real_write_on, real_reserve, real_log = store.Store.write_on, quota.reserve, outbox.Outbox.log
     state = {"reserved": False, "logged": False, "failed": False}
 
     def reserve(*args, **kwargs):
@@ -168,9 +168,9 @@ def test_a_write_that_fails_to_commit_reserves_nothing_ahead(workspace, srv, cli
         return real_log(*args, **kwargs)
 
     @contextlib.contextmanager
-    def write(self):
+    def write_on(self, connection):  # the workers' group transactions
         state["reserved"] = state["logged"] = False
-        with real_write(self) as conn:
+        with real_write_on(self, connection) as conn:
             yield conn
             if state["reserved"] and state["logged"] and not state["failed"]:
                 state["failed"] = True
@@ -178,7 +178,7 @@ def test_a_write_that_fails_to_commit_reserves_nothing_ahead(workspace, srv, cli
 
     monkeypatch.setattr(quota, "reserve", reserve)
     monkeypatch.setattr(outbox.Outbox, "log", staticmethod(log))
-    monkeypatch.setattr(store.Store, "write", write)
+    monkeypatch.setattr(store.Store, "write_on", write_on)
     workspace.write_config(
         {"sales": workspace.sender(srv, email="sales@example.com", password=PASSWORD, daily_limit=1000)},
         routes={"default": "sales"},

@@ -25,7 +25,6 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Generic, TypeVar, cast
 
 from sqlalchemy.engine import Connection
@@ -40,12 +39,18 @@ W = TypeVar("W")  # what a thread hands over
 R = TypeVar("R")  # what its write gives back once committed
 
 
-@dataclass
 class _Slot(Generic[W, R]):
-    write: W
-    done: bool = False
-    result: R | None = None
-    error: BaseException | None = None
+    """One thread's write, and the lock it sleeps on until the write is done or it is to lead a group."""
+
+    __slots__ = ("done", "error", "result", "wake", "write")
+
+    def __init__(self, write: W) -> None:
+        self.write = write
+        self.done = False
+        self.result: R | None = None
+        self.error: BaseException | None = None
+        self.wake = threading.Lock()  # held until the thread is to wake: cheaper than an Event
+        self.wake.acquire()
 
 
 class GroupCommit(Generic[W, R]):
@@ -55,9 +60,9 @@ class GroupCommit(Generic[W, R]):
     def __init__(self, store: Store, apply: Callable[[Connection, list[W]], list[R]]) -> None:
         self.store = store
         self.apply = apply
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
         self._waiting: list[_Slot[W, R]] = []
-        self._busy = False
+        self._busy = False  # a leader is writing (or about to): newcomers wait for it
         self._conn: Connection | None = None
         self._used_at = 0.0
         self.groups = 0  # transactions committed (for tests and the benchmark's notes)
@@ -66,29 +71,38 @@ class GroupCommit(Generic[W, R]):
     def commit(self, write: W) -> R:
         """Write ``write`` with whatever else is waiting; returns its result once committed, or raises its error."""
         slot: _Slot[W, R] = _Slot(write)
-        group: list[_Slot[W, R]] = []
-        with self._cond:
+        with self._lock:
             self._waiting.append(slot)
-            while self._busy and not slot.done:
-                self._cond.wait()
-            if not slot.done:  # no transaction under way: lead one with everything waiting
-                self._busy = True
-                group, self._waiting = self._waiting, []
+            lead, self._busy = not self._busy, True
+        if not lead:
+            # Woken once its group is written, or to lead the next group; only this thread wakes (no herd).
+            slot.wake.acquire()
         if not slot.done:
-            try:
-                self._write(group)
-            except BaseException as exc:
-                for other in group:  # never leave a thread waiting for a write nobody will make
-                    if not other.done:
-                        other.error, other.done = exc, True
-                raise
-            finally:
-                with self._cond:
-                    self._busy = False
-                    self._cond.notify_all()
+            self._lead()
         if slot.error is not None:
             raise slot.error
         return cast(R, slot.result)  # set for every slot that has no error
+
+    def _lead(self) -> None:
+        """Write everything waiting as one group, wake its threads, and hand the lead to the first newcomer."""
+        with self._lock:
+            group, self._waiting = self._waiting, []
+        try:
+            self._write(group)
+        except BaseException as exc:
+            for other in group:  # never leave a thread waiting for a write nobody will make
+                if not other.done:
+                    other.error, other.done = exc, True
+            raise
+        finally:
+            for other in group:
+                if other.wake.locked():
+                    other.wake.release()
+            with self._lock:
+                if self._waiting:
+                    self._waiting[0].wake.release()  # it leads the next group; _busy stays set
+                else:
+                    self._busy = False
 
     def _write(self, group: list[_Slot[W, R]]) -> None:
         """Commit ``group`` in one transaction (each write alone if that fails); every slot ends done."""
@@ -139,6 +153,6 @@ class GroupCommit(Generic[W, R]):
 
     def close(self) -> None:
         """Give the kept connection back (the end of a run); a later write takes a new one."""
-        with self._cond:
+        with self._lock:
             if not self._busy:
                 self._drop_connection()

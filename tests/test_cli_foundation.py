@@ -878,41 +878,6 @@ def test_debug_as_a_real_process(workspace):
 # ---------------------------------------------------------------- init, version, help
 
 
-def test_init_creates_a_starter_config_and_refuses_to_overwrite(tmp_path, cli):
-    target = tmp_path / "new-site"
-
-    created = cli("init", str(target))
-
-    assert created.exit_code == 0, created.output
-    files = [
-        target / "senders.yaml",
-        target / "templates" / "renewal" / "subject.txt",
-        target / "templates" / "renewal" / "body.txt",
-        target / "templates" / "renewal" / "body.html",
-    ]
-    assert created.stdout.splitlines() == [f"created {p}" for p in files] + [
-        f"next: edit {target / 'senders.yaml'}, then run 'mailops password set SENDER' and 'mailops doctor'"
-    ]
-    assert all(p.is_file() for p in files)
-    status = cli("--config", str(target / "senders.yaml"), "password", "status", "--json")
-    assert status.exit_code == 0, status.output  # the starter config is valid as written
-    assert [s["sender"] for s in json.loads(status.stdout)["senders"]] == ["sales"]
-    starter = (target / "senders.yaml").read_text(encoding="utf-8")
-    assert "  provider: gmail\n" in starter and "microsoft365" in starter  # presets, and the others named
-    from mailops.config import load_config
-
-    sales = load_config(target / "senders.yaml").senders["sales"]
-    assert (sales.host, sales.port, sales.security, sales.provider) == ("smtp.gmail.com", 587, "starttls", "gmail")
-
-    (target / "senders.yaml").write_text("# my edits\n", encoding="utf-8")
-    again = cli("init", str(target))
-    assert again.exit_code == 2
-    assert one_error_line(again) == (
-        f"mailops: error: {target / 'senders.yaml'} already exists; edit it, or run 'mailops init' in another folder"
-    )
-    assert (target / "senders.yaml").read_text(encoding="utf-8") == "# my edits\n"
-
-
 def test_version(cli):
     result = cli("--version")
     assert (result.exit_code, result.stdout) == (0, f"mailops {__version__}\n")

@@ -16,14 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .devserver import CapturedMessage, CaptureServer
-from .scaffold import write_template
-
-DEMO_ROWS = """\
-email,name,plan,renewal_date
-anna.schmidt@example.com,Anna Schmidt,Pro,2026-12-01
-somchai@example.com,สมชาย ใจดี,Team,2026-12-03
-jules@example.com,Jules Müller 🚀,Basic,2026-12-05
-"""
+from .scaffold import SAMPLE_DATA, write_template
 
 
 def _free_port() -> int:
@@ -70,7 +63,7 @@ def run_demo(directory: Path, echo: Callable[[str], None] = print) -> int:
     config.write_text(_config(port), encoding="utf-8")
     write_template(directory / "templates", "renewal")
     data = directory / "customers.csv"
-    data.write_text(DEMO_ROWS, encoding="utf-8")
+    data.write_text(SAMPLE_DATA, encoding="utf-8")
     received: list[str] = []
 
     def on_message(msg: CapturedMessage) -> None:

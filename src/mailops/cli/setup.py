@@ -16,15 +16,30 @@ db_app = typer.Typer(help="The database: schema status and upgrades.")
 
 @app.command()
 def init(
-    directory: Annotated[Path, typer.Argument(help="Folder to create the config in.")] = Path("."),
+    directory: Annotated[Path, typer.Argument(help="Folder to create the files in.", metavar="DIR")] = Path("."),
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace starter files that exist (yours are kept without it).")
+    ] = False,
 ) -> None:
-    """Create a starter senders.yaml and an example template in DIR (never overwrites)."""
-    from ..scaffold import write_starter
+    """Create a starter senders.yaml, an example template and sample data in DIR; print the next steps.
 
-    created = write_starter(directory)
-    for path in created:
-        out(f"created {path}")
-    out(f"next: edit {directory / 'senders.yaml'}, then run 'mailops password set SENDER' and 'mailops doctor'")
+    The next steps fit this machine: 'mailops password set' where the keyring
+    works, else the MAILOPS_PASSWORD_<SENDER> variable.
+    """
+    from .. import scaffold, secrets
+    from ..envnames import password_env_var
+
+    for written in scaffold.write_starter(directory, force=force):
+        kept = " (it exists; --force replaces it)" if written.action == "kept" else ""
+        out(f"{written.action} {written.path}{kept}")
+    backend = secrets.backend_info()  # the keyring library's own choice of backend, judged as every command does
+    steps = scaffold.next_steps(
+        directory,
+        keyring_usable=backend.usable,
+        keyring_name=backend.name,
+        env_var=password_env_var(scaffold.SENDER),
+    )
+    out("\n".join(steps))
 
 
 @app.command("dev-server")

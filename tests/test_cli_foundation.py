@@ -424,6 +424,13 @@ def test_password_set_status_and_delete(workspace, cli, isolated_home, monkeypat
         assert result.exit_code == 0, result.output
         data = json.loads(result.stdout)
         assert (data["backend"], data["backend_usable"], data["problem"]) == (FILE_KEYRING, True, None)
+        assert {row["sender"]: row["active"] for row in data["senders"]} == {
+            "sales": True,
+            "finance": True,
+            "alerts": True,
+            "relay": False,
+        }
+        assert all(row["available"] is (row["source"] != "missing") for row in data["senders"]), data
         return {row["sender"]: row["source"] for row in data["senders"]}
 
     assert sources() == {"sales": "missing", "finance": "command", "alerts": "env", "relay": "not needed (auth: false)"}
@@ -440,11 +447,17 @@ def test_password_set_status_and_delete(workspace, cli, isolated_home, monkeypat
     table = cli("password", "status")
     assert table.exit_code == 0
     rows = {
-        line.split("│")[1].strip(): line.split("│")[4].strip()
+        line.split("│")[1].strip(): (line.split("│")[3].strip(), line.split("│")[4].strip())
         for line in table.stdout.splitlines()
         if line.startswith("│")
     }
-    assert rows == {"sales": "keyring", "finance": "command", "alerts": "env", "relay": "not needed (auth: false)"}
+    assert rows == {
+        "sales": ("yes", "stored (keyring)"),
+        "finance": ("yes", "from password_command"),
+        "alerts": ("yes", "from MAILOPS_PASSWORD_ALERTS"),
+        "relay": ("no", "not needed (auth: false)"),
+    }
+    assert "True" not in table.stdout and "False" not in table.stdout
     assert table.stdout.splitlines()[-1] == f"keyring backend: {FILE_KEYRING}"
     assert "pw-for-sales" not in table.output and "from-the-environment" not in table.output
 

@@ -400,6 +400,21 @@ def password_source(sender: Sender) -> PasswordSource:
     return "keyring" if value else "missing"
 
 
+def describe_source(sender: Sender, source: PasswordSource) -> str:
+    """``source`` (from :func:`password_source`) in words for people: ``stored (keyring)``,
+    ``from MAILOPS_PASSWORD_SALES``, ``from password_command``, ``missing``, ``missing (no usable keyring)``;
+    for an oauth2 sender the same about its refresh token (``OAuth token: ...``)."""
+    oauth = sender.oauth2 is not None
+    words = {
+        "env": f"from {oauth_env_var(sender.key) if oauth else password_env_var(sender.key)}",
+        "command": "from token_command" if oauth else "from password_command",
+        "keyring": "stored (keyring)",
+        "missing": "missing",
+        "keyring unavailable": "missing (no usable keyring)",
+    }[source]
+    return f"OAuth token: {words}" if oauth else words
+
+
 def set_password(sender_key: str, value: str) -> None:
     """Store the password of ``sender_key`` in the keyring, and check that it reads back."""
     if not sender_key:

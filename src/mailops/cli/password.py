@@ -68,10 +68,26 @@ def password_status(json_out: Annotated[bool, typer.Option("--json", help="Print
     backend = secrets.backend_info()
     rows = []
     for sender in config.senders.values():
-        source: str = secrets.password_source(sender) if sender.auth else "not needed (auth: false)"
-        if sender.oauth2 is not None:
-            source = "oauth2: token_command" if source == "command" else f"oauth2 refresh token: {source}"
-        rows.append({"sender": sender.key, "email": sender.email, "active": sender.active, "source": source})
+        if not sender.auth:
+            source = words = "not needed (auth: false)"
+            available = True
+        else:
+            found = secrets.password_source(sender)
+            available = found in ("env", "command", "keyring")
+            words = secrets.describe_source(sender, found)  # "stored (keyring)", "from MAILOPS_PASSWORD_SALES"...
+            source = found
+            if sender.oauth2 is not None:
+                source = "oauth2: token_command" if found == "command" else f"oauth2 refresh token: {found}"
+        rows.append(
+            {
+                "sender": sender.key,
+                "email": sender.email,
+                "active": sender.active,
+                "source": source,
+                "available": available,
+                "password": words,
+            }
+        )
     if json_out:
         print_json(
             {"backend": backend.name, "backend_usable": backend.usable, "problem": backend.problem, "senders": rows}
@@ -80,7 +96,7 @@ def password_status(json_out: Annotated[bool, typer.Option("--json", help="Print
     show_table(
         None,
         ["sender", "email", "active", "password"],
-        [[r["sender"], r["email"], r["active"], r["source"]] for r in rows],
+        [[r["sender"], r["email"], "yes" if r["active"] else "no", r["password"]] for r in rows],
     )
     # the problem text names the backend itself
     out(f"keyring backend: {backend.name}" if backend.usable else f"keyring backend refused: {backend.problem}")

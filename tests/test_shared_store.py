@@ -383,7 +383,7 @@ def test_outbox_operations_round_trip(database_url: str) -> None:
 
     assert outbox.release_quota_deferred(["sales"], now) == 1
     assert outbox.backlog(now)["due_now"] == 2
-    assert outbox.cancel(now, msg_id=3) == 1
+    assert outbox.cancel(now, msg_id=3).cancelled == 1
     assert outbox.retry(now, all_=True) == 1  # the deferred one; sent and cancelled stay as they are
     assert outbox.purge(now + 1) == 1
     assert outbox.counts() == {"queued": 1, "cancelled": 1}

@@ -49,6 +49,25 @@ _MARK_SENT = (
 )
 
 
+@dataclass(frozen=True)
+class NotCancelled:
+    """Messages of one state that ``cancel`` left alone: already final, or in flight in another process."""
+
+    state: str  # sent, failed, cancelled (earlier) or sending
+    count: int
+    at: float | None  # sent, failed or cancelled at (the latest of them); for sending: when the claim runs out
+    first_id: int  # the lowest id among them (the message itself when count is 1)
+    reason: str | None  # the stored reason when count is 1 (a server's reply for failed: untrusted text)
+
+
+@dataclass(frozen=True)
+class CancelResult:
+    """What ``Outbox.cancel`` did: how many it cancelled, and what it could not cancel, per state."""
+
+    cancelled: int
+    not_cancelled: builtins.list[NotCancelled]
+
+
 @dataclass
 class QueuedMessage:
     """A claimed message, as delivery needs it."""
@@ -474,14 +493,34 @@ class Outbox:
                 .values(due_at=now, updated_at=now)
             ).rowcount
 
-    def cancel(self, now: float, *, msg_id: int | None = None, batch: str | None = None) -> int:
-        """Cancel messages not yet sent or in flight."""
+    def cancel(self, now: float, *, msg_id: int | None = None, batch: str | None = None) -> CancelResult:
+        """Cancel the selected messages not yet sent nor in flight; say, per state, which could not be and why."""
+        target = self._select(msg_id, batch, False)
+        when = sa.case(
+            (MESSAGES.c.state == SENT, sa.func.coalesce(MESSAGES.c.sent_at, MESSAGES.c.updated_at)),
+            (MESSAGES.c.state == SENDING, MESSAGES.c.lease_until),
+            else_=MESSAGES.c.updated_at,
+        )
         with self.store.write() as conn:
-            return conn.execute(
+            # read what stays before the update, in the same transaction: the two agree
+            rows = conn.execute(
+                sa.select(MESSAGES.c.state, sa.func.count(), sa.func.max(when), sa.func.min(MESSAGES.c.id))
+                .where(target & MESSAGES.c.state.in_([SENT, FAILED, CANCELLED, SENDING]))
+                .group_by(MESSAGES.c.state)
+            ).all()
+            left = []
+            for state, count, at, first_id in rows:
+                reason = None
+                if count == 1:
+                    reason = conn.execute(sa.select(MESSAGES.c.reason).where(MESSAGES.c.id == first_id)).scalar()
+                left.append(NotCancelled(str(state), int(count), at, int(first_id), reason))
+            cancelled = conn.execute(
                 sa.update(MESSAGES)
-                .where(self._select(msg_id, batch, False) & MESSAGES.c.state.in_([QUEUED, DEFERRED, STAGED]))
+                .where(target & MESSAGES.c.state.in_([QUEUED, DEFERRED, STAGED]))
                 .values(state=CANCELLED, updated_at=now, reason="cancelled by operator")
             ).rowcount
+        order = [SENDING, SENT, FAILED, CANCELLED]
+        return CancelResult(cancelled, sorted(left, key=lambda n: order.index(n.state)))
 
     def purge(self, before: float) -> int:
         """Delete sent messages (their MIME bodies) last changed before ``before``; the log keeps its rows."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -11,6 +11,10 @@ from ..errors import UsageError
 from . import runtime
 from .output import out, print_json, safe, show_table
 from .runtime import MAX_ID, MAX_ROWS, load_config, open_store
+
+if TYPE_CHECKING:
+    from ..config import Config
+    from ..outbox import NotCancelled
 
 queue_app = typer.Typer(help="Inspect and manage the outbox: list, show, retry, cancel, purge.")
 
@@ -167,15 +171,54 @@ def queue_cancel(
     message: Annotated[int | None, typer.Argument(help="Message id.", min=1, max=MAX_ID)] = None,
     batch: Annotated[str | None, typer.Option("--batch", help="Every unsent message of this batch.")] = None,
 ) -> None:
-    """Cancel messages that are not sent yet (in-flight ones cannot be cancelled)."""
+    """Cancel messages that are not sent yet; say why any other is left alone.
+
+    Exit 0 when every named message not yet sent is now cancelled (also when it
+    already was), 1 when some are being sent by another process right now,
+    2 when nothing could be cancelled because everything named was already sent
+    or failed.
+    """
+    from ..errors import InputError
     from ..outbox import Outbox
 
     _one_target(message, batch)
     config = load_config()
     outbox = Outbox(open_store(config), config.delivery)
     _must_exist(outbox, message, batch)
-    n = outbox.cancel(runtime.now(), msg_id=message, batch=batch)
-    out(f"cancelled {n} message(s)")
+    result = outbox.cancel(runtime.now(), msg_id=message, batch=batch)
+    notes = [_not_cancelled(left, config, single=message is not None) for left in result.not_cancelled]
+    if result.cancelled == 0 and result.not_cancelled and {n.state for n in result.not_cancelled} <= {"sent", "failed"}:
+        # too late for everything named: nothing changed, as for an id the outbox does not hold
+        detail = notes[0] if message is not None else f"batch {batch!r}: " + "; ".join(notes)
+        raise InputError(f"{detail}; nothing to cancel")
+    out(f"cancelled {result.cancelled} message(s)")
+    for note in notes:
+        out(note)
+    if any(left.state == "sending" for left in result.not_cancelled):
+        raise typer.Exit(1)  # those may still go out
+
+
+def _not_cancelled(left: NotCancelled, config: Config, *, single: bool) -> str:
+    """One line on the messages ``queue cancel`` left alone, with the time in the config's zone."""
+    from ..history import local_time
+
+    when = f"{local_time(left.at, config.timezone)} {config.timezone.key}" if left.at is not None else "an unknown time"
+    if single:
+        reason = f" ({safe(left.reason)})" if left.reason and left.state == "failed" else ""  # the server's reply
+        verb = {
+            "sent": f"was already sent at {when}",
+            "failed": f"had already failed at {when}{reason}",
+            "cancelled": f"was already cancelled at {when}",
+            "sending": f"is being sent by another process (its claim runs until {when}); it cannot be cancelled now",
+        }[left.state]
+        return f"message {left.first_id} {verb}"
+    verb = {
+        "sent": f"already sent (the last at {when})",
+        "failed": f"already failed (the last at {when})",
+        "cancelled": f"already cancelled (the last at {when})",
+        "sending": f"being sent by another process (claims run until {when}); they cannot be cancelled now",
+    }[left.state]
+    return f"{left.count} message(s) {verb}"
 
 
 @queue_app.command("purge")

@@ -1025,7 +1025,7 @@ def test_demo_runs_a_merge_and_shows_the_capture_and_the_log(tmp_path):
         (["send", "--bogus"], "send: No such option: --bogus (Possible options: --body); see 'mailops send --help'"),
         (["bogus-cmd"], "No such command 'bogus-cmd'; see 'mailops --help'"),
         (["queue", "bogus"], "queue: No such command 'bogus'; see 'mailops queue --help'"),
-        (["password", "set"], "password set: Missing argument 'sender'; see 'mailops password set --help'"),
+        (["password", "set"], "password set: Missing argument 'SENDER'; see 'mailops password set --help'"),
         (["log", "--limit"], "Option '--limit' requires an argument; see 'mailops --help'"),
     ],
 )

@@ -403,7 +403,7 @@ def test_an_out_of_range_number_in_senders_yaml_names_the_range(ws):
         *[
             (
                 ["queue", command, str(10**30)],
-                f"queue {command}: Invalid value for 'message': must be from 1 to 9223372036854775807; "
+                f"queue {command}: Invalid value for 'ID': must be from 1 to 9223372036854775807; "
                 f"see 'mailops queue {command} --help'",
             )
             for command in ("show", "retry", "cancel")

@@ -55,6 +55,10 @@ queues it in the outbox and delivers it at once; exit 0 once it is queued.
 Accepted and ignored: -bm, -oXXX (-oem, -odb, -odi ...), -B, -C, -L, -N, -O, -R, -V, -X, -h, -p
 with their values, -v, -m, -n, -U, -Ac, -Am. Exit codes: 0 queued, 64 usage, 65 bad message,
 66 no message, 75 database unavailable (try again), 78 configuration problem.
+
+Examples:
+  echo 'Subject: backup done' | mailops sendmail admin@example.com
+  mailops sendmail -t -i < message.eml
 """
 
 WHERE = "standard input"

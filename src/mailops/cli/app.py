@@ -26,6 +26,7 @@ from typer.core import TyperGroup
 
 from ..errors import InvalidBatchError, MailopsError, UsageError
 from . import checks, history, password, queue, runtime, sending, setup, suppress
+from .helptext import make_readable
 from .output import err, safe
 from .runtime import STATE
 from .sending import run_sendmail, sendmail_args
@@ -56,6 +57,10 @@ def _usage_errors_in_one_line() -> Iterator[None]:
 
 class _Commands(TyperGroup):
     """The top-level command group; every sub-command is parsed and run through it."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        make_readable(self)  # Typer has built the whole tree by now: every command's help names its values
 
     def make_context(self, *args: Any, **kwargs: Any) -> Any:
         with _usage_errors_in_one_line():

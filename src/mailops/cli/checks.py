@@ -8,6 +8,7 @@ import typer
 
 from ..errors import UsageError
 from . import runtime
+from .helptext import examples
 from .output import out, print_json, safe, warn_unverified_tls
 from .runtime import load_config, open_store
 
@@ -66,7 +67,7 @@ def _show_check(result: Any) -> None:
             out(f"  hint: {safe(result.hint)}")
 
 
-@app.command("test-smtp")
+@app.command("test-smtp", epilog=examples("mailops test-smtp", "mailops test-smtp sales --send-to you@example.com"))
 def test_smtp(
     senders: Annotated[list[str] | None, typer.Argument(help="Senders to test (default: every active sender).")] = None,
     all_: Annotated[bool, typer.Option("--all", help="Test every sender, inactive ones too.")] = False,
@@ -108,7 +109,7 @@ def _setting_text(value: Any) -> str:
     return str(value)
 
 
-@app.command()
+@app.command(epilog=examples("mailops doctor", "mailops doctor --connect"))
 def doctor(
     connect: Annotated[bool, typer.Option("--connect", help="Also run test-smtp on every active sender.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,

@@ -8,13 +8,14 @@ import typer
 
 from ..errors import UsageError
 from . import runtime
+from .helptext import examples
 from .output import make_console, out, print_json, show_table
 from .runtime import MAX_ROWS, load_config, open_store, reading
 
 app = typer.Typer()
 
 
-@app.command("reset-counts")
+@app.command("reset-counts", epilog=examples("mailops reset-counts --all", "mailops reset-counts sales --period month"))
 def reset_counts(
     senders: Annotated[list[str] | None, typer.Argument(help="Senders whose counters to reset.")] = None,
     all_: Annotated[bool, typer.Option("--all", help="Every sender.")] = False,
@@ -48,7 +49,7 @@ def reset_counts(
         out(f"{released} message(s) deferred for quota are due again; 'mailops deliver' sends them")
 
 
-@app.command()
+@app.command(epilog=examples("mailops log --since 24h --status failed", "mailops log --batch renewals-2026-11 --json"))
 def log(
     sender: Annotated[str | None, typer.Option("--sender", help="Only this sender.")] = None,
     route: Annotated[str | None, typer.Option("--route", help="Only this route.")] = None,
@@ -99,7 +100,7 @@ def log(
         out("no attempts match")
 
 
-@app.command()
+@app.command(epilog=examples("mailops stats", "mailops stats --days 14"))
 def stats(
     since: Annotated[
         str, typer.Option("--since", help="Window for success rate and response time: 24h, 7d, a date.")

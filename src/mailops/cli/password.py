@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from ..errors import ConfigError, UsageError
+from .helptext import examples
 from .output import out, print_json, show_table
 from .runtime import load_config
 
@@ -18,7 +19,9 @@ password_app = typer.Typer(help="Store, remove and inspect sender passwords (kep
 oauth_app = typer.Typer(help="OAuth2 senders (oauth2: in senders.yaml): log in, store a refresh token.")
 
 
-@password_app.command("set")
+@password_app.command(
+    "set", epilog=examples("mailops password set sales", "printf '%s\\n' \"$PW\" | mailops password set sales --stdin")
+)
 def password_set(
     sender: Annotated[str, typer.Argument(help="Sender name from senders.yaml.")],
     stdin: Annotated[
@@ -42,7 +45,7 @@ def password_set(
     out(f"stored the password of {sender} in the keyring ({secrets.backend_info().name})")
 
 
-@password_app.command("delete")
+@password_app.command("delete", epilog=examples("mailops password delete sales"))
 def password_delete(sender: Annotated[str, typer.Argument(help="Sender name from senders.yaml.")]) -> None:
     """Remove a sender's password from the system keyring (also of a sender no longer in senders.yaml)."""
     from .. import secrets
@@ -59,7 +62,7 @@ def password_delete(sender: Annotated[str, typer.Argument(help="Sender name from
     out(f"no password of {sender} was in the keyring")
 
 
-@password_app.command("status")
+@password_app.command("status", epilog=examples("mailops password status", "mailops password status --json"))
 def password_status(json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """Show, per sender, where its password (or OAuth2 refresh token) comes from (never the value)."""
     from .. import secrets
@@ -117,7 +120,7 @@ def _oauth_sender(config: Config, key: str) -> Any:
     return sender
 
 
-@oauth_app.command("token")
+@oauth_app.command("token", epilog=examples("printf '%s\\n' \"$TOKEN\" | mailops oauth token support --stdin"))
 def oauth_token(
     sender: Annotated[str, typer.Argument(help="Sender name from senders.yaml.")],
     stdin: Annotated[bool, typer.Option("--stdin", help="Read the refresh token from standard input.")] = False,
@@ -135,7 +138,7 @@ def oauth_token(
     out(f"stored the OAuth refresh token of {sender} in the keyring ({secrets.backend_info().name})")
 
 
-@oauth_app.command("login")
+@oauth_app.command("login", epilog=examples("mailops oauth login support", "mailops oauth login sales --no-browser"))
 def oauth_login(
     sender: Annotated[str, typer.Argument(help="Sender name from senders.yaml.")],
     no_browser: Annotated[

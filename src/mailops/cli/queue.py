@@ -9,6 +9,7 @@ import typer
 
 from ..errors import UsageError
 from . import runtime
+from .helptext import examples
 from .output import out, print_json, safe, show_table
 from .runtime import MAX_ID, MAX_ROWS, load_config, open_store
 
@@ -19,7 +20,9 @@ if TYPE_CHECKING:
 queue_app = typer.Typer(help="Inspect and manage the outbox: list, show, retry, cancel, purge.")
 
 
-@queue_app.command("list")
+@queue_app.command(
+    "list", epilog=examples("mailops queue list --state deferred", "mailops queue list --batch renewals-2026-11 --json")
+)
 def queue_list(
     state: Annotated[
         str | None, typer.Option("--state", help="queued, sending, sent, deferred, failed or cancelled.")
@@ -64,7 +67,7 @@ def queue_list(
     out("  ".join(f"{k}: {v}" for k, v in sorted(counts.items())) or "the outbox is empty")
 
 
-@queue_app.command("show")
+@queue_app.command("show", epilog=examples("mailops queue show 12"))
 def queue_show(
     message: Annotated[int, typer.Argument(help="Message id (from 'mailops queue list').", min=1, max=MAX_ID)],
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
@@ -146,7 +149,7 @@ def _one_target(message: int | None, batch: str | None, all_: bool | None = None
         raise UsageError(f"name exactly one of: {options}")
 
 
-@queue_app.command("retry")
+@queue_app.command("retry", epilog=examples("mailops queue retry 12", "mailops queue retry --batch renewals-2026-11"))
 def queue_retry(
     message: Annotated[int | None, typer.Argument(help="Message id.", min=1, max=MAX_ID)] = None,
     batch: Annotated[str | None, typer.Option("--batch", help="Every message of this batch.")] = None,
@@ -166,7 +169,7 @@ def queue_retry(
         out(f"retrying {len(refused)} recipient(s) the server refused permanently ({shown})")
 
 
-@queue_app.command("cancel")
+@queue_app.command("cancel", epilog=examples("mailops queue cancel 12", "mailops queue cancel --batch xmas"))
 def queue_cancel(
     message: Annotated[int | None, typer.Argument(help="Message id.", min=1, max=MAX_ID)] = None,
     batch: Annotated[str | None, typer.Option("--batch", help="Every unsent message of this batch.")] = None,
@@ -221,7 +224,9 @@ def _not_cancelled(left: NotCancelled, config: Config, *, single: bool) -> str:
     return f"{left.count} message(s) {verb}"
 
 
-@queue_app.command("purge")
+@queue_app.command(
+    "purge", epilog=examples("mailops queue purge --before 30d", "mailops queue purge --before 2026-01-01")
+)
 def queue_purge(
     before: Annotated[str, typer.Option("--before", help="Delete sent messages older than this date (or 30d).")],
 ) -> None:

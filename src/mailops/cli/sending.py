@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from . import runtime
+from .helptext import examples
 from .output import batch_done, err, out, print_json, print_summary, progress_runner, safe, warn_unverified_tls
 from .runtime import MAX_ROWS, MAX_SECONDS, STATE, load_config, open_store
 
@@ -101,7 +102,14 @@ def _show_suppressed(result: Any) -> None:
         out(f"  ... and {result.suppressed_recipients - len(result.suppressed)} more ('mailops suppress list')")
 
 
-@app.command()
+@app.command(
+    epilog=examples(
+        "mailops send --to jane@example.com --subject 'Hello' --body 'Hi Jane'",
+        "mailops send --route renewal --template renewal --data customers.csv --dry-run --preview 2",
+        "mailops send --route renewal --template renewal --data customers.csv --batch renewals-2026-11",
+        "mailops send --group system-admins --subject 'Disk full' --body-file report.txt -q",
+    )
+)
 def send(
     route: Annotated[
         str | None,
@@ -294,7 +302,11 @@ def send(
     _exit_for(report, extra_problem=bool(result.problem_count))
 
 
-@app.command()
+@app.command(
+    epilog=examples(
+        "mailops deliver -q --max-seconds 240      # cron, every 5 minutes", "mailops deliver --limit 100 --json"
+    )
+)
 def deliver(
     limit: Annotated[int | None, typer.Option("--limit", help="Send at most N messages.", min=1, max=MAX_ROWS)] = None,
     max_seconds: Annotated[
@@ -321,6 +333,9 @@ def deliver(
     "sendmail",
     add_help_option=False,
     context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+    epilog=examples(
+        "echo 'Subject: backup done' | mailops sendmail admin@example.com", "mailops sendmail -t -i < message.eml"
+    ),
 )
 def sendmail(ctx: typer.Context) -> None:
     """Queue one message read on stdin, as /usr/sbin/sendmail (cron, mailx, PHP); 'mailops sendmail --help'."""

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
+from .helptext import examples
 from .output import err, out, print_json, safe
 from .runtime import OPEN_STORES, load_config
 
@@ -14,7 +15,7 @@ app = typer.Typer()
 db_app = typer.Typer(help="The database: schema status and upgrades.")
 
 
-@app.command()
+@app.command(epilog=examples("mailops init", "mailops init /srv/mail", "mailops init --force"))
 def init(
     directory: Annotated[Path, typer.Argument(help="Folder to create the files in.", metavar="DIR")] = Path("."),
     force: Annotated[
@@ -42,7 +43,9 @@ def init(
     out("\n".join(steps))
 
 
-@app.command("dev-server")
+@app.command(
+    "dev-server", epilog=examples("mailops dev-server", "mailops dev-server --port 2525 --maildir captured --web 8026")
+)
 def dev_server(
     host: Annotated[
         str, typer.Option(help="Address to bind; keep loopback unless you mean to expose it.")
@@ -91,7 +94,7 @@ def dev_server(
     err(f"stopped after capturing {server.count} message(s)")
 
 
-@app.command()
+@app.command(epilog=examples("mailops demo", "mailops demo --dir /tmp/mailops-demo"))
 def demo(
     directory: Annotated[Path, typer.Option("--dir", help="Folder for the demo's files.")] = Path("mailops-demo"),
 ) -> None:
@@ -105,7 +108,7 @@ def demo(
 # ---------------------------------------------------------------- db
 
 
-@db_app.command("status")
+@db_app.command("status", epilog=examples("mailops db status"))
 def db_status(json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """Show the database URL (password masked), schema version and row counts."""
     from ..dburl import mask_url
@@ -129,7 +132,7 @@ def db_status(json_out: Annotated[bool, typer.Option("--json", help="Print JSON.
         out(f"  {table}: {n}")
 
 
-@db_app.command("upgrade")
+@db_app.command("upgrade", epilog=examples("mailops db upgrade"))
 def db_upgrade() -> None:
     """Apply pending schema migrations (every command also does this on first use)."""
     from ..store import Store

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from . import runtime
+from .helptext import examples
 from .output import out, print_json, safe, show_table
 from .runtime import load_config, open_store
 
@@ -21,7 +22,7 @@ def _suppress_addresses(values: list[str], where: str) -> list[str]:
     return [parse_address(value, where=where).addr_spec for value in values]
 
 
-@suppress_app.command("add")
+@suppress_app.command("add", epilog=examples("mailops suppress add gone@example.org --reason 'asked to stop'"))
 def suppress_add(
     addresses: Annotated[list[str], typer.Argument(help="Addresses to stop sending to.", metavar="ADDR...")],
     reason: Annotated[str | None, typer.Option("--reason", help="Why (shown by 'suppress list' and by send).")] = None,
@@ -43,7 +44,7 @@ def suppress_add(
     )
 
 
-@suppress_app.command("remove")
+@suppress_app.command("remove", epilog=examples("mailops suppress remove jane@example.org"))
 def suppress_remove(
     addresses: Annotated[list[str], typer.Argument(help="Addresses to send to again.", metavar="ADDR...")],
 ) -> None:
@@ -61,7 +62,7 @@ def suppress_remove(
     )
 
 
-@suppress_app.command("list")
+@suppress_app.command("list", epilog=examples("mailops suppress list", "mailops suppress list --json"))
 def suppress_list(json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """Show the suppressed addresses, when and why each was added."""
     from .. import suppress
@@ -87,7 +88,7 @@ def suppress_list(json_out: Annotated[bool, typer.Option("--json", help="Print J
     )
 
 
-@suppress_app.command("import")
+@suppress_app.command("import", epilog=examples("mailops suppress import bounces.txt --reason 'old list'"))
 def suppress_import(
     file: Annotated[Path, typer.Argument(help="One address per line, or a CSV file with an 'email' column.")],
     reason: Annotated[str | None, typer.Option("--reason", help="Why (default: imported from FILE).")] = None,

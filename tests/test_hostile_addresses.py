@@ -103,6 +103,20 @@ def test_group_entry_with_an_unquoted_comma_says_to_quote_the_name(setup, cli):
     _nothing_sent(workspace, srv)
 
 
+@pytest.mark.parametrize("option", ["--to", "--cc", "--bcc", "--reply-to"])
+def test_an_unquoted_comma_in_a_display_name_on_the_command_line_says_to_quote_it(setup, cli, option):
+    workspace, srv = setup
+    to = [] if option == "--to" else ["--to", "ok@example.com"]
+
+    result = cli("send", *to, option, "Müller, Jürgen <jm@example.com>", "--subject", "S", "--body", "B")
+
+    assert _one_error_line(result) == (
+        f"mailops: error: {option}: 'Müller, Jürgen <jm@example.com>': a display name with a comma must be in "
+        "double quotes; write '\"Müller, Jürgen\" <jm@example.com>'"
+    )
+    _nothing_sent(workspace, srv)
+
+
 def test_what_the_config_accepts_is_exactly_what_is_sent(setup, cli):
     workspace, srv = setup
     members = [

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from mailops import api
-from mailops.errors import ConfigError, InputError, UsageError
+from mailops.errors import ConfigError, InputError, MailopsError, UsageError
 from tests.fixtures_cli import log_json
 
 PASSWORD = "s3cret-pass"
@@ -74,10 +74,23 @@ def test_enqueue_queues_without_sending_and_at_schedules(ws, srv):
 
 
 def test_errors_are_the_typed_exceptions_and_nothing_is_queued(ws, srv, tmp_path, monkeypatch):
-    with pytest.raises(InputError, match=r"^--to: 'not an address' is not exactly one address"):
+    # error lines name this API's parameters, never the CLI's options
+    with pytest.raises(InputError, match=r"^to: 'not an address' is not exactly one address"):
         api.send(subject="S", body="B", to=["not an address"])
-    with pytest.raises(UsageError, match=r"^--route 'nope': no such route"):
+    with pytest.raises(UsageError, match=r"^route 'nope': no such route"):
         api.send(route="nope", subject="S", body="B", to=["a@example.org"])
+    with pytest.raises(UsageError) as exc:
+        api.send(subject="S", body="B")
+    assert str(exc.value) == "no recipients: pass to=..., group=... or data=..."
+    with pytest.raises(UsageError) as exc:
+        api.send(template="renewal", subject="S", to=["a@example.org"])
+    assert str(exc.value) == ("template and subject cannot be used together: the template has its own subject.txt")
+    with pytest.raises(MailopsError) as exc:
+        api.send(subject="S", body="Dear {{ who }}", to=["a@example.org"])
+    assert "pass variables={'who': ...}" in str(exc.value) and "--" not in str(exc.value)
+    with pytest.raises(UsageError) as exc:
+        api.send(route="renewal", sender="sales", subject="S", body="B", to=["a@example.org"])
+    assert str(exc.value) == "route and sender exclude each other; pass one of them"
     with pytest.raises(UsageError, match="is not in the future"):
         api.enqueue(subject="S", body="B", to=["a@example.org"], at="2001-01-01T00:00")
     with pytest.raises(UsageError, match="variables: 'not-a-name'"):

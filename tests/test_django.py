@@ -98,11 +98,46 @@ def test_queue_only_leaves_delivery_to_deliver(ws, srv):
 
 
 def test_errors_raise_unless_fail_silently(ws, srv):
-    with pytest.raises(UsageError, match="no such route"), override_settings(MAILOPS_ROUTE="nope"):
+    # error lines name Django's settings and the message, never the sendmail command line
+    known = f"no such route in {ws.config_path}; known routes: default, payment"
+    with pytest.raises(UsageError) as exc, override_settings(MAILOPS_ROUTE="nope"):
         mail.send_mail("S", "x", None, ["a@example.org"])
-    with pytest.raises(UsageError, match="is not a list of addresses"):
+    assert str(exc.value) == f"MAILOPS_ROUTE 'nope': {known}"
+    with pytest.raises(UsageError) as exc, override_settings(MAILOPS_ROUTES={"@crm.example.com": "nope"}):
+        mail.send_mail("S", "x", None, ["a@example.org"])
+    assert str(exc.value) == f"MAILOPS_ROUTES['@crm.example.com'] 'nope': {known}"
+    with pytest.raises(UsageError) as exc:
+        mail.EmailMessage("S", "x", None, ["a@example.org"], headers={"X-Mailops-Route": "nope"}).send()
+    assert str(exc.value) == f"header X-Mailops-Route 'nope': {known}"
+    with pytest.raises(UsageError) as exc:
         mail.send_mail("S", "x", None, ["not an address"])
+    assert str(exc.value).startswith("recipient 1: 'not an address' is not a list of addresses")
     with override_settings(MAILOPS_ROUTE="nope"):
         assert mail.send_mail("S", "x", None, ["a@example.org"], fail_silently=True) == 0
     assert srv.messages == []
     assert ws.query("SELECT COUNT(*) FROM messages") == [(0,)]
+
+
+def test_suppressed_recipients_are_left_out_and_a_message_to_none_left_is_not_sent(ws, srv, cli, caplog):
+    assert cli("suppress", "add", "gone@example.org", "--reason", "hard bounce").exit_code == 0
+    with caplog.at_level("WARNING", logger="mailops"):
+        assert mail.send_mail("both", "x", None, ["ok@example.org", "gone@example.org"]) == 1
+        assert mail.send_mail("none", "x", None, ["Gone@example.org"]) == 0
+    assert [(m.subject, m.rcpt_tos) for m in srv.messages] == [("both", ["ok@example.org"])]
+    assert ws.states() == {"sent": 1}
+    warnings = [r.getMessage() for r in caplog.records if r.name == "mailops"]
+    assert len(warnings) == 2
+    assert warnings[0].endswith(" left out recipients on the suppression list: gone@example.org (hard bounce)")
+    assert warnings[1].endswith(
+        " not queued: every recipient is on the suppression list: Gone@example.org (hard bounce)"
+    )
+
+
+def test_djangos_build_time_date_is_replaced_at_hand_over_and_an_own_date_kept(ws, srv):
+    with override_settings(MAILOPS_DELIVER=False):
+        assert mail.send_mail("built", "x", None, ["a@example.org"]) == 1
+        own = mail.EmailMessage(
+            "own", "x", None, ["a@example.org"], headers={"Date": "Mon, 30 Nov 2026 08:00:00 +0000"}
+        )
+        assert own.send() == 1
+    assert ws.query("SELECT subject, keep_date FROM messages ORDER BY id") == [("built", 0), ("own", 1)]

@@ -88,6 +88,11 @@ def test_cron_mail_is_sent_with_its_own_headers_and_a_rewritten_from(workspace, 
         ("sent", "default", "sales", "ops@example.org")
     ]
     assert rows[0]["message_id"] == msg["Message-ID"]
+    # the From rewrite is shown with the message's log rows
+    assert rows[0]["note"] == (
+        "From 'root (Cron Daemon)' rewritten to sales@example.com: sender sales of route default sends only as "
+        "its own address"
+    )
     assert workspace.states() == {"sent": 1}
     events = workspace.query("SELECT kind, detail FROM events")
     assert events == [
@@ -133,18 +138,16 @@ def test_t_reads_to_cc_bcc_and_removes_bcc(workspace, srv):
     ]
     assert b"hidden" not in got.data
     assert got.message["Bcc"] is None
-    # From is the route's sender already: kept as written, as is Message-ID (Date is stamped at hand-over,
-    # as for every message mailops delivers)
+    # From is the route's sender already: kept as written, as are Message-ID and the message's own Date
     head, body = _head_and_body(got.data)
-    lines = head.split(b"\r\n")
-    assert [line for line in lines if not line.startswith(b"Date: ")] == [
+    assert head.split(b"\r\n") == [
         b"From: Sales Team <sales@example.com>",
         b"To: Alice <alice@example.org>, bob@example.org",
         b"Cc: carol@example.org",
         b"Subject: quarterly report",
         b"Message-ID: <report-1@example.com>",
+        b"Date: Mon, 30 Nov 2026 08:00:00 +0000",
     ]
-    assert len(lines) == 6
     assert body == b"see attached numbers\r\n"
 
 
@@ -410,4 +413,135 @@ def test_a_long_line_in_a_multipart_body_is_refused(workspace, srv):
             "message; encode that part as quoted-printable or base64"
         ],
     )
+    assert srv.messages == []
+
+
+# ---------------------------------------------------------------- Date, suppression, -f, non-ASCII headers
+
+
+def test_a_piped_date_is_kept_even_when_delivered_later_and_a_missing_one_is_stamped(workspace, srv, closed_port, cli):
+    _config(workspace, srv, port=closed_port)  # the server is down: both wait in the outbox
+    dated = b"Subject: dated\nDate: Mon, 30 Nov 2026 08:00:00 +0000\n\nx\n"
+    assert sendmail("ops@example.org", stdin=dated).exit_code == 0
+    assert sendmail("ops@example.org", stdin=b"Subject: undated\n\nx\n").exit_code == 0
+    assert workspace.query("SELECT subject, keep_date FROM messages ORDER BY id") == [("dated", 1), ("undated", 0)]
+    stored = workspace.query("SELECT mime FROM messages WHERE subject = 'undated'")[0][0]
+    queued_date = message_from_bytes(stored, policy=policy.default)["Date"]
+
+    _config(workspace, srv)
+    assert cli("queue", "retry", "--all").exit_code == 0
+    assert cli("deliver", "-q").exit_code == 0
+    got = {m.subject: m.message for m in srv.messages}
+    assert got["dated"]["Date"] == "Mon, 30 Nov 2026 08:00:00 +0000"  # the job's own time, as an MTA keeps it
+    assert [h for h in got["dated"].keys() if h == "Date"] == ["Date"]
+    # mailops' own Date says when the message was handed over (issue 12), not when it was queued
+    assert got["undated"]["Date"] is not None and got["undated"]["Date"].datetime >= queued_date.datetime
+
+
+def test_suppressed_recipients_are_left_out_and_a_message_to_none_left_is_not_queued(workspace, srv, cli):
+    _config(workspace, srv)
+    assert cli("suppress", "add", "gone@example.org", "--reason", "asked to stop").exit_code == 0
+
+    result = sendmail("-t", stdin=b"To: ok@example.org, Gone@example.org\nSubject: one\n\nx\n")
+    assert (result.exit_code, result.stdout) == (0, "")
+    assert result.stderr.splitlines() == [
+        "mailops: sendmail: left out 1 suppressed recipient(s): Gone@example.org (asked to stop)"
+    ]
+    assert [(m.subject, m.rcpt_tos) for m in srv.messages] == [("one", ["ok@example.org"])]
+
+    result = sendmail("gone@example.org", stdin=b"Subject: two\n\nx\n")
+    assert (result.exit_code, result.stdout) == (0, "")
+    [line] = result.stderr.splitlines()
+    assert re.fullmatch(
+        r"mailops: sendmail: <[^>]+@example\.com> not queued: every recipient is on the suppression list: "
+        r"gone@example\.org \(asked to stop\); 'mailops suppress remove ADDR' to send to it again",
+        line,
+    ), line
+    assert workspace.states() == {"sent": 1}
+    assert len(srv.messages) == 1
+
+
+def test_f_is_the_envelope_sender_through_a_relay_and_not_for_a_mailbox_that_logs_in(workspace, srv, smtp_server, cli):
+    relay = smtp_server(auth=False)
+    workspace.write_config(
+        {
+            "sales": workspace.sender(srv, email="sales@example.com", password=PASSWORD),
+            "relay": workspace.sender(relay, email="alerts@example.com"),
+        },
+        routes={"default": "sales", "relay": "relay"},
+    )
+    message = b"From: backup@web1.example.com\nSubject: nightly\n\nx\n"
+    assert sendmail("-f", "bounces@example.com", "--route", "relay", "ops@example.org", stdin=message).exit_code == 0
+    assert sendmail("-f", "<>", "--route", "relay", "ops@example.org", stdin=message).exit_code == 0
+    assert sendmail("-f", "bounces@example.com", "ops@example.org", stdin=message).exit_code == 0
+
+    # the relay takes the envelope sender (and the message's From) as an MTA would; null sender included
+    first, null, mailbox = relay.messages + srv.messages
+    assert (first.mail_from, first.message["From"], first.message["Sender"]) == (
+        "bounces@example.com",
+        "backup@web1.example.com",
+        None,
+    )
+    assert null.mail_from == "<>"  # MAIL FROM:<>, as aiosmtpd records it
+    # the mailbox that logs in sends only as itself: From rewritten, envelope its own, the log says why
+    assert (mailbox.mail_from, mailbox.message["From"]) == ("sales@example.com", "sales@example.com")
+    rows = log_json(cli)
+    assert rows[0]["sender"] == "sales"
+    assert rows[0]["note"] == (
+        "From 'backup@web1.example.com' rewritten to sales@example.com: sender sales of route default sends only "
+        "as its own address; -f bounces@example.com not used as the envelope sender: sender sales logs in and sends "
+        "only as sales@example.com"
+    )
+    assert [r["note"] for r in rows[1:]] == [None, None]
+
+
+def test_non_ascii_headers_are_encoded_and_addresses_kept(workspace, srv):
+    _config(workspace, srv)
+    message = (
+        "From: Jürgen Müller <sales@example.com>\n"
+        "To: Zoë Ågren <zoe@example.org>, ops@bücher.example\n"
+        "Subject: Sicherung für Büro\n"
+        "X-Job: nächtliche Sicherung ✓\n"
+        'Content-Type: text/plain; charset="utf-8"; name="bericht-für-mai.txt"\n'
+        "Content-Transfer-Encoding: 8bit\n"
+        "\n"
+        "Grüße\n"
+    ).encode()
+    result = sendmail("-t", stdin=message)
+
+    assert (result.exit_code, result.stderr) == (0, "")
+    got = srv.messages[0]
+    head, body = _head_and_body(got.data)
+    assert head.isascii() and max(len(line) for line in head.split(b"\r\n")) <= 78
+    assert got.rcpt_tos == ["zoe@example.org", "ops@xn--bcher-kva.example"]
+    msg = got.message
+    assert msg["From"] == "Jürgen Müller <sales@example.com>"  # the route's own address: not rewritten
+    assert msg["To"] == "Zoë Ågren <zoe@example.org>, ops@xn--bcher-kva.example"
+    assert msg["Subject"] == "Sicherung für Büro"
+    assert msg["X-Job"] == "nächtliche Sicherung ✓"
+    assert msg["Content-Type"].params["name"] == "bericht-für-mai.txt"
+    assert b"name*=utf-8''bericht-f%C3%BCr-mai.txt" in head
+    assert body == "Grüße\r\n".encode()
+
+
+@pytest.mark.parametrize(
+    ("header", "line"),
+    [
+        (
+            "To: jürgen@example.org",
+            "mailops: error: standard input: header To: 'jürgen@example.org': non-ASCII characters before the @ "
+            "need SMTPUTF8, which mailops does not use; write an ASCII address",
+        ),
+        (
+            "Message-ID: <grüße@example.com>",
+            "mailops: error: standard input: header Message-ID: non-ASCII characters in a field that is ASCII by "
+            "definition; remove them",
+        ),
+    ],
+)
+def test_non_ascii_where_it_cannot_be_encoded_is_one_line_and_nothing_queued(workspace, srv, header, line):
+    _config(workspace, srv)
+    result = sendmail("-t", "ops@example.org", stdin=f"{header}\nSubject: x\n\nbody\n".encode())
+    assert (result.exit_code, result.stdout, result.stderr.splitlines()) == (65, "", [line])
+    assert workspace.query("SELECT COUNT(*) FROM messages") == [(0,)]
     assert srv.messages == []

@@ -111,6 +111,13 @@ def _variables(values: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 def _queue(args: dict[str, Any], *, deliver: bool) -> list[int]:
+    from .wording import API, speaking
+
+    with speaking(API):  # error lines name this module's parameters, not the CLI's options
+        return _queue_checked(args, deliver=deliver)
+
+
+def _queue_checked(args: dict[str, Any], *, deliver: bool) -> list[int]:
     from . import routing, sending
     from .config import load_config
     from .history import parse_at

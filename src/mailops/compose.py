@@ -673,6 +673,74 @@ def _folded(name: str, addresses: Iterable[Address], linesep: bytes) -> bytes:
     return name.encode("ascii") + b": " + linesep.join(v.encode("ascii") for v in value.split("\n")) + linesep
 
 
+#: header fields that hold a list of addresses (RFC 5322 3.6.2, 3.6.3, 3.6.6, and common extensions)
+ADDRESS_FIELDS = frozenset(
+    {
+        "from",
+        "sender",
+        "reply-to",
+        "to",
+        "cc",
+        "bcc",
+        "resent-from",
+        "resent-sender",
+        "resent-to",
+        "resent-cc",
+        "resent-bcc",
+        "mail-followup-to",
+        "mail-reply-to",
+        "disposition-notification-to",
+        "return-receipt-to",
+    }
+)
+#: structured fields whose non-ASCII parameters are written as RFC 2231 (filename*=utf-8''...)
+_PARAMETER_FIELDS = frozenset({"content-type", "content-disposition"})
+#: structured fields that are ASCII by definition: nothing in them may be encoded
+_ASCII_FIELDS = frozenset(
+    {
+        "date",
+        "message-id",
+        "in-reply-to",
+        "references",
+        "mime-version",
+        "content-transfer-encoding",
+        "content-id",
+        "return-path",
+        "received",
+        "resent-date",
+        "resent-message-id",
+        "dkim-signature",
+        "list-unsubscribe",
+        "list-unsubscribe-post",
+    }
+)
+
+
+def encode_field(name: str, value: str, addresses: Sequence[Address] | None, *, where: str) -> bytes:
+    """A header field with non-ASCII ``value`` written in ASCII, CRLF-folded (without the final line end).
+
+    Display names of address fields (``addresses``: the field's parsed
+    addresses, already checked) and unstructured text become RFC 2047
+    encoded-words; the addresses themselves stay as they are (an
+    internationalized domain already in its ``xn--`` form). Parameters of
+    Content-Type and Content-Disposition become RFC 2231 (``filename*=``).
+    InputError for a field that must be ASCII (Date, Message-ID, ...).
+    """
+    key = name.lower()
+    if key in ADDRESS_FIELDS:
+        assert addresses is not None, "address fields are parsed by the caller"
+        return _folded(name, addresses, b"\r\n").removesuffix(b"\r\n")
+    if key in _ASCII_FIELDS:
+        raise InputError(f"{where}: non-ASCII characters in a field that is ASCII by definition; remove them")
+    if key in _PARAMETER_FIELDS:
+        header = _SMTP.header_factory(name, value)
+        if header.defects:
+            raise InputError(f"{where}: {value!r} cannot be read ({header.defects[0]}); write it as RFC 2045 says")
+        folded: str = header.fold(policy=_SMTP)
+        return folded.encode("ascii").removesuffix(b"\r\n")
+    return (name + ": " + _text_value(name, value).replace("\n", "\r\n")).encode("ascii")
+
+
 def _split_fields(head: bytes, linesep: bytes) -> list[bytes]:
     """Header fields with their continuation lines, each ending with ``linesep``."""
     fields: list[bytes] = []

@@ -21,6 +21,7 @@ import yaml
 from .errors import InputError
 from .files import read_text_file, regular_file_problem
 from .limits import DATA_FILE_MAX_BYTES, MAX_DEPTH, nested_deeper_than
+from .wording import term
 
 KINDS = {".csv": "csv", ".json": "json", ".yaml": "yaml", ".yml": "yaml"}
 _DELIMITERS = (",", ";", "\t")
@@ -50,7 +51,7 @@ def _open_text(path: Path) -> IO[str]:
         # newline="" lets the csv module handle newlines inside quoted values.
         return open(path, encoding="utf-8-sig", newline="")  # closed by the row generator
     except FileNotFoundError:
-        raise InputError(f"{path}: no such file; check the --data path") from None
+        raise InputError(f"{path}: no such file; check the {term('--data')} path") from None
     except IsADirectoryError:
         raise InputError(f"{path}: is a folder, not a data file; pass a .csv, .json or .yaml file") from None
     except OSError as exc:
@@ -63,7 +64,7 @@ def _check_regular(path: Path) -> None:
     if problem is None:
         return
     if problem.startswith("no such file"):
-        raise InputError(f"{path}: no such file; check the --data path")
+        raise InputError(f"{path}: no such file; check the {term('--data')} path")
     if problem.startswith("is a folder"):
         raise InputError(f"{path}: is a folder, not a data file; pass a .csv, .json or .yaml file")
     raise InputError(f"{path}: {problem}")

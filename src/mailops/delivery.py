@@ -678,14 +678,21 @@ class Deliverer:
 
     def _mime_for(self, msg: QueuedMessage, sender: Sender) -> bytes:
         """The bytes handed to ``sender``'s server: the stored message, Date stamped now (and From rewritten
-        on failover); the stored message itself is not changed."""
-        mime = stamp_date(msg.mime, self._date_value())
+        on failover); the stored message itself is not changed. A piped message's own Date is kept."""
+        mime = msg.mime if msg.keep_date else stamp_date(msg.mime, self._date_value())
         if sender.key == msg.nominal_sender:
             return mime
         from .compose import rewrite_sender
 
         from_addr, reply_to = self._addresses_of(sender)
         return rewrite_sender(mime, from_addr=from_addr, reply_to=reply_to, envelope_from=sender.email)
+
+    def _envelope_from(self, msg: QueuedMessage, sender: Sender) -> str:
+        """MAIL FROM: the sender's own address; through a relay that does not log in (``auth: false``), the
+        envelope sender a piped message asked for (``sendmail -f``), which gateway stored only for such a relay."""
+        if sender.auth or sender.key != msg.nominal_sender:
+            return sender.email
+        return msg.envelope_from
 
     def _date_value(self) -> str:
         """The Date header value for now, in the configured time zone (formatted once per second)."""
@@ -758,7 +765,8 @@ class Deliverer:
         started = time.monotonic()
         try:
             mime = self._mime_for(msg, sender)
-            result = session.send(mime, sender.email, msg.pending_recipients, while_waiting=worker.flush_quietly)
+            envelope_from = self._envelope_from(msg, sender)
+            result = session.send(mime, envelope_from, msg.pending_recipients, while_waiting=worker.flush_quietly)
         except SmtpFailure as failure:
             worker.flush()
             return self._record_failure(job, sender, held, failure, time.monotonic() - started)

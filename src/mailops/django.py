@@ -16,11 +16,16 @@ The route of a message, first match wins:
 ``MAILOPS_CONFIG`` names senders.yaml (else the CLI's discovery:
 ``$MAILOPS_CONFIG``, ``./senders.yaml``, the user config dir).
 ``fail_silently=True`` turns mailops' errors (bad address, unknown route,
-config or database problem) into a message not counted as sent.
+config or database problem) into a message not counted as sent. Recipients on
+mailops' suppression list are left out (a warning on the ``mailops`` logger);
+a message with none left is not queued and not counted as sent. Django's own
+Date (the time the message was built) is replaced at hand-over; a Date the
+application set in ``headers`` is kept.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from email.utils import parseaddr
@@ -33,6 +38,13 @@ from django.core.mail.message import EmailMessage
 from .errors import MailopsError
 
 ROUTE_HEADER = "X-Mailops-Route"
+#: what the checks shared with ``mailops sendmail`` call things, in Django's terms (see mailops.wording)
+VOCABULARY = {
+    "standard input": "the message",
+    "recipient argument": "recipient",
+    "--route": "MAILOPS_ROUTE",
+}
+_log = logging.getLogger("mailops")
 
 
 class EmailBackend(BaseEmailBackend):  # type: ignore[misc]  # django ships no type hints
@@ -56,7 +68,8 @@ class EmailBackend(BaseEmailBackend):  # type: ignore[misc]  # django ships no t
         try:
             for message in email_messages:
                 try:
-                    self._send(config, store, message)
+                    if not self._send(config, store, message):
+                        continue
                 except MailopsError:
                     if not self.fail_silently:
                         raise
@@ -66,33 +79,50 @@ class EmailBackend(BaseEmailBackend):  # type: ignore[misc]  # django ships no t
             store.close()
         return queued
 
-    def _send(self, config: Any, store: Any, message: EmailMessage) -> None:
+    def _send(self, config: Any, store: Any, message: EmailMessage) -> bool:
+        """Queue (and deliver) one message; False when it was not queued (every recipient suppressed)."""
         from . import gateway
+        from .errors import UsageError
+        from .wording import speaking
 
         recipients = list(message.recipients())
         if not recipients:
-            return
-        route = self._route(message)
+            return False
+        route, source = self._route(message)
+        if route is not None and route not in config.routes:
+            known = ", ".join(config.routes) or "(none)"
+            raise UsageError(f"{source} {route!r}: no such route in {config.path}; known routes: {known}")
+        # Django writes a Date when the message is built; only one the application set itself is kept as written
+        own_date = any(str(key).lower() == "date" for key in message.extra_headers)
         data = message.message().as_bytes(linesep="\r\n")
-        args = gateway.SendmailArgs(recipients=recipients, route=route, envelope_from=parseaddr(message.from_email)[1])
-        accepted = gateway.accept(config, store, args, data, now=time.time())
+        args = gateway.SendmailArgs(recipients=recipients, route=route, keep_date=own_date)
+        with speaking(VOCABULARY):
+            accepted = gateway.accept(config, store, args, data, now=time.time())
+        if accepted.suppressed:
+            left_out = ", ".join(f"{rcpt} ({reason})" for rcpt, reason in accepted.suppressed)
+            what = "not queued: every recipient is" if not accepted.queued else "left out recipients"
+            _log.warning("mailops: message %s %s on the suppression list: %s", accepted.message_id, what, left_out)
+        if not accepted.queued:
+            return False
         if getattr(settings, "MAILOPS_DELIVER", True):
             from .delivery import Deliverer
 
             Deliverer(config, store).run(run_id=accepted.run_id)
+        return True
 
     @staticmethod
-    def _route(message: EmailMessage) -> str | None:
-        """The message's route by header, ``MAILOPS_ROUTES`` or ``MAILOPS_ROUTE``; the header is removed."""
+    def _route(message: EmailMessage) -> tuple[str | None, str]:
+        """The message's route and where it came from: the header, ``MAILOPS_ROUTES`` or ``MAILOPS_ROUTE``
+        (the header is removed); (None, ...) to let the ``sendmail:`` mapping decide."""
         for key in list(message.extra_headers):
             if key.lower() == ROUTE_HEADER.lower():
                 route = str(message.extra_headers.pop(key)).strip()
                 if route:
-                    return route
+                    return route, f"header {ROUTE_HEADER}"
         by_from = {str(k).lower(): v for k, v in (getattr(settings, "MAILOPS_ROUTES", None) or {}).items()}
         address = parseaddr(message.from_email)[1].lower()
         for key in (address, "@" + address.rpartition("@")[2]):
             if key in by_from:
-                return str(by_from[key])
+                return str(by_from[key]), f"MAILOPS_ROUTES[{key!r}]"
         fixed = getattr(settings, "MAILOPS_ROUTE", None)
-        return str(fixed) if fixed else None
+        return (str(fixed), "MAILOPS_ROUTE") if fixed else (None, "")

@@ -4,15 +4,18 @@ cron (MAILTO), mailx, logwatch, git send-email and PHP's ``mail()`` hand their
 mail to ``sendmail`` with a handful of flags. This module parses those flags,
 reads and checks the message, picks the route (``--route``, else the
 ``sendmail:`` mapping of senders.yaml, else the ``default`` route) and turns
-the message into an outbox row. The message keeps its own headers and body;
-Bcc is removed, Date and Message-ID are added when missing, and From is
-rewritten only when it is not the route's sender (mailboxes such as Gmail or
-Microsoft 365 send only as themselves). No SMTP here: the CLI delivers the
-queued row like any other.
+the message into an outbox row. The message keeps its own headers (raw UTF-8
+encoded as RFC 2047/2231) and body, its own Date included; Bcc is removed,
+Date and Message-ID are added when missing, and From is rewritten only when
+the route's sender requires it (mailboxes such as Gmail or Microsoft 365 send
+only as themselves; a relay that does not log in takes any From and ``-f``).
+Suppressed recipients are left out. No SMTP here: the CLI delivers the queued
+row like any other.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import quopri
 import re
@@ -26,14 +29,16 @@ from typing import BinaryIO
 
 from . import routing
 from .compose import (
+    ADDRESS_FIELDS,
     PreparedEmail,
     check_header_text,
+    encode_field,
     make_address,
     make_message_id,
     parse_address,
     rewrite_sender,
 )
-from .config import Config
+from .config import Config, Sender
 from .controls import header_problem
 from .errors import ConfigError, InputError, NoInputError, UsageError
 from .limits import SENDMAIL_MAX_BYTES, human_size
@@ -41,6 +46,7 @@ from .outbox import Outbox
 from .prepare import PreparedMessage
 from .routing import Plan
 from .store import Store
+from .wording import term
 
 USAGE = """\
 usage: mailops sendmail [-t] [-i] [-f ADDR] [-F NAME] [--route R] [RCPT...] < message
@@ -49,7 +55,8 @@ Reads one RFC 5322 message (headers, an empty line, the body) on standard input,
 queues it in the outbox and delivers it at once; exit 0 once it is queued.
   -t          also send to the To, Cc and Bcc addresses of the message (Bcc is removed)
   -i, -oi     a line holding only '.' does not end the message
-  -f ADDR     envelope sender: picks the route through 'sendmail: from:' (-r is the same)
+  -f ADDR     envelope sender (a sender that logs in sends as itself); picks the route through
+              'sendmail: from:' (-r is the same)
   -F NAME     display name for a From header mailops writes
   --route R   use route R (else senders.yaml 'sendmail:', else the 'default' route)
 Accepted and ignored: -bm, -oXXX (-oem, -odb, -odi ...), -B, -C, -L, -N, -O, -R, -V, -X, -h, -p
@@ -70,7 +77,8 @@ _FLAGS_RE = re.compile(r"-[timnvU]+")
 _IGNORED = frozenset({"-bm", "-Ac", "-Am", "-G"})
 _FIELD_NAME_RE = re.compile(rb"[\x21-\x39\x3b-\x7e]+")  # RFC 5322 field name: printable ASCII except ':'
 _MAX_LINE = 998  # RFC 5322: no line of a header may be longer
-_TOLERATED_DEFECTS = ("period in 'phrase'",)  # "J. Doe <j@x>": obsolete syntax every reader takes as meant
+# "J. Doe <j@x>": obsolete syntax every reader takes as meant; a non-ASCII local part gets its own line below
+_TOLERATED_DEFECTS = ("period in 'phrase'", "local-part contains non-ASCII characters)")
 
 
 @dataclass
@@ -80,10 +88,11 @@ class SendmailArgs:
     recipients: list[str] = field(default_factory=list)
     read_recipients: bool = False  # -t
     dot_ends: bool = True  # a line holding only "." ends the message, unless -i / -oi
-    envelope_from: str | None = None  # -f / -r: used to pick the route
+    envelope_from: str | None = None  # -f / -r: picks the route; the envelope sender where the sender allows it
     full_name: str | None = None  # -F
     route: str | None = None  # --route
     help: bool = False
+    keep_date: bool = True  # a Date in the message is its own (False: a library's render time, stamped at hand-over)
 
 
 def parse_args(argv: list[str]) -> SendmailArgs:
@@ -151,12 +160,12 @@ def read_message(stream: BinaryIO, *, dot_ends: bool) -> bytes:
         total += len(line)
         if total > max_bytes:
             raise InputError(
-                f"{WHERE}: the message is larger than the limit of {human_size(max_bytes)}; "
+                f"{term(WHERE)}: the message is larger than the limit of {human_size(max_bytes)}; "
                 f"send a smaller one or raise {SENDMAIL_MAX_BYTES.variable}"
             )
     data = b"".join(chunks)
     if not data.strip():
-        raise NoInputError(f"{WHERE}: no message; pipe one in (headers, an empty line, then the body)")
+        raise NoInputError(f"{term(WHERE)}: no message; pipe one in (headers, an empty line, then the body)")
     return data
 
 
@@ -181,7 +190,7 @@ def _split(data: bytes) -> tuple[list[_Field], list[bytes]]:
     end = len(lines)
     for number in range(start, len(lines)):
         line = lines[number]
-        where = f"{WHERE}, line {number + 1}"
+        where = f"{term(WHERE)}, line {number + 1}"
         if line == b"":
             end = number
             break
@@ -207,16 +216,11 @@ def _split(data: bytes) -> tuple[list[_Field], list[bytes]]:
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
-            raise InputError(f"{WHERE}: header {item.name}: not UTF-8 text; encode it (RFC 2047)") from None
+            raise InputError(f"{term(WHERE)}: header {item.name}: not UTF-8 text; encode it (RFC 2047)") from None
         problem = header_problem(text)
         if problem is not None:
-            raise InputError(f"{WHERE}: header {item.name}: {problem}")
+            raise InputError(f"{term(WHERE)}: header {item.name}: {problem}")
         item.value = text.partition(":")[2].strip()
-        if not item.value.isascii() and item.key != "subject":
-            raise InputError(
-                f"{WHERE}: header {item.name}: non-ASCII characters; encode them as RFC 2047 encoded-words "
-                "(mail, mailx and mutt do)"
-            )
     return fields, lines[end + 1 :] if end < len(lines) else []
 
 
@@ -231,6 +235,11 @@ def _addresses(value: str, where: str) -> list[Address]:
         )
     out = []
     for addr in header.addresses:
+        if not addr.username.isascii():
+            raise InputError(
+                f"{where}: {addr.addr_spec!r}: non-ASCII characters before the @ need SMTPUTF8, which mailops does "
+                "not use; write an ASCII address"
+            )
         checked = parse_address(addr.addr_spec, where=where, display_name=False)
         out.append(make_address(addr.display_name, checked.addr_spec))
     return out
@@ -244,6 +253,40 @@ def _unique(addresses: list[str]) -> list[str]:
             seen.add(address.casefold())
             out.append(address)
     return out
+
+
+def _field_bytes(item: _Field) -> bytes:
+    """The field as it goes out: as written when it is ASCII, else encoded (RFC 2047 / 2231), addresses kept."""
+    if item.value.isascii():
+        return b"\r\n".join(item.lines)
+    where = f"{term(WHERE)}: header {item.name}"
+    addresses = _addresses(item.value, where) if item.key in ADDRESS_FIELDS else None
+    return encode_field(item.name, item.value, addresses, where=where)
+
+
+def _envelope(config_sender: Sender, args: SendmailArgs) -> tuple[str, str | None]:
+    """The envelope sender (MAIL FROM) and, when ``-f`` asked for another one that cannot be used, why not.
+
+    ``-f ADDR`` is the envelope sender, as in sendmail and msmtp, where the
+    sender may use it: a relay that does not log in (``auth: false``) takes
+    any, as an MTA would (``-f '<>'`` is the null sender of notifications).
+    A mailbox that logs in (Gmail, Microsoft 365, most providers) sends only
+    as itself; there the envelope stays the sender's own address.
+    """
+    asked = args.envelope_from
+    own = config_sender.email
+    if asked is None:
+        return own, None
+    asked = asked.strip().strip("<>")
+    if asked.casefold() == own.casefold():
+        return own, None
+    if not config_sender.auth:
+        return asked, None
+    shown = asked or "<>"
+    return own, (
+        f"{term('-f')} {shown} not used as the envelope sender: "
+        f"sender {config_sender.key} logs in and sends only as {own}"
+    )
 
 
 def _header(name: str, value: str) -> _Field:
@@ -277,7 +320,7 @@ def _fit_long_lines(body: list[bytes], fields: list[_Field]) -> tuple[list[bytes
         "binary",
     ):
         raise InputError(
-            f"{WHERE}: a body line is longer than {_MAX_LINE} characters in a multipart or encoded message; "
+            f"{term(WHERE)}: a body line is longer than {_MAX_LINE} characters in a multipart or encoded message; "
             "encode that part as quoted-printable or base64"
         )
     encoded = quopri.encodestring(b"\n".join(body) + b"\n").split(b"\n")[:-1]
@@ -308,19 +351,21 @@ def _route(config: Config, args: SendmailArgs, from_addr: str | None) -> Plan:
     if routing.DEFAULT_ROUTE not in config.routes:
         raise ConfigError(
             f"{config.path}: no route for mail from sendmail: add 'sendmail: {{default: ROUTE}}' or a 'default' "
-            "route, or pass --route"
+            f"route, or pass {term('--route')}"
         )
     return routing.resolve(config, None, None)
 
 
 @dataclass
 class Accepted:
-    """A message ``accept`` queued: its run (for delivery), Message-ID and what mailops changed."""
+    """A message ``accept`` took: its run (for delivery), Message-ID and what mailops changed or left out."""
 
     run_id: str
     message_id: str
     plan: Plan
     notes: list[str]
+    suppressed: list[tuple[str, str]] = field(default_factory=list)  # (recipient, reason) left out
+    queued: bool = True  # False: every recipient is on the suppression list, nothing was queued
 
 
 def build(config: Config, args: SendmailArgs, data: bytes, now: datetime) -> tuple[Plan, PreparedMessage, list[str]]:
@@ -331,34 +376,34 @@ def build(config: Config, args: SendmailArgs, data: bytes, now: datetime) -> tup
     fields, body = _split(data)
     froms = [f for f in fields if f.key == "from"]
     if len(froms) > 1:
-        raise InputError(f"{WHERE}: {len(froms)} From headers; a message has one")
+        raise InputError(f"{term(WHERE)}: {len(froms)} From headers; a message has one")
     from_name, from_addr = parseaddr(froms[0].value) if froms else ("", "")
     try:
-        from_list = _addresses(froms[0].value, f"{WHERE}: header From") if froms else []
+        from_list = _addresses(froms[0].value, f"{term(WHERE)}: header From") if froms else []
     except InputError:
         from_list = []  # cron writes "root@web1" or "root": not a mailbox to send as, so From is rewritten below
     if args.envelope_from not in (None, "", "<>"):
         assert args.envelope_from is not None
         try:
-            parse_address(args.envelope_from.strip().strip("<>"), where="-f", display_name=False)
+            parse_address(args.envelope_from.strip().strip("<>"), where=term("-f"), display_name=False)
         except InputError as exc:
             raise UsageError(str(exc)) from None
     if args.full_name is not None:
         try:
-            check_header_text(args.full_name, where="-F")
+            check_header_text(args.full_name, where=term("-F"))
         except InputError as exc:
             raise UsageError(str(exc)) from None
 
     recipients: list[str] = []
     for number, arg in enumerate(args.recipients, 1):
         try:
-            recipients.extend(a.addr_spec for a in _addresses(arg, f"recipient argument {number}"))
+            recipients.extend(a.addr_spec for a in _addresses(arg, f"{term('recipient argument')} {number}"))
         except InputError as exc:
             raise UsageError(str(exc)) from None
     if args.read_recipients:
         for item in fields:
             if item.key in ("to", "cc", "bcc") and item.value:
-                recipients.extend(a.addr_spec for a in _addresses(item.value, f"{WHERE}: header {item.name}"))
+                recipients.extend(a.addr_spec for a in _addresses(item.value, f"{term(WHERE)}: header {item.name}"))
     recipients = _unique(recipients)
     if not recipients:
         where = "the arguments or the To, Cc and Bcc headers" if args.read_recipients else "the arguments"
@@ -380,38 +425,39 @@ def build(config: Config, args: SendmailArgs, data: bytes, now: datetime) -> tup
         message_id = make_message_id(sender.domain)
         extra.append(f"Message-ID: {message_id}")
     subject_field = next((f for f in kept if f.key == "subject"), None)
-    head = [b"\r\n".join(f.lines) for f in kept]
-    if subject_field is not None and not subject_field.value.isascii():
-        # raw UTF-8 from a script: encoded (RFC 2047) as mailops encodes its own subjects, in the same place
-        from .compose import _subject_value
-
-        encoded = "Subject: " + _subject_value(subject_field.value).replace("\n", "\r\n")
-        head[kept.index(subject_field)] = encoded.encode("ascii")
+    # raw UTF-8 from a script (a Subject, a display name, an X- header): encoded as mailops encodes its own
+    head = [_field_bytes(f) for f in kept]
     head.extend(line.encode("ascii") for line in extra)
     mime = b"\r\n".join(head) + b"\r\n\r\n" + b"".join(line + b"\r\n" for line in body)
 
-    notes: list[str] = []
-    own = len(from_list) == 1 and from_list[0].addr_spec.casefold() == sender.email.casefold()
+    envelope_from, unused = _envelope(sender, args)
+    notes: list[str] = []  # recorded as events
+    changes: list[str] = [unused] if unused else []  # shown with every log row of the message
+    # A mailbox that logs in sends only as itself; a relay (auth: false) takes the From the message has.
+    own = len(from_list) == 1 and (from_list[0].addr_spec.casefold() == sender.email.casefold() or not sender.auth)
     if not own:
         name = args.full_name or from_name or sender.display_name or ""
-        check_header_text(name, where=f"{WHERE}: header From")
-        mime = rewrite_sender(
-            mime, from_addr=make_address(name, sender.email), reply_to=None, envelope_from=sender.email
-        )
+        check_header_text(name, where=f"{term(WHERE)}: header From")
+        address = envelope_from if not sender.auth and envelope_from else sender.email
+        mime = rewrite_sender(mime, from_addr=make_address(name, address), reply_to=None, envelope_from=address)
         if froms:
-            notes.append(
-                f"sendmail: message {message_id}: From {froms[0].value!r} rewritten to {sender.email}: "
-                f"sender {sender.key} of route {plan.route or plan.nominal} sends only as its own address"
+            route = f"route {plan.route or plan.nominal}"
+            why = (
+                f"sender {sender.key} of {route} sends only as its own address"
+                if sender.auth
+                else f"not one address (sender {sender.key} of {route})"
             )
+            notes.append(f"sendmail: message {message_id}: From {froms[0].value!r} rewritten to {address}: {why}")
+            changes.insert(0, f"From {froms[0].value!r} rewritten to {address}: {why}")
 
     subject = str(policy.default.header_factory("Subject", subject_field.value)) if subject_field else ""
     to_header = ", ".join(f.value for f in kept if f.key == "to") or "undisclosed-recipients:;"
     prepared = PreparedMessage(
         row=None,
-        label=WHERE,
+        label=term(WHERE),
         email=PreparedEmail(
             mime=mime,
-            envelope_from=sender.email,
+            envelope_from=envelope_from,
             envelope_to=recipients,
             subject=subject,
             message_id=message_id,
@@ -419,12 +465,20 @@ def build(config: Config, args: SendmailArgs, data: bytes, now: datetime) -> tup
         ),
         template=None,
         dedup_key=hashlib.sha256(mime).hexdigest(),
+        keep_date=args.keep_date and "date" in keys,
+        note="; ".join(changes) or None,
     )
     return plan, prepared, notes
 
 
-def accept(config: Config, store: Store, args: SendmailArgs, data: bytes, *, now: float) -> Accepted:
-    """Check ``data``, queue it in the outbox (due now) and record any From rewrite as an event."""
+def accept(
+    config: Config, store: Store, args: SendmailArgs, data: bytes, *, now: float, include_suppressed: bool = False
+) -> Accepted:
+    """Check ``data``, queue it in the outbox (due now) and record any From rewrite as an event.
+
+    Recipients on the suppression list are left out of the envelope, as ``send`` leaves them out (unless
+    ``include_suppressed``); a message none of whose recipients is left is not queued (``queued`` false).
+    """
     from .history import record_event
     from .sending import _row  # the one shape of an outbox row, shared with `send`
 
@@ -437,9 +491,23 @@ def accept(config: Config, store: Store, args: SendmailArgs, data: bytes, *, now
     if problem is not None:
         raise InputError(problem)
     run_id = uuid.uuid4().hex
+    mail = prepared.email
+    suppressed: list[tuple[str, str]] = []
+    if not include_suppressed:
+        from . import suppress
+
+        with store.read() as conn:
+            listed = suppress.lookup(conn, mail.envelope_to)
+        suppressed = [(rcpt, listed[key]) for rcpt in mail.envelope_to if (key := suppress.key(rcpt)) in listed]
+        if suppressed:
+            left = [rcpt for rcpt in mail.envelope_to if suppress.key(rcpt) not in listed]
+            prepared.email = mail = dataclasses.replace(mail, envelope_to=left)
+            prepared.suppressed = suppressed
+    if not mail.envelope_to:
+        return Accepted(run_id, mail.message_id, plan, notes, suppressed, queued=False)
     outbox = Outbox(store, config.delivery)
     outbox.stage([_row(prepared, plan, run_id, None, now)])
     outbox.promote(run_id, now)
     for note in notes:
         record_event(store, "sendmail", note, now)
-    return Accepted(run_id=run_id, message_id=prepared.email.message_id, plan=plan, notes=notes)
+    return Accepted(run_id=run_id, message_id=mail.message_id, plan=plan, notes=notes, suppressed=suppressed)

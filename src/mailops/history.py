@@ -111,6 +111,8 @@ LOG_COLUMNS = (
     "detail",
     "duration",
 )
+#: ``mailops log`` also shows the message's note (see gateway): one primary-key lookup per row shown
+_NOTE = "(SELECT note FROM messages WHERE messages.id = attempts.message_pk)"
 _LIKE_ESCAPE = "/"
 
 
@@ -122,7 +124,7 @@ def _contains(text: str) -> str:
 
 
 def query_log(db: Reader, flt: LogFilter) -> list[dict[str, Any]]:
-    """Attempt rows, newest first."""
+    """Attempt rows (the columns of LOG_COLUMNS, then ``note``: the message's, or None), newest first."""
     where: list[str] = []
     params: dict[str, Any] = {"limit": flt.limit}
     for column, value in (("sender", flt.sender), ("route", flt.route), ("batch", flt.batch)):
@@ -140,7 +142,8 @@ def query_log(db: Reader, flt: LogFilter) -> list[dict[str, Any]]:
     if flt.since is not None:
         where.append("at >= :since")
         params["since"] = flt.since
-    sql = f"SELECT {', '.join(LOG_COLUMNS)} FROM attempts"
+    # what mailops changed in a piped message (a From rewrite) belongs to the message: shown with each of its rows
+    sql = f"SELECT {', '.join(LOG_COLUMNS)}, {_NOTE} AS note FROM attempts"
     if where:
         sql += " WHERE " + " AND ".join(where)
     return db.all(sql + " ORDER BY at DESC, id DESC LIMIT :limit", **params)

@@ -166,12 +166,22 @@ def _m004_suppressions(conn: Connection) -> None:
     md.create_all(conn)
 
 
+def _m005_message_origin(conn: Connection) -> None:
+    import sqlalchemy as sa
+
+    # A message piped in with its own Date keeps it (delivery stamps only mailops' own Date), and what mailops
+    # changed in a piped message (a From rewrite) is shown with every log row of it.
+    conn.execute(sa.text("ALTER TABLE messages ADD COLUMN keep_date BOOLEAN"))
+    conn.execute(sa.text("ALTER TABLE messages ADD COLUMN note TEXT"))
+
+
 #: name -> step, applied in this order; never edit or reorder a released step, add a new one.
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("001_initial", _m001_initial),
     ("002_stats_index", _m002_stats_index),
     ("003_health_settings", _m003_health_settings),
     ("004_suppressions", _m004_suppressions),
+    ("005_message_origin", _m005_message_origin),
 ]
 
 

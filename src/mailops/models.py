@@ -62,6 +62,8 @@ class Message(SQLModel, table=True):
     sent_at: float | None = None
     reason: str | None = None  # why deferred or failed, one line
     recipient_status: str | None = None  # JSON {address: "sent" | "failed: 550 ..."}
+    keep_date: bool | None = None  # a piped message's own Date: not stamped at hand-over (None/False: stamped)
+    note: str | None = None  # what mailops changed in a piped message (a From rewrite), shown with its log rows
 
 
 class Attempt(SQLModel, table=True):

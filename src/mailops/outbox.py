@@ -89,6 +89,7 @@ class QueuedMessage:
     created_at: float
     first_attempt_at: float | None
     recipient_status: dict[str, str]
+    keep_date: bool = False  # a piped message's own Date, sent as written (see gateway)
 
     @classmethod
     def from_row(cls, row: Any) -> QueuedMessage:
@@ -111,6 +112,7 @@ class QueuedMessage:
             created_at=row.created_at,
             first_attempt_at=row.first_attempt_at,
             recipient_status=json.loads(row.recipient_status or "{}"),
+            keep_date=bool(row.keep_date),
         )
 
     @property
@@ -139,6 +141,7 @@ _CLAIM_COLUMNS = [
         "created_at",
         "first_attempt_at",
         "recipient_status",
+        "keep_date",
     ]
 ]
 

@@ -44,6 +44,7 @@ from .templates import (
     render_string,
     unknown_template_message,
 )
+from .wording import term
 
 NAME_COLUMN = "name"
 ATTACHMENTS_COLUMN = "attachments"
@@ -87,6 +88,8 @@ class PreparedMessage:
     template: str | None
     dedup_key: str  # sha256 of recipients + row values: the same row in a re-run --batch is recognised
     suppressed: list[tuple[str, str]] = field(default_factory=list)  # (recipient, reason) left out by send
+    keep_date: bool = False  # a piped message's own Date, not stamped at hand-over (sendmail, Django)
+    note: str | None = None  # what mailops changed in a piped message (a From rewrite), shown in the log
 
 
 @dataclass
@@ -135,26 +138,35 @@ def check_request(request: SendRequest, config: Config) -> None:
     has_direct = bool(request.to or request.groups)
     if request.data_file is not None and has_direct:
         raise UsageError(
-            "--data cannot be combined with --to or --group: the data file names the recipients "
-            "(use --cc/--bcc for copies to every message)"
+            f"{term('--data')} cannot be combined with {term('--to')} or {term('--group')}: the data file names the "
+            f"recipients (use {term('--cc')}/{term('--bcc')} for copies to every message)"
         )
     if request.data_file is None and not has_direct:
-        raise UsageError("no recipients: pass --to ADDR, --group NAME or --data FILE")
+        raise UsageError(f"no recipients: pass {term('--to ADDR')}, {term('--group NAME')} or {term('--data FILE')}")
     if request.data_file is None and request.to_column != "email":
-        raise UsageError("--to-column needs --data FILE; remove it or add --data")
+        raise UsageError(f"{term('--to-column')} needs {term('--data FILE')}; remove it or add {term('--data')}")
     if request.template and request.subject is not None:
-        raise UsageError("--template and --subject cannot be used together: the template has its own subject.txt")
+        raise UsageError(
+            f"{term('--template')} and {term('--subject')} cannot be used together: the template has its own "
+            "subject.txt"
+        )
     if request.template and (request.body is not None or request.body_file is not None):
-        raise UsageError("--template and --body/--body-file cannot be used together: the template has its own body")
+        raise UsageError(
+            f"{term('--template')} and {term('--body')}/{term('--body-file')} cannot be used together: the template "
+            "has its own body"
+        )
     if request.body is not None and request.body_file is not None:
-        raise UsageError("--body and --body-file cannot be used together; pick one")
+        raise UsageError(f"{term('--body')} and {term('--body-file')} cannot be used together; pick one")
     if not request.template:
         if request.subject is None:
             if request.body is not None or request.body_file is not None:
-                raise UsageError("--body/--body-file needs --subject TEXT")
-            raise UsageError("no message content: pass --template NAME, or --subject TEXT with --body or --body-file")
+                raise UsageError(f"{term('--body')}/{term('--body-file')} needs {term('--subject TEXT')}")
+            raise UsageError(
+                f"no message content: pass {term('--template NAME')}, or {term('--subject TEXT')} with "
+                f"{term('--body')} or {term('--body-file')}"
+            )
         if request.body is None and request.body_file is None:
-            raise UsageError("--subject needs --body TEXT or --body-file FILE")
+            raise UsageError(f"{term('--subject')} needs {term('--body TEXT')} or {term('--body-file FILE')}")
     if request.limit is not None and request.limit < 1:
         raise UsageError(f"--limit must be at least 1 (got {request.limit})")
     header_options(request)
@@ -178,7 +190,7 @@ def _load(request: SendRequest, config: Config) -> MessageTemplate:
     subject = request.subject or ""
     if request.body_file is not None:
         path = Path(request.body_file)
-        body = read_text_file(path, BODY_FILE_MAX_BYTES, label=f"--body-file {path}")
+        body = read_text_file(path, BODY_FILE_MAX_BYTES, label=f"{term('--body-file')} {path}")
         return inline_template(subject, body, body_source=str(path))
     return inline_template(subject, request.body or "")
 
@@ -222,13 +234,13 @@ class _Attachments:
         """Fixed paths, then each --attach template rendered with this message's variables, then the row's own."""
         paths = list(self.fixed)
         for text, folder in self.templates:
-            rendered = render_string(text, variables, where=where, source=f"--attach {text!r}").strip()
+            rendered = render_string(text, variables, where=where, source=f"{term('--attach')} {text!r}").strip()
             path = Path(rendered).expanduser()
             if row is not None and self.contained:
                 _check_inside(
                     path,
                     folder,
-                    f"{where}: --attach {text!r} renders {rendered!r}",
+                    f"{where}: {term('--attach')} {text!r} renders {rendered!r}",
                     "the folder it names",
                     "fix the row's value or the pattern",
                 )
@@ -301,7 +313,7 @@ def _attachments(request: SendRequest) -> _Attachments:
             continue
         problem = regular_file_problem(Path(item))
         if problem is not None:
-            raise InputError(f"--attach {item}: {problem}")
+            raise InputError(f"{term('--attach')} {item}: {problem}")
         fixed.append(Path(item))
     row_base = None
     if request.data_file is not None:
@@ -328,10 +340,10 @@ def prepare_messages(
     if now.tzinfo is None:
         now = now.replace(tzinfo=UTC)
     template = _load(request, config)
-    cc = _addresses(request.cc, "--cc")
-    bcc = _addresses(request.bcc, "--bcc")
+    cc = _addresses(request.cc, term("--cc"))
+    bcc = _addresses(request.bcc, term("--bcc"))
     if request.reply_to:
-        reply_to = [parse_address(request.reply_to, where="--reply-to")]
+        reply_to = [parse_address(request.reply_to, where=term("--reply-to"))]
     elif sender.reply_to:
         reply_to = [parse_address(sender.reply_to, where=f"{config.path}: senders.{sender.key}.reply_to")]
     else:
@@ -395,7 +407,8 @@ def prepare_messages(
     if request.to_column not in first.values:
         columns = ", ".join(first.values) or "(none)"
         raise InputError(
-            f"{data_file}: no {request.to_column!r} column (columns: {columns}); use --to-column to pick another"
+            f"{data_file}: no {request.to_column!r} column (columns: {columns}); "
+            f"use {term('--to-column')} to pick another"
         )
     prepared = 0
     for row in itertools.chain([first], rows):
@@ -419,7 +432,7 @@ def _single(
     attachments: _Attachments,
 ) -> Iterator[PreparedMessage | RowProblem]:
     """The one message of a request without --data: every --to and --group member in To."""
-    to = _addresses(request.to, "--to")
+    to = _addresses(request.to, term("--to"))
     for group in request.groups:
         to.extend(_addresses(list(config.groups[group]), f"{config.path}: groups.{group}"))
     to = _dedup(to)

@@ -12,6 +12,7 @@ from . import health, quota, tables
 from .config import Config, Sender
 from .errors import UsageError
 from .store import insert_ignore
+from .wording import term
 
 ROUTE_STATE = tables.RouteState
 DEFAULT_ROUTE = "default"
@@ -42,22 +43,23 @@ class Skip:
 def resolve(config: Config, route: str | None, sender: str | None) -> Plan:
     """The plan for ``--route``/``--sender`` (or the ``default`` route); UsageError for unknown names."""
     if route and sender:
-        raise UsageError("--route and --sender exclude each other; pass one of them")
+        raise UsageError(f"{term('--route')} and {term('--sender')} exclude each other; pass one of them")
     if sender:
         if sender not in config.senders:
             raise UsageError(
-                f"--sender {sender!r}: no such sender in {config.path}; known senders: {', '.join(config.senders)}"
+                f"{term('--sender')} {sender!r}: no such sender in {config.path}; "
+                f"known senders: {', '.join(config.senders)}"
             )
         return Plan(route=None, candidates=(sender,), strategy="failover")
     name = route or DEFAULT_ROUTE
     if name not in config.routes:
         if route is None:
             raise UsageError(
-                f"no --route or --sender given and {config.path} has no 'default' route; "
-                "pass --route NAME, --sender NAME, or add a 'default' route"
+                f"no {term('--route')} or {term('--sender')} given and {config.path} has no 'default' route; "
+                f"pass {term('--route NAME')}, {term('--sender NAME')}, or add a 'default' route"
             )
         known = ", ".join(config.routes) or "(none)"
-        raise UsageError(f"--route {route!r}: no such route in {config.path}; known routes: {known}")
+        raise UsageError(f"{term('--route')} {route!r}: no such route in {config.path}; known routes: {known}")
     spec = config.routes[name]
     keys = list(spec.senders)
     if spec.strategy == "failover":

@@ -180,6 +180,8 @@ def _row(prepared: PreparedMessage, plan: Plan, run_id: str, batch: str | None, 
         "row": prepared.row,
         "state": STAGED,
         "due_at": now,
+        "keep_date": prepared.keep_date,
+        "note": prepared.note,
     }
 
 

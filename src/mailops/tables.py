@@ -48,6 +48,8 @@ Message = sa.Table(
     sa.Column("sent_at", sa.Float),
     sa.Column("reason", sa.String),
     sa.Column("recipient_status", sa.String),
+    sa.Column("keep_date", sa.Boolean),
+    sa.Column("note", sa.String),
 )
 
 Attempt = sa.Table(

@@ -44,6 +44,7 @@ from jinja2.utils import Namespace
 from .errors import InputError, MailopsError
 from .headers import HeaderSpec, mapping_specs
 from .limits import RENDER_MAX_CHARS, RENDER_SECONDS
+from .wording import term, variable
 
 SUBJECT_FILE = "subject.txt"
 BODY_FILE = "body.txt"
@@ -370,7 +371,8 @@ def unknown_template_message(templates_dir: Path, name: str) -> str:
     available = ", ".join(list_templates(templates_dir)) or "(none)"
     return (
         f"unknown template {name!r}; available templates: {available} (in {templates_dir}); "
-        f"fix --template or create {Path(templates_dir) / name}/{SUBJECT_FILE} and {BODY_FILE} (or {HTML_FILE})"
+        f"fix {term('--template')} or create {Path(templates_dir) / name}/{SUBJECT_FILE} and {BODY_FILE} "
+        f"(or {HTML_FILE})"
     )
 
 
@@ -456,14 +458,15 @@ def _compile_inline(text: str, source: str) -> Template:
         raise InputError(_syntax_message(exc, source)) from None
 
 
-def inline_template(subject: str, body: str, *, body_source: str = "--body") -> MessageTemplate:
+def inline_template(subject: str, body: str, *, body_source: str | None = None) -> MessageTemplate:
     """Compile a subject and a plain-text body given on the command line (or read from --body-file)."""
+    body_source = body_source or term("--body")
     return MessageTemplate(
         name=None,
-        subject_source="--subject",
+        subject_source=term("--subject"),
         body_source=body_source,
         html_source=None,
-        _subject=_compile_inline(subject, "--subject"),
+        _subject=_compile_inline(subject, term("--subject")),
         _body=_compile_inline(body, body_source),
     )
 
@@ -480,7 +483,7 @@ def _render_error(exc: Exception, *, where: str, source: str, from_data: bool) -
         match = _UNDEFINED_RE.match(str(exc))
         if match:
             var = match.group("name")
-            fix = f"add a {var!r} column or pass --var {var}=..." if from_data else f"pass --var {var}=..."
+            fix = f"add a {var!r} column or pass {variable(var)}" if from_data else f"pass {variable(var)}"
             return InputError(f"{prefix}: variable {var!r} is not defined; {fix}")
         return InputError(f"{prefix}: {exc}; check the name in the template and in the data")
     if isinstance(exc, TemplateSyntaxError):  # from an {% include %}d file, compiled on first use

@@ -444,12 +444,19 @@ def test_suppressed_recipients_are_left_out_and_a_message_to_none_left_is_not_qu
 
     result = sendmail("-t", stdin=b"To: ok@example.org, Gone@example.org\nSubject: one\n\nx\n")
     assert (result.exit_code, result.stdout) == (0, "")
-    # SUPPRESS-LINES-1
+    assert result.stderr.splitlines() == [
+        "mailops: sendmail: left out 1 suppressed recipient(s): Gone@example.org (asked to stop)"
+    ]
     assert [(m.subject, m.rcpt_tos) for m in srv.messages] == [("one", ["ok@example.org"])]
 
     result = sendmail("gone@example.org", stdin=b"Subject: two\n\nx\n")
     assert (result.exit_code, result.stdout) == (0, "")
-    # SUPPRESS-LINES-2
+    [line] = result.stderr.splitlines()
+    assert re.fullmatch(
+        r"mailops: sendmail: <[^>]+@example\.com> not queued: every recipient is on the suppression list: "
+        r"gone@example\.org \(asked to stop\); 'mailops suppress remove ADDR' to send to it again",
+        line,
+    ), line
     assert workspace.states() == {"sent": 1}
     assert len(srv.messages) == 1
 
@@ -486,6 +493,8 @@ def test_f_is_the_envelope_sender_through_a_relay_and_not_for_a_mailbox_that_log
         "only as sales@example.com"
     )
     assert [r["note"] for r in rows[1:]] == [None, None]
+    table = cli("log", "--sender", "sales")
+    assert "From 'backup@web1.example.com' rewritten to sales@example.com" in " ".join(table.stdout.split())
 
 
 def test_non_ascii_headers_are_encoded_and_addresses_kept(workspace, srv):

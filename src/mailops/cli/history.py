@@ -91,7 +91,7 @@ def log(
                 r["recipients"],
                 r["subject"],
                 f"{r['smtp_code'] or ''} {r['smtp_text'] or ''}".strip(),
-                r["detail"] or "",
+                "; ".join(text for text in (r["detail"], r["note"]) if text),  # note: a From rewrite (sendmail)
             ]
             for r in rows
         ],

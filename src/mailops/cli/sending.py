@@ -373,6 +373,15 @@ def run_sendmail(argv: list[str]) -> None:
     data = gateway.read_message(stream, dot_ends=args.dot_ends)
     store = open_store(config)
     accepted = gateway.accept(config, store, args, data, now=runtime.now())
+    left_out = ", ".join(f"{rcpt} ({reason})" for rcpt, reason in accepted.suppressed)
+    if not accepted.queued:
+        err(
+            f"mailops: sendmail: {safe(accepted.message_id)} not queued: every recipient is on the suppression list: "
+            f"{safe(left_out)}; 'mailops suppress remove ADDR' to send to it again"
+        )
+        return  # exit 0: the message was handled as the operator asked (not sent to suppressed addresses)
+    if accepted.suppressed:
+        err(f"mailops: sendmail: left out {len(accepted.suppressed)} suppressed recipient(s): {safe(left_out)}")
     report = _deliver(config, store, accepted.run_id, None, None, False, 1)
     if report.total_sent == 0:
         # queued all the same: exit 0, like a sendmail whose relay is down; cron logs this line

@@ -46,6 +46,7 @@ def test_help_names_values_readably_and_shows_an_example(path):
 
     assert (result.exit_code, result.stderr) == (0, ""), result.output
     help_text = result.stdout
+    assert [line for line in help_text.splitlines() if len(line) > 80] == []  # cron mail, pipes, an 80-column terminal
     assert not TYPE_METAVAR.search(_usage_and_options(help_text)), help_text
     assert "Examples:" in help_text, help_text
     shown = help_text.split("Examples:", 1)[1].splitlines()[1:]
@@ -69,3 +70,15 @@ def test_arguments_show_their_metavar_alone():
     assert "\n  ID  Message id." in text
     suppress = run_mailops("suppress", "add", "--help", env={"COLUMNS": "80"}).stdout
     assert suppress.splitlines()[0] == "Usage: mailops suppress add [OPTIONS] ADDR..."
+
+
+def test_mailops_help_ends_with_examples():
+    text = run_mailops("--help", env={"COLUMNS": "80"}).stdout
+
+    assert text.rstrip().splitlines()[-5:] == [
+        "  Examples:",
+        "    mailops init                 # starter files, then the next steps",
+        "    mailops send -r renewal -t renewal -d customers.csv --dry-run",
+        "    mailops deliver -q           # from cron: send what is due",
+        "    mailops send --help          # any command's options and examples",
+    ]

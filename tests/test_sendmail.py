@@ -378,9 +378,10 @@ def test_in_process_flags_are_not_parsed_by_click(workspace, srv, cli, monkeypat
 def test_help_lists_the_flags(workspace, srv, cli):
     result = cli("sendmail", "--help")
     assert result.exit_code == 0
-    assert result.stdout.splitlines()[0] == (
-        "usage: mailops sendmail [-t] [-i] [-f ADDR] [-F NAME] [--route R] [RCPT...] < message"
-    )
+    assert result.stdout.splitlines()[:2] == [
+        "usage: mailops sendmail [-t] [-i] [-f ADDR] [-F NAME] [--route R] [RCPT...]",
+        "                        < message",
+    ]
 
 
 def test_a_body_line_longer_than_smtp_allows_is_sent_quoted_printable(workspace, srv):

@@ -49,19 +49,24 @@ from .store import Store
 from .wording import term
 
 USAGE = """\
-usage: mailops sendmail [-t] [-i] [-f ADDR] [-F NAME] [--route R] [RCPT...] < message
+usage: mailops sendmail [-t] [-i] [-f ADDR] [-F NAME] [--route R] [RCPT...]
+                        < message
 
-Reads one RFC 5322 message (headers, an empty line, the body) on standard input,
-queues it in the outbox and delivers it at once; exit 0 once it is queued.
-  -t          also send to the To, Cc and Bcc addresses of the message (Bcc is removed)
+Reads one RFC 5322 message (headers, an empty line, the body) on standard
+input, queues it in the outbox and delivers it at once; exit 0 once it is
+queued.
+  -t          also send to the To, Cc and Bcc addresses of the message
+              (Bcc is removed)
   -i, -oi     a line holding only '.' does not end the message
-  -f ADDR     envelope sender (a sender that logs in sends as itself); picks the route through
-              'sendmail: from:' (-r is the same)
+  -f ADDR     envelope sender (a sender that logs in sends as itself); picks
+              the route through 'sendmail: from:' (-r is the same)
   -F NAME     display name for a From header mailops writes
-  --route R   use route R (else senders.yaml 'sendmail:', else the 'default' route)
-Accepted and ignored: -bm, -oXXX (-oem, -odb, -odi ...), -B, -C, -L, -N, -O, -R, -V, -X, -h, -p
-with their values, -v, -m, -n, -U, -Ac, -Am. Exit codes: 0 queued, 64 usage, 65 bad message,
-66 no message, 75 database unavailable (try again), 78 configuration problem.
+  --route R   use route R (else senders.yaml 'sendmail:', else the 'default'
+              route)
+Accepted and ignored: -bm, -oXXX (-oem, -odb, -odi ...), -B, -C, -L, -N, -O,
+-R, -V, -X, -h, -p with their values, -v, -m, -n, -U, -Ac, -Am.
+Exit codes: 0 queued, 64 usage, 65 bad message, 66 no message, 75 database
+unavailable (try again), 78 configuration problem.
 
 Examples:
   echo 'Subject: backup done' | mailops sendmail admin@example.com

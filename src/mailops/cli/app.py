@@ -26,7 +26,7 @@ from typer.core import TyperGroup
 
 from ..errors import InvalidBatchError, MailopsError, UsageError
 from . import checks, history, password, queue, runtime, sending, setup, suppress
-from .helptext import make_readable
+from .helptext import examples, make_readable
 from .output import err, safe
 from .runtime import STATE
 from .sending import run_sendmail, sendmail_args
@@ -79,6 +79,12 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
+    epilog=examples(
+        "mailops init                 # starter files, then the next steps",
+        "mailops send -r renewal -t renewal -d customers.csv --dry-run",
+        "mailops deliver -q           # from cron: send what is due",
+        "mailops send --help          # any command's options and examples",
+    ),
 )
 # Unnamed groups add their commands to the top level; --help lists commands in this order, then the groups.
 app.add_typer(setup.app)

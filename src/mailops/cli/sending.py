@@ -105,9 +105,9 @@ def _show_suppressed(result: Any) -> None:
 @app.command(
     epilog=examples(
         "mailops send --to jane@example.com --subject 'Hello' --body 'Hi Jane'",
-        "mailops send --route renewal --template renewal --data customers.csv --dry-run --preview 2",
-        "mailops send --route renewal --template renewal --data customers.csv --batch renewals-2026-11",
-        "mailops send --group system-admins --subject 'Disk full' --body-file report.txt -q",
+        "mailops send -r renewal -t renewal -d customers.csv --dry-run --preview 2",
+        "mailops send -r renewal -t renewal -d customers.csv --batch renewals-2026-11",
+        "mailops send -g admins --subject 'Disk full' --body-file report.txt -q",
     )
 )
 def send(

@@ -146,6 +146,41 @@ _CLAIM_COLUMNS = [
 ]
 
 
+_CLAIMS: dict[tuple[bool, bool], Any] = {}
+
+
+def _claim_statement(by_run: bool, by_batch: bool) -> Any:
+    """The claim's UPDATE ... RETURNING (of one run, of one batch, or of any), built once: building it costs
+    more than running it, and a delivery run claims every few dozen messages."""
+    stmt = _CLAIMS.get((by_run, by_batch))
+    if stmt is None:
+        now = sa.bindparam("b_now", type_=sa.Float)
+        due = (MESSAGES.c.state.in_(DUE_STATES) & (MESSAGES.c.due_at <= now)) | (
+            (MESSAGES.c.state == SENDING)
+            & (MESSAGES.c.lease_until < now)
+            & sa.or_(MESSAGES.c.claimed_by.is_(None), MESSAGES.c.claimed_by != sa.bindparam("b_worker"))
+        )
+        if by_run:
+            due = due & (MESSAGES.c.run_id == sa.bindparam("b_run_id"))
+        if by_batch:
+            due = due & (MESSAGES.c.batch == sa.bindparam("b_batch"))
+        # FOR UPDATE SKIP LOCKED on PostgreSQL; SQLite ignores it (BEGIN IMMEDIATE already serialises).
+        ids = sa.select(MESSAGES.c.id).where(due).order_by(MESSAGES.c.due_at, MESSAGES.c.id)
+        ids = ids.limit(sa.bindparam("b_limit", type_=sa.Integer)).with_for_update(skip_locked=True)
+        stmt = _CLAIMS[(by_run, by_batch)] = (
+            sa.update(MESSAGES)
+            .where(MESSAGES.c.id.in_(ids.scalar_subquery()))
+            .values(
+                state=SENDING,
+                claimed_by=sa.bindparam("b_worker"),
+                lease_until=sa.bindparam("b_lease_until", type_=sa.Float),
+                updated_at=now,
+            )
+            .returning(*_CLAIM_COLUMNS)
+        )
+    return stmt
+
+
 def retry_delay(failures: int, policy: DeliveryPolicy) -> float:
     """Seconds to wait after the ``failures``-th temporary failure: doubling from retry_initial up to retry_max."""
     return min(policy.retry_initial * (2.0 ** max(failures - 1, 0)), policy.retry_max)
@@ -247,26 +282,17 @@ class Outbox:
         with a server right now) however late their renewal is.
         ``then(conn, messages)`` runs in the same transaction (one write lock instead of two).
         """
-        due = (MESSAGES.c.state.in_(DUE_STATES) & (MESSAGES.c.due_at <= now)) | (
-            (MESSAGES.c.state == SENDING)
-            & (MESSAGES.c.lease_until < now)
-            & sa.or_(MESSAGES.c.claimed_by.is_(None), MESSAGES.c.claimed_by != worker)
-        )
-        if run_id is not None:
-            due = due & (MESSAGES.c.run_id == run_id)
-        if batch is not None:
-            due = due & (MESSAGES.c.batch == batch)
-        # FOR UPDATE SKIP LOCKED on PostgreSQL; SQLite ignores it (BEGIN IMMEDIATE already serialises).
-        ids = sa.select(MESSAGES.c.id).where(due).order_by(MESSAGES.c.due_at, MESSAGES.c.id).limit(limit)
-        ids = ids.with_for_update(skip_locked=True)
+        params: dict[str, Any] = {
+            "b_now": now,
+            "b_worker": worker,
+            "b_limit": limit,
+            "b_lease_until": now + self.policy.lease,
+            "b_run_id": run_id,
+            "b_batch": batch,
+        }
         with self.store.write() as conn:
             rows = sorted(
-                conn.execute(
-                    sa.update(MESSAGES)
-                    .where(MESSAGES.c.id.in_(ids.scalar_subquery()))
-                    .values(state=SENDING, claimed_by=worker, lease_until=now + self.policy.lease, updated_at=now)
-                    .returning(*_CLAIM_COLUMNS)
-                ),
+                conn.execute(_claim_statement(run_id is not None, batch is not None), params),
                 key=lambda r: r.id,
             )
             messages = [QueuedMessage.from_row(r) for r in rows]

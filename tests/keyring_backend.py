@@ -8,6 +8,7 @@ PYTHONPATH) sees what the test stored in-process, and the reverse.
 The other classes provoke what a headless or broken machine does:
 ``FailingKeyring`` (keyring's own fail backend, priority 0), ``LowPriorityKeyring``
 (a "not recommended" backend such as keyrings.alt's plaintext file, priority 0.5),
+``ReadOnlyKeyring`` (reads work, storing fails),
 ``HangingKeyring`` (a locked Secret Service waiting for a prompt) and
 ``BrokenKeyring`` (a backend raising keyring errors).
 
@@ -83,6 +84,14 @@ class FileKeyring(KeyringBackend):
         if read_entries(path).get(service, {}).get(username) is None:
             raise PasswordDeleteError("Password not found")
         write_entry(path, service, username, None)
+
+
+class ReadOnlyKeyring(FileKeyring):
+    """Same storage, but storing fails, as a Secret Service collection locked while a run goes on."""
+
+    def set_password(self, service: str, username: str, password: str) -> None:
+        """Refuses (without echoing the value)."""
+        raise PasswordSetError("the collection is locked")
 
 
 class LowPriorityKeyring(FileKeyring):

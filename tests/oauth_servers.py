@@ -1,7 +1,10 @@
 """A loopback OAuth2 token endpoint and an SMTP server that accepts only its access tokens (SASL XOAUTH2).
 
-:class:`TokenEndpoint` is a real HTTP server (``http.server`` in a thread on
-127.0.0.1) speaking the parts of RFC 6749 / RFC 8628 mailops uses:
+:class:`TokenEndpoint` is a real HTTPS server (``http.server`` in a thread on
+127.0.0.1, its certificate made by trustme, as the SMTP servers' are; the
+client trusts the test CA through ``SSL_CERT_FILE``, which the standard
+library's default context honours) speaking the parts of RFC 6749 / RFC 8628
+mailops uses:
 
 * ``POST /token`` with ``grant_type=refresh_token``: a new access token and,
   when ``rotate`` is on, a new refresh token (the old one stops working, as
@@ -28,6 +31,7 @@ from __future__ import annotations
 import base64
 import json
 import secrets
+import ssl
 import threading
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -45,7 +49,13 @@ class TokenEndpoint:
     """OAuth2 token (and device-code) endpoint on 127.0.0.1; see the module docstring."""
 
     def __init__(
-        self, *, rotate: bool = True, uses_per_token: int = 1000, expires_in: int = 3600, approve_after_polls: int = 2
+        self,
+        *,
+        tls_context: ssl.SSLContext | None = None,
+        rotate: bool = True,
+        uses_per_token: int = 1000,
+        expires_in: int = 3600,
+        approve_after_polls: int = 2,
     ) -> None:
         self.rotate = rotate
         self.approve_after_polls = approve_after_polls  # device-code polls answered "pending" before approval
@@ -78,18 +88,22 @@ class TokenEndpoint:
                 pass  # quiet: the test's output must show only mailops
 
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.scheme = "http"
+        if tls_context is not None:
+            self._httpd.socket = tls_context.wrap_socket(self._httpd.socket, server_side=True)
+            self.scheme = "https"
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="token-endpoint", daemon=True)
         self._thread.start()
 
     @property
     def token_url(self) -> str:
         """The URL of the token endpoint."""
-        return f"http://127.0.0.1:{self._httpd.server_port}/token"
+        return f"{self.scheme}://127.0.0.1:{self._httpd.server_port}/token"
 
     @property
     def device_url(self) -> str:
         """The URL of the device-authorization endpoint."""
-        return f"http://127.0.0.1:{self._httpd.server_port}/devicecode"
+        return f"{self.scheme}://127.0.0.1:{self._httpd.server_port}/devicecode"
 
     def close(self) -> None:
         """Stop serving and release the port."""

@@ -9,24 +9,30 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
+import sys
 import threading
+import time
 import urllib.parse
 import urllib.request
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import keyring
 import pytest
+import yaml
 
 from mailops import oauth
 from mailops.config import parse_config
 from mailops.errors import ConfigError
 from mailops.oauth import OAuth2Settings
 from mailops.transport import SmtpFailure, SmtpSession
-from tests.fixtures_cli import log_json
+from tests.fixtures_cli import log_json, popen_mailops, run_mailops
 from tests.fixtures_home import TEST_BACKEND
 from tests.fixtures_smtp import _server_context, make_sender
-from tests.keyring_backend import read_entries, write_entry
+from tests.keyring_backend import FileKeyring, ReadOnlyKeyring, read_entries, write_entry
 from tests.oauth_servers import CLIENT_ID, XOAUTH2_REFUSED, OAuthSmtpServer, TokenEndpoint
 
 PASSWORD = "s3cret-pass"
@@ -40,8 +46,11 @@ def _fresh_token_cache():
 
 
 @pytest.fixture
-def endpoint():
-    server = TokenEndpoint()
+def endpoint(server_cert, ca_file, monkeypatch):
+    """The token endpoint over TLS; mailops (this process and the ones it starts) trusts the test CA through
+    SSL_CERT_FILE, as urllib's default context does the system's: no switch turns verification off."""
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))
+    server = TokenEndpoint(tls_context=_server_context(server_cert))
     yield server
     server.close()
 
@@ -493,3 +502,220 @@ def test_google_loopback_login_refuses_an_answer_for_another_login(endpoint, key
     )
     assert endpoint.code_exchanges == []
     assert "oauth2:gmail" not in read_entries(keyring_file).get("mailops", {})
+
+
+# ---------------------------------------------------------------- TLS to the token endpoint; Google through the CLI
+
+
+def test_the_token_endpoints_certificate_is_verified(monkeypatch, endpoint, keyring_file):
+    write_entry(keyring_file, "mailops", "oauth2:m365", endpoint.new_refresh_token())
+    monkeypatch.delenv("SSL_CERT_FILE")  # the test CA is no longer trusted: the system store does not hold it
+    sender = make_sender(key="m365", email="ops@example.com", oauth2=_settings(endpoint))
+    with pytest.raises(oauth.OAuthError) as caught:
+        oauth.access_token(sender)
+    port = endpoint.token_url.split(":")[2].split("/")[0]
+    message = str(caught.value)
+    assert message.startswith(f"sender 'm365': the certificate of the token endpoint 127.0.0.1:{port} was refused (")
+    assert "CERTIFICATE_VERIFY_FAILED" in message
+    assert message.endswith("); trust a private CA with SSL_CERT_FILE=/path/to/ca.pem, or check token_url")
+    assert endpoint.requests == []  # no form (no refresh token) went to a server that was not verified
+
+
+def _google_config(workspace, srv, endpoint) -> None:
+    oauth2 = {"client_id": CLIENT_ID, "token_url": endpoint.token_url}
+    # provider gmail: the loopback flow and Google's scope; host and port point at the local test server
+    sender = workspace.sender(srv, email="ops@example.com", password=None, provider="gmail", oauth2=oauth2)
+    workspace.write_config({"gmail": sender})
+
+
+_BROWSER_SCRIPT = """#!{python}
+# A stand-in for the user's browser: mailops runs it with the sign-in URL ($BROWSER), the user signs in, and
+# the provider sends the browser back to mailops' loopback redirect with a code. It answers from a child
+# process and returns at once, as a browser does (mailops serves the redirect only once the browser started).
+import subprocess, sys
+url = sys.argv[1]
+open({log!r}, "a").write(url + "\\n")
+code = '''
+import sys, urllib.parse, urllib.request
+query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(sys.argv[1]).query))
+back = query["redirect_uri"] + "?" + urllib.parse.urlencode({{"code": "auth-code-1", "state": query["state"]}})
+urllib.request.urlopen(back, timeout=30).read()
+'''
+subprocess.Popen([sys.executable, "-c", code, url], start_new_session=True)
+"""
+
+
+def _fake_browser(tmp_path: Path) -> tuple[Path, Path]:
+    log = tmp_path / "browser.log"
+    script = tmp_path / "fake-browser"
+    script.write_text(_BROWSER_SCRIPT.format(python=sys.executable, log=str(log)))
+    script.chmod(0o755)
+    return script, log
+
+
+def test_google_login_through_the_cli_opens_the_browser_and_stores_the_token(
+    workspace, endpoint, oauth_smtp, keyring_file, tmp_path
+):
+    srv = oauth_smtp()
+    _google_config(workspace, srv, endpoint)
+    browser, opened = _fake_browser(tmp_path)
+
+    result = run_mailops("oauth", "login", "gmail", env={"BROWSER": str(browser)})
+
+    assert result.exit_code == 0, result.stderr
+    [url] = opened.read_text().splitlines()
+    assert result.stdout.splitlines() == [
+        "Open this URL in a browser on this machine and sign in as ops@example.com:",
+        url,
+        f"stored the OAuth refresh token of gmail in the keyring ({TEST_BACKEND})",
+    ]
+    query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(url).query))
+    assert url.startswith("https://accounts.google.com/o/oauth2/v2/auth?")
+    assert (query["client_id"], query["scope"], query["code_challenge_method"]) == (
+        CLIENT_ID, "https://mail.google.com/", "S256"
+    )  # fmt: skip
+    (exchange,) = endpoint.code_exchanges  # over TLS, verified against the test CA
+    assert (exchange["code"], exchange["redirect_uri"]) == ("auth-code-1", query["redirect_uri"])
+    assert read_entries(keyring_file)["mailops"]["oauth2:gmail"] in endpoint.refresh_tokens
+    check = run_mailops("test-smtp", "gmail")
+    assert check.exit_code == 0, check.stdout + check.stderr
+    assert "  auth: XOAUTH2 235 accepted" in check.stdout.splitlines()
+    assert srv.auth_attempts[-1].username == "ops@example.com"
+    assert (
+        _grep_everywhere(workspace, endpoint.issued, result.stdout + result.stderr + check.stdout, keyring_file) == []
+    )
+
+
+def test_google_login_with_no_browser_only_prints_the_url(workspace, endpoint, oauth_smtp, keyring_file, tmp_path):
+    srv = oauth_smtp()
+    _google_config(workspace, srv, endpoint)
+    browser, opened = _fake_browser(tmp_path)
+    proc = popen_mailops("oauth", "login", "gmail", "--no-browser", env={**os.environ, "BROWSER": str(browser)})
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()  # printed (and flushed) before mailops waits for the browser
+        url = proc.stdout.readline().strip()
+        # the user opens the URL on this machine (or through an SSH tunnel) and signs in
+        query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(url).query))
+        back = f"{query['redirect_uri']}?" + urllib.parse.urlencode({"code": "auth-code-1", "state": query["state"]})
+        with urllib.request.urlopen(back, timeout=30) as answer:
+            page = answer.read().decode()
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert (proc.returncode, err) == (0, "")
+    assert first == "Open this URL in a browser on this machine and sign in as ops@example.com:\n"
+    assert out.splitlines() == [f"stored the OAuth refresh token of gmail in the keyring ({TEST_BACKEND})"]
+    assert page == "Signed in: you can close this window."
+    assert not opened.exists()  # --no-browser: no browser was started
+    assert read_entries(keyring_file)["mailops"]["oauth2:gmail"] in endpoint.refresh_tokens
+
+
+# ---------------------------------------------------------------- password status: the access token; a rotation not stored
+
+
+def test_password_status_shows_when_the_access_token_expires(workspace, cli, endpoint, oauth_smtp, keyring_file):
+    srv = oauth_smtp()
+    workspace.write_config(
+        {
+            "m365": workspace.sender(srv, email="ops@example.com", password=None, oauth2=_oauth2(endpoint)),
+            "cmd": workspace.sender(srv, password=None, oauth2={"token_command": "echo x"}),
+        }
+    )
+    write_entry(keyring_file, "mailops", "oauth2:m365", endpoint.new_refresh_token())
+
+    def status() -> dict[str, Any]:
+        result = cli("password", "status", "--json")
+        assert result.exit_code == 0, result.output
+        return {r["sender"]: r for r in json.loads(result.stdout)["senders"]}
+
+    before = status()
+    assert (before["m365"]["access_token"], before["m365"]["access_token_expires_at"]) == ("none", None)
+    assert before["m365"]["source"] == "oauth2 refresh token: keyring"
+    assert "OAuth token: stored (keyring); no access token yet (one is fetched at the first send or test-smtp)" in (
+        cli("password", "status").stdout
+    )
+    assert "access_token" not in before["cmd"]  # token_command: mailops knows nothing of that token's life
+
+    started = time.time()
+    assert cli("test-smtp", "m365").exit_code == 0
+    after = status()["m365"]
+    assert after["access_token"] == "valid"
+    assert started + 3600 <= after["access_token_expires_at"] <= time.time() + 3600
+    table = cli("password", "status")
+    until = datetime.fromtimestamp(after["access_token_expires_at"], UTC).strftime("%Y-%m-%d %H:%M:%S")
+    assert f"OAuth token: stored (keyring); access token valid until {until}" in table.stdout
+    assert " UTC" in table.stdout
+
+    endpoint.expires_in = 0  # the next token is already expired when password status looks
+    oauth.forget_tokens()
+    assert cli("test-smtp", "m365").exit_code == 0
+    expired = status()["m365"]
+    assert expired["access_token"] == "expired"
+    table = cli("password", "status")
+    assert "OAuth token: stored (keyring); access token expired " in table.stdout
+    assert "(a new one is fetched when needed)" in table.stdout
+    outputs = json.dumps([before, after, expired]) + table.output
+    assert _grep_everywhere(workspace, endpoint.issued, outputs, keyring_file) == []
+
+
+def test_a_rotated_refresh_token_the_keyring_refuses_is_a_warning_and_a_doctor_problem(
+    workspace, cli, endpoint, oauth_smtp, keyring_file
+):
+    srv = oauth_smtp()
+    workspace.write_config(
+        {"m365": workspace.sender(srv, email="ops@example.com", password=None, oauth2=_oauth2(endpoint))}
+    )
+    old = endpoint.new_refresh_token()
+    write_entry(keyring_file, "mailops", "oauth2:m365", old)
+    keyring.set_keyring(ReadOnlyKeyring())  # reads work, storing fails (a locked collection)
+    try:
+        result = cli("send", "--sender", "m365", "--to", "a@example.org", "--subject", "S", "--body", "B", "-q")
+    finally:
+        keyring.set_keyring(FileKeyring())
+
+    assert (result.exit_code, result.stdout) == (0, "")  # the message went, with the new token
+    assert len(srv.messages) == 1 and endpoint.refreshes == 1
+    [line] = result.stderr.splitlines()  # also with -q: the operator must act before a later run
+    assert line.startswith(
+        "mailops: warning: sender 'm365': the token endpoint replaced the OAuth refresh token, but the new one could "
+        "not be stored ("
+    )
+    assert line.endswith(
+        "); this run used it, a later run may be refused: fix the keyring, then run 'mailops oauth login m365'"
+    )
+    assert read_entries(keyring_file)["mailops"]["oauth2:m365"] == old  # unchanged: the store failed
+    problem = line.removeprefix("mailops: warning: ")
+    doctor = cli("doctor")
+    assert doctor.exit_code == 1
+    assert f"PROBLEM  {problem}" in doctor.stdout.splitlines()
+
+    # logging in again stores a new token: the problem is over
+    stored = cli("oauth", "token", "m365", "--stdin", input=endpoint.new_refresh_token() + "\n")
+    assert stored.exit_code == 0, stored.output
+    assert problem not in cli("doctor").stdout
+    outputs = result.output + doctor.output + stored.output
+    assert _grep_everywhere(workspace, endpoint.issued, outputs, keyring_file) == []
+
+
+def test_init_has_a_commented_oauth2_sender_that_works_once_uncommented(workspace, cli, tmp_path):
+    target = tmp_path / "new"
+    assert cli("init", str(target)).exit_code == 0
+    text = (target / "senders.yaml").read_text()
+    assert "  # support:\n" in text and "#   oauth2:\n" in text
+    # uncomment the example block: its keys are valid as written
+    lines = text.splitlines()
+    start = lines.index("  # support:")
+    block = []
+    for line in lines[start:]:
+        if not line.startswith("  #"):
+            break
+        block.append(line)
+    uncommented = ["  " + line[4:] for line in block if not line.lstrip("# ").startswith("client_secret_command")]
+    (target / "senders.yaml").write_text("\n".join(lines[:start] + uncommented + lines[start + len(block) :]) + "\n")
+    config = parse_config(yaml.safe_load((target / "senders.yaml").read_text()), target / "senders.yaml")
+    support = config.senders["support"]
+    assert support.oauth2 is not None and support.oauth2.family == "microsoft"
+    assert support.oauth2.token_url == "https://login.microsoftonline.com/example.com/oauth2/v2.0/token"

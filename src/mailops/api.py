@@ -170,7 +170,9 @@ def _queue_checked(args: dict[str, Any], *, deliver: bool) -> list[int]:
         if deliver and due_at is None and ids:
             from .delivery import Deliverer
 
-            Deliverer(config, store).run(run_id=result.run_id)
+            report = Deliverer(config, store).run(run_id=result.run_id)
+            for line in report.warnings:
+                _log.warning(line)
         return ids
     finally:
         store.close()

@@ -65,6 +65,8 @@ class DeliveryReport:
     hidden_problems: int = 0  # problem lines left out (beyond the first 50)
     deadline_reached: bool = False  # --max-seconds stopped the run with work left (not an error)
     backlog: dict[str, Any] = field(default_factory=dict)  # what is left: Outbox.backlog()
+    #: worth knowing, not a failure (exit code unchanged): a rotated OAuth2 refresh token that was not stored
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def total_sent(self) -> int:
@@ -114,6 +116,7 @@ class DeliveryReport:
                 s: {"sent": self.sent[s], "deferred": self.deferred[s], "failed": self.failed[s]} for s in senders
             },
             "problems": self.problems,
+            "warnings": self.warnings,
         }
 
 
@@ -504,6 +507,7 @@ class Deliverer:
                 self.writer.close()
         if self.stop_event.is_set():
             report.interrupted = True
+        report.warnings = health.record_token_news(self.store)
         report.backlog = self.outbox.backlog(self.clock(), run_id=run_id, batch=batch)
         report.next_due_at = report.backlog["next_due_at"]
         if (

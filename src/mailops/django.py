@@ -107,7 +107,9 @@ class EmailBackend(BaseEmailBackend):  # type: ignore[misc]  # django ships no t
         if getattr(settings, "MAILOPS_DELIVER", True):
             from .delivery import Deliverer
 
-            Deliverer(config, store).run(run_id=accepted.run_id)
+            report = Deliverer(config, store).run(run_id=accepted.run_id)
+            for line in report.warnings:
+                _log.warning(line)
         return True
 
     @staticmethod

@@ -162,6 +162,14 @@ def run_doctor(config: Config) -> DoctorReport:
             )
         else:
             report.ok.append(f"database {mask_url(config.database_url)}: reachable, schema {store.schema_version()}")
+            from .health import load_tokens
+
+            with store.read() as conn:
+                tokens = load_tokens(conn)
+            for sender in active:
+                state = tokens.get(sender.key)
+                if sender.oauth2 is not None and state is not None and state.problem:
+                    report.problems.append(state.problem)  # it names the sender and the fix
         store.close()
     except MailopsError as exc:
         report.problems.append(str(exc))

@@ -16,6 +16,8 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
 
     from .config import Sender
+    from .oauth import TokenNews
+    from .store import Store
 
 #: how long a sender that failed (auth, TLS, connection) is skipped before it is tried again
 UNHEALTHY_COOLDOWN = 600.0
@@ -52,6 +54,64 @@ def record(
         values["last_error"] = error
         values["last_error_at"] = now
     conn.execute(sa.update(SenderState).where(SenderState.c.sender == sender).values(**values))
+
+
+def record_tokens(conn: Connection, news: TokenNews) -> None:
+    """Store what a run learnt about OAuth2 tokens (``oauth.take_news``): access token expiries and the
+    problem (or its end) of storing a rotated refresh token."""
+    import sqlalchemy as sa
+
+    from .store import insert_ignore
+    from .tables import SenderState
+
+    for key in {*news.expires_at, *news.problems}:
+        insert_ignore(conn, SenderState, {"sender": key})
+        values: dict[str, object] = {}
+        if key in news.expires_at:
+            values["token_expires_at"] = news.expires_at[key]
+        if key in news.problems:
+            values["token_problem"] = news.problems[key]
+        conn.execute(sa.update(SenderState).where(SenderState.c.sender == key).values(**values))
+
+
+def record_token_news(store: Store) -> list[str]:
+    """Record what this process's OAuth2 logins learnt since the last call (``oauth.take_news``); returns the
+    problems as warning lines. Nothing to do, and nothing imported, when no OAuth2 sender logged in."""
+    import sys
+
+    oauth = sys.modules.get("mailops.oauth")
+    if oauth is None:
+        return []
+    news: TokenNews = oauth.take_news()
+    if news.expires_at or news.problems:
+        with store.write() as conn:
+            record_tokens(conn, news)
+    return [problem for problem in news.problems.values() if problem]
+
+
+def clear_token_problem(conn: Connection, sender: str) -> None:
+    """A new refresh token was stored (``oauth login``/``oauth token``): an older storing problem is over."""
+    import sqlalchemy as sa
+
+    from .tables import SenderState
+
+    conn.execute(
+        sa.update(SenderState).where(SenderState.c.sender == sender).values(token_problem=None, token_expires_at=None)
+    )
+
+
+@dataclass(frozen=True)
+class TokenState:
+    """What the database knows of an OAuth2 sender's tokens."""
+
+    expires_at: float | None  # the last access token's expiry (None: none obtained yet)
+    problem: str | None  # a rotated refresh token that could not be stored
+
+
+def load_tokens(conn: Reader | Connection) -> dict[str, TokenState]:
+    """Token state of every sender that has a record."""
+    rows = Reader.over(conn).all("SELECT sender, token_expires_at, token_problem FROM sender_state")
+    return {r["sender"]: TokenState(r["token_expires_at"], r["token_problem"]) for r in rows}
 
 
 def load(conn: Reader | Connection) -> dict[str, Health]:

@@ -175,6 +175,15 @@ def _m005_message_origin(conn: Connection) -> None:
     conn.execute(sa.text("ALTER TABLE messages ADD COLUMN note TEXT"))
 
 
+def _m006_token_state(conn: Connection) -> None:
+    import sqlalchemy as sa
+
+    # OAuth2 senders: when the last access token expires (password status shows it) and why a rotated
+    # refresh token could not be stored (doctor shows it until a later refresh or login works).
+    conn.execute(sa.text("ALTER TABLE sender_state ADD COLUMN token_expires_at FLOAT"))
+    conn.execute(sa.text("ALTER TABLE sender_state ADD COLUMN token_problem TEXT"))
+
+
 #: name -> step, applied in this order; never edit or reorder a released step, add a new one.
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("001_initial", _m001_initial),
@@ -182,6 +191,7 @@ MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("003_health_settings", _m003_health_settings),
     ("004_suppressions", _m004_suppressions),
     ("005_message_origin", _m005_message_origin),
+    ("006_token_state", _m006_token_state),
 ]
 
 

@@ -111,6 +111,8 @@ class SenderState(SQLModel, table=True):
     last_error: str | None = None
     settings: str | None = None
     last_error_at: float | None = None
+    token_expires_at: float | None = None  # OAuth2: when the last access token expires (password status)
+    token_problem: str | None = None  # OAuth2: why a rotated refresh token could not be stored (doctor)
 
 
 class RouteState(SQLModel, table=True):

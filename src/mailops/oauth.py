@@ -13,13 +13,14 @@ the stored one.
 
 HTTP is done with :mod:`urllib.request`: the refresh-token grant is one form
 POST and one JSON answer, and the standard library verifies certificates
-with the system's trust store; an OAuth client library would add a
-dependency (and its start-up cost) for no gain here.
+with the system's trust store (``SSL_CERT_FILE`` names another CA bundle, as
+for every OpenSSL client; there is no switch to turn verification off); an
+OAuth client library would add a dependency (and its start-up cost) for no
+gain here.
 """
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 import json
 import threading
@@ -28,7 +29,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -194,6 +195,19 @@ _states: dict[tuple[str, str | None, str | None], _State] = {}
 _states_lock = threading.Lock()
 
 
+@dataclass
+class TokenNews:
+    """What this process learnt about its senders' tokens, for the caller to record (see :func:`take_news`)."""
+
+    #: sender key -> when (epoch seconds) its newest access token from the refresh grant expires
+    expires_at: dict[str, float] = field(default_factory=dict)
+    #: sender key -> why its rotated refresh token could not be stored, or None: the stored one is current
+    problems: dict[str, str | None] = field(default_factory=dict)
+
+
+_news = TokenNews()
+
+
 def _state(sender: Sender) -> _State:
     settings = sender.oauth2
     assert settings is not None
@@ -206,6 +220,20 @@ def forget_tokens() -> None:
     """Drop every access token cached in this process (tests; a long-lived caller that reloads its config)."""
     with _states_lock:
         _states.clear()
+        _news.expires_at.clear()
+        _news.problems.clear()
+
+
+def take_news() -> TokenNews:
+    """What was learnt since the last call (access token expiries, refresh tokens that could not be stored).
+
+    The caller records it (``health.record_tokens``: ``password status`` shows the expiry, ``doctor`` the
+    problem) and prints the problems as warnings: the run itself went on with the new token.
+    """
+    global _news
+    with _states_lock:
+        news, _news = _news, TokenNews()
+    return news
 
 
 def access_token(sender: Sender, *, refused: str | None = None, clock: Callable[[], float] = time.monotonic) -> str:
@@ -233,6 +261,8 @@ def access_token(sender: Sender, *, refused: str | None = None, clock: Callable[
         token, expires_in = _refresh(sender, settings, state)
         state.access_token = token
         state.expires_at = now + max(0.0, expires_in - EXPIRY_MARGIN)
+        with _states_lock:
+            _news.expires_at[sender.key] = time.time() + expires_in
         return token
 
 
@@ -267,10 +297,22 @@ def _refresh(sender: Sender, settings: OAuth2Settings, state: _State) -> tuple[s
     if isinstance(rotated, str) and rotated and rotated != state.refresh_token:
         state.refresh_token = rotated
         if state_source == "keyring":
-            # The old one may stop working at any time now; a failure to store is reported when the
-            # next run reads the stale token (this run keeps the new one in memory).
-            with contextlib.suppress(SecretError):
+            # The old one may stop working at any time now. This run goes on with the new one (kept in
+            # memory); a failure to store it is a warning now and a problem for doctor until it is fixed.
+            problem: str | None = None
+            try:
                 secrets.set_refresh_token(sender.key, rotated)
+            except SecretError as exc:
+                problem = (
+                    f"sender {sender.key!r}: the token endpoint replaced the OAuth refresh token, but the new one "
+                    f"could not be stored ({exc}); this run used it, a later run may be refused: fix the keyring, "
+                    f"then run 'mailops oauth login {sender.key}'"
+                )
+            with _states_lock:
+                _news.problems[sender.key] = problem  # the last rotation decides what the keyring holds
+    elif state_source == "keyring":
+        with _states_lock:
+            _news.problems.setdefault(sender.key, None)  # the stored token works (unless this run failed to store)
     return token, lifetime
 
 
@@ -301,6 +343,13 @@ def post_form(url: str, form: dict[str, str], sender_key: str) -> dict[str, Any]
         ) from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
+        import ssl
+
+        if isinstance(reason, ssl.SSLCertVerificationError):
+            raise OAuthError(
+                f"sender {sender_key!r}: the certificate of the token endpoint {host} was refused ({reason}); trust "
+                "a private CA with SSL_CERT_FILE=/path/to/ca.pem, or check token_url"
+            ) from None
         raise OAuthError(
             f"sender {sender_key!r}: cannot reach the token endpoint {host} ({reason}); check token_url and the network"
         ) from None

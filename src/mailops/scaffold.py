@@ -52,6 +52,17 @@ senders:
     # security: none
     # auth: false
 
+  # A Microsoft 365 or Google Workspace / Gmail mailbox logs in with OAuth2 instead of a password
+  # (Microsoft turns basic authentication off): uncomment, put in your app's client ID, then run
+  # 'mailops oauth login support' (README: "Microsoft 365 walkthrough", "Gmail / Google Workspace walkthrough").
+  # support:
+  #   email: support@example.com
+  #   provider: microsoft365          # or google-workspace / gmail (then drop tenant)
+  #   oauth2:
+  #     client_id: 00000000-0000-0000-0000-000000000000
+  #     tenant: example.com           # Microsoft only: your tenant ID or domain
+  #     # client_secret_command: pass show mail/oauth-client-secret   # Google desktop clients have one
+
 routes:
   {ROUTE}: {SENDER}           # a purpose and the sender(s) for it: [first, fallback] fails over
   default: {SENDER}           # used when 'mailops send' has no --route

@@ -91,6 +91,8 @@ SenderState = sa.Table(
     sa.Column("last_error", sa.String),
     sa.Column("settings", sa.String),  # health.settings_of() of the sender when health was recorded
     sa.Column("last_error_at", sa.Float),
+    sa.Column("token_expires_at", sa.Float),
+    sa.Column("token_problem", sa.String),
 )
 
 RouteState = sa.Table(

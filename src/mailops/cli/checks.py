@@ -9,7 +9,7 @@ import typer
 from ..errors import UsageError
 from . import runtime
 from .helptext import examples
-from .output import out, print_json, safe, warn_unverified_tls
+from .output import err, out, print_json, safe, warn_unverified_tls
 from .runtime import load_config, open_store
 
 if TYPE_CHECKING:
@@ -41,6 +41,8 @@ def _run_checks(config: Config, keys: list[str], send_to: str | None) -> list[An
             error = None if result.ok else (result.error or "check failed")
             health.record(conn, key, result.ok, runtime.now(), error, health.settings_of(sender))
         results.append(result)
+    for line in health.record_token_news(store):
+        err(f"mailops: warning: {safe(line)}")
     return results
 
 

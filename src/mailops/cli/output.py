@@ -166,6 +166,8 @@ def print_summary(
     if STATE.debug:
         for trace in report.tracebacks:
             err(trace.rstrip())
+    for line in report.warnings:  # also with -q and --json: the operator has to act before a later run
+        err(f"mailops: warning: {safe(line)}")
     if json_out:
         print_json(data)
         return

@@ -7,10 +7,11 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ..errors import ConfigError, UsageError
+from ..errors import ConfigError, MailopsError, UsageError
+from . import runtime
 from .helptext import examples
 from .output import out, print_json, show_table
-from .runtime import load_config
+from .runtime import load_config, open_store, reading
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -69,8 +70,10 @@ def password_status(json_out: Annotated[bool, typer.Option("--json", help="Print
 
     config = load_config()
     backend = secrets.backend_info()
+    tokens = _token_states(config)
     rows = []
     for sender in config.senders.values():
+        shown = ""  # the table adds what is known of the access token
         if not sender.auth:
             source = words = "not needed (auth: false)"
             available = True
@@ -81,28 +84,62 @@ def password_status(json_out: Annotated[bool, typer.Option("--json", help="Print
             source = found
             if sender.oauth2 is not None:
                 source = "oauth2: token_command" if found == "command" else f"oauth2 refresh token: {found}"
-        rows.append(
-            {
-                "sender": sender.key,
-                "email": sender.email,
-                "active": sender.active,
-                "source": source,
-                "available": available,
-                "password": words,
-            }
-        )
+        row: dict[str, Any] = {
+            "sender": sender.key,
+            "email": sender.email,
+            "active": sender.active,
+            "source": source,
+            "available": available,
+            "password": words,
+        }
+        if sender.oauth2 is not None and not sender.oauth2.token_command:
+            state, text = _access_token(tokens, sender.key, config)
+            known = (tokens or {}).get(sender.key)
+            row.update(access_token=state, access_token_expires_at=known.expires_at if known else None)
+            shown = f"; {text}" if available else ""
+        rows.append((row, shown))
     if json_out:
+        senders = [row for row, _ in rows]
         print_json(
-            {"backend": backend.name, "backend_usable": backend.usable, "problem": backend.problem, "senders": rows}
+            {"backend": backend.name, "backend_usable": backend.usable, "problem": backend.problem, "senders": senders}
         )
         return
     show_table(
         None,
         ["sender", "email", "active", "password"],
-        [[r["sender"], r["email"], "yes" if r["active"] else "no", r["password"]] for r in rows],
+        [[r["sender"], r["email"], "yes" if r["active"] else "no", r["password"] + shown] for r, shown in rows],
     )
     # the problem text names the backend itself
     out(f"keyring backend: {backend.name}" if backend.usable else f"keyring backend refused: {backend.problem}")
+
+
+def _token_states(config: Config) -> dict[str, Any] | None:
+    """What the database knows of the OAuth2 senders' access tokens ({} without such a sender, so the database is
+    not opened for nothing); None when it cannot be read."""
+    if not any(s.oauth2 is not None and not s.oauth2.token_command for s in config.senders.values()):
+        return {}
+    from ..health import load_tokens
+
+    try:
+        with reading(config) as db:
+            return dict(load_tokens(db))
+    except MailopsError:
+        return None
+
+
+def _access_token(tokens: dict[str, Any] | None, key: str, config: Config) -> tuple[str, str]:
+    """(state, text) of a sender's last access token: valid, expired, none (never obtained) or unknown."""
+    from ..history import local_time
+
+    if tokens is None:
+        return "unknown", "access token: unknown (the database cannot be read)"
+    state = tokens.get(key)
+    if state is None or state.expires_at is None:
+        return "none", "no access token yet (one is fetched at the first send or test-smtp)"
+    when = f"{local_time(state.expires_at, config.timezone)} {config.timezone.key}"
+    if state.expires_at > runtime.now():
+        return "valid", f"access token valid until {when}"
+    return "expired", f"access token expired {when} (a new one is fetched when needed)"
 
 
 # ---------------------------------------------------------------- oauth
@@ -120,6 +157,17 @@ def _oauth_sender(config: Config, key: str) -> Any:
     return sender
 
 
+def _token_stored(config: Config, key: str) -> None:
+    """A new refresh token is in the keyring: a problem doctor showed about storing an older one is over."""
+    from ..health import clear_token_problem
+
+    try:
+        with open_store(config).write() as conn:
+            clear_token_problem(conn, key)
+    except MailopsError:
+        pass  # the token is stored; the database only said what doctor shows, and says it until a refresh works
+
+
 @oauth_app.command("token", epilog=examples("printf '%s\\n' \"$TOKEN\" | mailops oauth token support --stdin"))
 def oauth_token(
     sender: Annotated[str, typer.Argument(help="Sender name from senders.yaml.")],
@@ -128,13 +176,15 @@ def oauth_token(
     """Store a refresh token obtained elsewhere (another tool's login) in the system keyring."""
     from .. import secrets
 
-    _oauth_sender(load_config(), sender)
+    config = load_config()
+    _oauth_sender(config, sender)
     if not stdin:
         raise UsageError("pipe the refresh token in with --stdin (it is never taken from the command line)")
     value = sys.stdin.readline().strip()
     if not value:
         raise UsageError(f"no refresh token on standard input for {sender!r}: nothing stored")
     secrets.set_refresh_token(sender, value)
+    _token_stored(config, sender)
     out(f"stored the OAuth refresh token of {sender} in the keyring ({secrets.backend_info().name})")
 
 
@@ -161,4 +211,5 @@ def oauth_login(
         oauth.login_loopback(target, out, None if no_browser else webbrowser.open)
     else:
         oauth.login_device_code(target, out)
+    _token_stored(config, sender)
     out(f"stored the OAuth refresh token of {sender} in the keyring ({backend.name})")

@@ -383,6 +383,8 @@ def run_sendmail(argv: list[str]) -> None:
     if accepted.suppressed:
         err(f"mailops: sendmail: left out {len(accepted.suppressed)} suppressed recipient(s): {safe(left_out)}")
     report = _deliver(config, store, accepted.run_id, None, None, False, 1)
+    for line in report.warnings:
+        err(f"mailops: warning: {safe(line)}")
     if report.total_sent == 0:
         # queued all the same: exit 0, like a sendmail whose relay is down; cron logs this line
         why = "; ".join(report.problems[:3]) or "not delivered in this run"

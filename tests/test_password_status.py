@@ -9,6 +9,8 @@ import keyring
 from tests.fixtures_cli import Workspace
 from tests.keyring_backend import FailingKeyring, write_entry
 
+_NO_ACCESS_TOKEN = "no access token yet (one is fetched at the first send or test-smtp)"
+
 
 def _table_rows(text: str) -> dict[str, list[str]]:
     return {
@@ -45,8 +47,9 @@ def test_password_status_in_words_with_a_keyring(workspace: Workspace, cli, keyr
         "sales": ["sales@example.com", "yes", "stored (keyring)"],
         "alerts": ["alerts@example.com", "yes", "from MAILOPS_PASSWORD_ALERTS"],
         "finance": ["finance@example.com", "no", "missing"],
-        "m365": ["m365@example.com", "yes", "OAuth token: from MAILOPS_OAUTH_M365"],
-        "kr": ["kr@example.com", "yes", "OAuth token: stored (keyring)"],
+        # an OAuth2 sender's table entry also says what is known of its access token (none yet: no run so far)
+        "m365": ["m365@example.com", "yes", f"OAuth token: from MAILOPS_OAUTH_M365; {_NO_ACCESS_TOKEN}"],
+        "kr": ["kr@example.com", "yes", f"OAuth token: stored (keyring); {_NO_ACCESS_TOKEN}"],
         "cmd": ["cmd@example.com", "yes", "OAuth token: from token_command"],
     }
     for secret in ("pw-sales", "from-the-environment", "rt-env", "rt-kr"):

@@ -29,6 +29,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from email.message import EmailMessage
+from email.policy import SMTP as SMTP_POLICY
 from email.utils import make_msgid
 from pathlib import Path
 from typing import Any
@@ -642,6 +643,120 @@ def section_memory(small: int, big: int) -> None:
     )
 
 
+def db_bytes(folder: Path) -> int:
+    """Size of the SQLite database with its write-ahead log."""
+    return sum(f.stat().st_size for f in folder.glob("bench.db*") if f.is_file())
+
+
+def attach_workdir(info: dict[str, Any], megabytes: float, n: int) -> tuple[Path, Path, Path]:
+    """A one-sender workdir with ``n`` CSV rows and an incompressible attachment of ``megabytes`` MB (like a PDF)."""
+    folder = workdir(info, 1, 1)
+    data = write_csv(folder / "rows.csv", n)
+    brochure = folder / "brochure.pdf"
+    with brochure.open("wb") as fh:
+        left = int(megabytes * 1_000_000)
+        while left > 0:  # bounded: one pass per 1 MB
+            step = min(left, 1_000_000)
+            fh.write(os.urandom(step))
+            left -= step
+    subprocess.run(
+        [PY, "-m", "mailops", "--config", str(folder / "senders.yaml"), "db", "upgrade"],
+        env=ENV,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        cwd=folder,
+    )
+    return folder, data, brochure
+
+
+def queue_only(folder: Path, data: Path, attach: Path | None) -> tuple[float, int, int]:
+    """``send --queue-only`` of the rows (with ``--attach``); (seconds, peak RSS MiB, database growth bytes)."""
+    before = db_bytes(folder)
+    cmd = [PY, "-m", "mailops", "--config", str(folder / "senders.yaml"), "send", "--template", "renewal"]
+    cmd += ["--data", str(data), "--queue-only", "-q"] + (["--attach", str(attach)] if attach else [])
+    seconds, rss, err = peak_rss(cmd, folder)
+    if err.strip():
+        print(err, file=sys.stderr)
+    return seconds, rss, db_bytes(folder) - before
+
+
+def encoded_size(path: Path) -> int:
+    """Bytes of the attachment as base64 in 76-character lines with CRLF (what a message carries)."""
+    raw = path.stat().st_size
+    lines = -(-raw // 57)
+    return -(-raw // 3) * 4 + 2 * lines
+
+
+def plain_attachment_loop(info: dict[str, Any], data: list[dict[str, str]], brochure: Path, per_row: bool) -> float:
+    """Plain smtplib, one connection: the same message with the same attachment to every row's address.
+
+    ``per_row``: an EmailMessage is built (and the attachment encoded) per row, as a simple script does;
+    otherwise the message bytes are built once and only the envelope changes (the ceiling).
+    """
+    payload = brochure.read_bytes()
+
+    def message(row: dict[str, str]) -> bytes:
+        msg = build(row, 0)
+        msg.add_attachment(payload, maintype="application", subtype="pdf", filename=brochure.name)
+        return msg.as_bytes(policy=SMTP_POLICY)
+
+    once = message(data[0])
+    start = time.perf_counter()
+    client = smtp_client(info)
+    for row in data:
+        client.sendmail("s0@example.com", [row["email"]], message(row) if per_row else once)
+    client.quit()
+    return time.perf_counter() - start
+
+
+def section_attach(rows_1mb: int, rows_10mb: int, send_rows: int) -> None:
+    """Issue 11: queue 1 MB and 10 MB attachments (growth, memory, time), then send them next to plain smtplib."""
+    out = []
+    with sink(0) as info:
+        folder, data, brochure = attach_workdir(info, 1, rows_1mb)
+        _, _, bodies = queue_only(folder, data, None)
+        seconds, rss, growth = queue_only(folder, data, brochure)
+        limit = 1.2 * (encoded_size(brochure) + bodies)
+        out.append(
+            [
+                f"{rows_1mb} x 1 MB, --queue-only",
+                f"{rss} MiB (<= 150)",
+                f"{seconds:.1f} s (<= 5)",
+                f"{growth / 1e6:.1f} MB (<= {limit / 1e6:.1f})",
+            ]
+        )
+        shutil.rmtree(folder, ignore_errors=True)
+        folder, data, brochure = attach_workdir(info, 10, rows_10mb)
+        seconds, rss, growth = queue_only(folder, data, brochure)
+        out.append(
+            [f"{rows_10mb} x 10 MB, --queue-only", f"{rss} MiB (<= 200)", f"{seconds:.1f} s", f"{growth / 1e6:.1f} MB"]
+        )
+        shutil.rmtree(folder, ignore_errors=True)
+
+        folder, data, brochure = attach_workdir(info, 1, send_rows)
+        queue_only(folder, data, brochure)
+        cmd = [PY, "-m", "mailops", "--config", str(folder / "senders.yaml"), "deliver", "-q"]
+        deliver_s, deliver_rss, err = peak_rss(cmd, folder)
+        if err.strip():
+            print(err, file=sys.stderr)
+        out.append([f"{send_rows} x 1 MB, deliver", f"{deliver_rss} MiB", f"{deliver_s:.1f} s", ""])
+        row_data = rows(send_rows)
+        ceiling = send_rows / plain_attachment_loop(info, row_data, brochure, per_row=False)
+        per_row = send_rows / plain_attachment_loop(info, row_data, brochure, per_row=True)
+        shutil.rmtree(folder, ignore_errors=True)
+    table("attachments (issue 11 targets in brackets)", ["run", "peak RSS", "wall", "database growth"], out)
+    rate = send_rows / deliver_s
+    table(
+        f"sending {send_rows} messages with a 1 MB attachment to the loopback sink (target: >= 0.8 x the plain loop)",
+        ["client", "msgs/s", "ratio"],
+        [
+            ["smtplib, one connection, message bytes built once", f"{ceiling:.1f}", "1.00"],
+            ["smtplib, one connection, EmailMessage built per row", f"{per_row:.1f}", f"{per_row / ceiling:.2f}"],
+            ["mailops deliver (whole process)", f"{rate:.1f}", f"{rate / ceiling:.2f}"],
+        ],
+    )
+
+
 def timed(cmd: list[str], repeat: int = 7, cwd: Path | None = None) -> float:
     times = []
     for _ in range(repeat):
@@ -740,13 +855,21 @@ def main() -> None:
         "--rounds", type=int, default=3, help="interleaved repetitions of the sending runs the targets compare"
     )
     parser.add_argument(
+        "--attach-rows",
+        type=int,
+        nargs=3,
+        default=[1000, 1000, 200],
+        metavar=("ROWS_1MB", "ROWS_10MB", "SEND_ROWS"),
+        help="rows queued with a 1 MB and a 10 MB attachment, and messages with 1 MB sent to the sink",
+    )
+    parser.add_argument(
         "--only",
-        choices=["send", "targets", "memory", "startup", "log"],
+        choices=["send", "targets", "memory", "startup", "log", "attach"],
         action="append",
         help="targets: only the interleaved sending runs the targets compare (no slow baselines)",
     )
     args = parser.parse_args()
-    only = set(args.only or ["send", "memory", "startup", "log"])
+    only = set(args.only or ["send", "memory", "startup", "log", "attach"])
     print(f"mailops benchmark on {os.cpu_count()} cores, Python {sys.version.split()[0]}")
     if "startup" in only:
         section_startup()
@@ -756,6 +879,8 @@ def main() -> None:
         section_memory(*args.memory_rows)
     if "log" in only:
         section_log(args.log_rows)
+    if "attach" in only:
+        section_attach(*args.attach_rows)
 
 
 if __name__ == "__main__":

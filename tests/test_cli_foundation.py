@@ -765,7 +765,7 @@ MALFORMED = [
     (
         "unknown top-level key",
         lambda text: text + "smtp: {{}}\n",
-        "{f}: smtp: unknown key; valid keys are: timezone, database, templates, defaults, senders, routes, groups, delivery, sendmail",
+        "{f}: smtp: unknown key; valid keys are: timezone, database, templates, defaults, senders, routes, groups, delivery, sendmail, retention",
     ),
     (
         "route with bad strategy",

@@ -530,7 +530,7 @@ def test_text_only_fast_path_writes_exactly_what_the_email_package_writes() -> N
             (line.split(": ", 1)[0], compose._Folded(line.split(": ", 1)[1].replace("\r\n", "\n")))
             for line in fields[: fields.index('Content-Type: text/plain; charset="utf-8"')]
         ]
-        reference = compose._mime_message(headers, text, None, [], "test")
+        reference, _ = compose._mime_message(headers, text, None, [], "test")
         assert fast.mime == reference, text
         checked += 1
     assert checked > 400

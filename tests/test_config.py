@@ -78,7 +78,7 @@ MALFORMED = [
     (
         "top-level unknown",
         SALES + "smtp: {}\n",
-        "smtp: unknown key; valid keys are: timezone, database, templates, defaults, senders, routes, groups, delivery, sendmail",
+        "smtp: unknown key; valid keys are: timezone, database, templates, defaults, senders, routes, groups, delivery, sendmail, retention",
     ),
     (
         "defaults key typo",
@@ -435,6 +435,28 @@ MALFORMED = [
         "delivery.retry_maxx: unknown key; did you mean 'retry_max'?",
     ),
     ("delivery not a mapping", SALES + "delivery: 5m\n", "delivery: must be a mapping of keys to values (got str)"),
+    (
+        "retention a bare number",
+        SALES + "retention: 30\n",
+        "retention: must be from 1d to 3650d (got 30) (a bare number is seconds: write 30d for 30 days); "
+        "it is how long the body of a sent or failed message is kept",
+    ),
+    (
+        "retention too long",
+        SALES + "retention: 4000d\n",
+        "retention: must be from 1d to 3650d (got '4000d'); it is how long the body of a sent or failed message "
+        "is kept",
+    ),
+    (
+        "retention not a duration",
+        SALES + "retention: a month\n",
+        "retention: must be a duration such as 30, 5m, 1h or 2d (got 'a month'), e.g. 30d",
+    ),
+    (
+        "retention negative",
+        SALES + "retention: -1d\n",
+        "retention: must be a duration such as 30, 5m, 1h or 2d (got '-1d'), e.g. 30d",
+    ),
     # ---- the file itself
     ("top level a list", "- sales\n- support\n", "(top level): must be a mapping of settings (got list)"),
     ("empty file", "", "the file is empty; start from senders.yaml.example or run 'mailops init'"),
@@ -636,6 +658,8 @@ def test_unset_keys_take_their_documented_defaults(tmp_path: Path, isolated_home
     assert config.database_url == f"sqlite:///{isolated_home.data_dir / 'mailops.db'}"
     assert (config.delivery.retry_initial, config.delivery.retry_max) == (300.0, 3600.0)
     assert (config.delivery.give_up_after, config.delivery.lease) == (172800.0, 300.0)
+    assert config.retention == 30 * 86400.0
+    assert load_config(write(tmp_path, SALES + "retention: 90d\n")).retention == 90 * 86400.0
 
 
 @pytest.mark.parametrize(("security", "port"), [("starttls", 587), ("ssl", 465), ("none", 25)])

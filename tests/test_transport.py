@@ -540,3 +540,20 @@ def test_lines_starting_with_a_dot_arrive_intact(smtp_server):
     with SmtpSession(make_sender(server), DEFAULT_PASSWORD) as session:
         session.send(mime(body=body), "sales@example.com", [RCPT], while_waiting=lambda: None)
     assert server.messages[0].message.get_content().replace("\r\n", "\n") == body
+
+
+def test_line_endings_and_dot_stuffing_match_the_regular_expressions_smtplib_uses():
+    """The C-speed helpers give what smtplib's regexes give (``_fix_eols``, ``_quote_periods``) on every mix."""
+    import random
+    import re
+
+    from mailops.transport import _crlf, _dot_stuffed
+
+    fix_eols = re.compile(rb"(?:\r\n|\n|\r(?!\n))")
+    quote_periods = re.compile(rb"(?m)^\.")
+    rng = random.Random(20261201)
+    for _ in range(5000):
+        data = bytes(rng.choice(b".\r\na") for _ in range(rng.randint(0, 40)))
+        crlf = _crlf(data)
+        assert crlf == fix_eols.sub(b"\r\n", data), data
+        assert _dot_stuffed(crlf) == quote_periods.sub(b"..", crlf), crlf

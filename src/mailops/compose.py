@@ -21,12 +21,19 @@ from __future__ import annotations
 
 import binascii
 import email.charset
+import email.generator
 import email.policy
 import email.quoprimime as quoprimime
 import functools
+import hashlib
+import io
 import itertools
 import mimetypes
+import os
 import re
+import secrets
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -247,16 +254,62 @@ def _subject_value(subject: str) -> _Folded:
     return _text_value("Subject", subject)
 
 
+@dataclass(frozen=True, eq=False)
+class StoredPart:
+    """An attachment's body as the message carries it (base64 lines, CRLF), stored once under its sha256.
+
+    One object is shared by every message of a run that attaches the same file,
+    so a thousand messages with one brochure hold (and store) its bytes once.
+    """
+
+    digest: str  # sha256 hex of data
+    data: bytes = field(repr=False)
+
+
+#: (offset in the skeleton, part): the body goes in at that byte of the message without attachment bodies
+Splice = tuple[int, StoredPart]
+
+
+def splice(skeleton: bytes, parts: Sequence[tuple[int, bytes]]) -> bytes:
+    """The whole message: ``skeleton`` with each body inserted at its offset (offsets in ascending order)."""
+    if not parts:
+        return skeleton
+    pieces: list[bytes] = []
+    at = 0
+    for offset, data in parts:
+        pieces.append(skeleton[at:offset])
+        pieces.append(data)
+        at = offset
+    pieces.append(skeleton[at:])
+    return b"".join(pieces)
+
+
 @dataclass(frozen=True)
 class PreparedEmail:
-    """A serialized message plus the envelope it is sent with."""
+    """A serialized message plus the envelope it is sent with.
 
-    mime: bytes = field(repr=False)  # CRLF line endings, ready for SMTP DATA
+    The message is ``skeleton`` (every byte but the attachment bodies: headers,
+    Message-ID, boundaries, text and HTML parts, each attachment's own headers)
+    with ``stored`` bodies spliced in; ``mime`` gives the whole message.
+    """
+
+    skeleton: bytes = field(repr=False)  # CRLF line endings
     envelope_from: str
     envelope_to: list[str]  # To + Cc + Bcc addresses, deduplicated, in order
     subject: str
     message_id: str
     to_header: str  # decoded To header, for logs and previews
+    stored: tuple[Splice, ...] = ()
+
+    @property
+    def mime(self) -> bytes:
+        """The whole message, ready for SMTP DATA (assembled on each call: a copy of every attachment)."""
+        return splice(self.skeleton, [(offset, part.data) for offset, part in self.stored])
+
+    @property
+    def size(self) -> int:
+        """Bytes of the whole message, without assembling it."""
+        return len(self.skeleton) + sum(len(part.data) for _, part in self.stored)
 
 
 def check_header_text(value: str, *, where: str) -> str:
@@ -580,12 +633,14 @@ def build_message(
                 "shorten the value"
             )
 
+    stored: tuple[Splice, ...] = ()
     if html is None and not attachments:
-        mime = _plain_text_message(headers, text)
+        skeleton = _plain_text_message(headers, text)
     else:
-        mime = _mime_message(headers, text, html, attachments, where)
+        skeleton, stored = _mime_message(headers, text, html, attachments, where)
     return PreparedEmail(
-        mime=mime,
+        skeleton=skeleton,
+        stored=stored,
         envelope_from=from_addr.addr_spec,
         envelope_to=_unique([a.addr_spec for a in (*to, *cc, *bcc)]),
         subject=subject,
@@ -596,25 +651,132 @@ def build_message(
 
 def _mime_message(
     headers: list[tuple[str, _Folded]], text: str, html: str | None, attachments: Sequence[Path], where: str
-) -> bytes:
-    """A multipart (or any) message built by the email package."""
+) -> tuple[bytes, tuple[Splice, ...]]:
+    """A multipart message built by the email package, as (skeleton, attachment bodies and where they go).
+
+    Each attachment is encoded once (:func:`_encoded_attachment`) and goes into
+    the message as a small placeholder part; once the email package has written
+    the message, each placeholder is replaced by the attachment's own headers and
+    its body is left out, to be spliced back at that offset. Whole, the bytes are
+    those the email package writes with the attachments in place (a test compares
+    them); the boundary is chosen as it would be (random, checked against the text).
+    """
     msg = EmailMessage(policy=_POLICY)
     for name, value in headers:
         msg[name] = value
     msg.set_content(text)
     if html is not None:
         msg.add_alternative(html, subtype="html")
-    for path in attachments:
-        path = Path(path)
-        data = _read_attachment(path, where)
-        maintype, subtype = _mime_type(path)
-        msg.add_attachment(data, maintype=maintype, subtype=subtype, filename=path.name)
+    encoded = [_encoded_attachment(Path(path), where) for path in attachments]
+    placeholders: list[EmailMessage] = []
+    token = secrets.token_hex(16)
+    for index in range(len(encoded)):
+        msg.add_attachment(f"mailops-{token}-{index}".encode("ascii"), maintype="application", subtype="octet-stream")
+        payload = msg.get_payload()
+        assert isinstance(payload, list)  # add_attachment made the message multipart
+        last = payload[-1]
+        assert isinstance(last, EmailMessage)  # a part of an EmailMessage is one too
+        placeholders.append(last)
     if msg.is_multipart():
         # Sub-parts created by add_alternative/add_attachment carry their own MIME-Version; only the top needs it.
         for part in msg.walk():
             if part is not msg:
                 del part["MIME-Version"]
-    return msg.as_bytes(policy=_SMTP)
+    whole = msg.as_bytes(policy=_SMTP)
+    pieces: list[bytes] = []
+    stored: list[Splice] = []
+    at = length = 0
+    for placeholder, (head, body) in zip(placeholders, encoded, strict=True):
+        written = _part_bytes(placeholder)
+        start = whole.index(written, at)
+        pieces += [whole[at:start], head]
+        length += start - at + len(head)
+        stored.append((length, body))
+        at = start + len(written)
+    pieces.append(whole[at:])
+    return b"".join(pieces), tuple(stored)
+
+
+def _part_bytes(part: EmailMessage) -> bytes:
+    """A sub-part as the generator writes it inside its multipart parent (same policy, CRLF)."""
+    buffer = io.BytesIO()
+    email.generator.BytesGenerator(buffer, mangle_from_=False, policy=_SMTP).flatten(part, linesep="\r\n")
+    return buffer.getvalue()
+
+
+class _EncodedCache:
+    """Encoded attachments by file identity, bounded by the bytes held (least recently used dropped first).
+
+    A mail merge attaches the same brochure to every row: reading, hashing and
+    encoding it once instead of per row is most of the time saved.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[tuple[Any, ...], tuple[bytes, StoredPart]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[Any, ...]) -> tuple[bytes, StoredPart] | None:
+        with self._lock:
+            found = self._items.get(key)
+            if found is not None:
+                self._items.move_to_end(key)
+            return found
+
+    def put(self, key: tuple[Any, ...], value: tuple[bytes, StoredPart]) -> None:
+        size = len(value[1].data)
+        if size > self.max_bytes:
+            return
+        with self._lock:
+            if key in self._items:
+                return
+            self._items[key] = value
+            self._bytes += size
+            while self._bytes > self.max_bytes:  # bounded: each pass drops one entry
+                _, (_, dropped) = self._items.popitem(last=False)
+                self._bytes -= len(dropped.data)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self._bytes = 0
+
+
+#: 64 MB of encoded attachments: a 10 MB brochure fits; per-row invoices pass through
+_ENCODED = _EncodedCache(64 * 1024 * 1024)
+
+
+def _encoded_attachment(path: Path, where: str) -> tuple[bytes, StoredPart]:
+    """(the part's headers up to its blank line, its body stored once) of the file at ``path`` as an attachment."""
+    maintype, subtype = _mime_type(path)
+    try:
+        info = os.stat(path)
+        key: tuple[Any, ...] | None = (
+            os.path.realpath(path),
+            info.st_dev,
+            info.st_ino,
+            info.st_size,
+            info.st_mtime_ns,
+            path.name,
+            maintype,
+            subtype,
+        )
+    except OSError:
+        key = None  # _read_attachment says what is wrong
+    if key is not None and (found := _ENCODED.get(key)) is not None:
+        return found
+    data = _read_attachment(path, where)
+    part = EmailMessage(policy=_POLICY)
+    part.set_content(data, maintype=maintype, subtype=subtype, filename=path.name)
+    del part["MIME-Version"]
+    written = _part_bytes(part)
+    cut = written.index(b"\r\n\r\n") + 4
+    body = written[cut:]
+    value = (written[:cut], StoredPart(hashlib.sha256(body).hexdigest(), body))
+    if key is not None:
+        _ENCODED.put(key, value)
+    return value
 
 
 _LINE_END_RE = re.compile(r"\r\n|\r|\n")

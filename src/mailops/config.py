@@ -47,6 +47,7 @@ TOP_LEVEL_KEYS = (
     "groups",
     "delivery",
     "sendmail",
+    "retention",
 )
 SENDER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
@@ -59,6 +60,10 @@ MIN_LEASE = 30.0
 MAX_RETRY_DURATION = 30 * 86400.0
 #: The longest claim lease: the claims of a process that died wait this long before another run sends them.
 MAX_LEASE = 86400.0
+#: How long the body of a sent or failed message is kept (``retention:``), and the range allowed.
+DEFAULT_RETENTION = 30 * 86400.0
+MIN_RETENTION = 86400.0
+MAX_RETENTION = 3650 * 86400.0
 
 
 def parse_duration(value: Any) -> float:
@@ -269,6 +274,7 @@ class Config:
     groups: dict[str, tuple[str, ...]]
     delivery: DeliveryPolicy = field(default_factory=DeliveryPolicy)
     sendmail: SendmailRoutes = field(default_factory=SendmailRoutes)
+    retention: float = DEFAULT_RETENTION  # seconds the body of a sent or failed message is kept
 
     @property
     def timezone(self) -> ZoneInfo:
@@ -845,7 +851,26 @@ def parse_config(data: Any, path: Path) -> Config:
         groups=groups,
         delivery=delivery,
         sendmail=_build_sendmail(top.get("sendmail"), routes, path),
+        retention=_retention(top.get("retention"), path),
     )
+
+
+def _retention(raw: Any, path: Path) -> float:
+    """The ``retention:`` key in seconds (default 30 days); ConfigError naming the key and the fix."""
+    if raw is None:
+        return DEFAULT_RETENTION
+    try:
+        seconds = parse_duration(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{path}: retention: {exc}, e.g. 30d") from None
+    if not MIN_RETENTION <= seconds <= MAX_RETENTION:  # also NaN
+        bare = " (a bare number is seconds: write 30d for 30 days)" if isinstance(raw, (int, float)) else ""
+        raise ConfigError(
+            f"{path}: retention: must be from {format_duration(MIN_RETENTION)} to "
+            f"{format_duration(MAX_RETENTION)} (got {raw!r}){bare}; it is how long the body of a sent or "
+            "failed message is kept"
+        )
+    return seconds
 
 
 def find_config_path(explicit: str | os.PathLike[str] | None = None) -> Path:

@@ -32,7 +32,7 @@ from .compose import format_date, stamp_date
 from .config import Config, Sender
 from .errors import SecretError
 from .groupcommit import GroupCommit
-from .outbox import Outbox, QueuedMessage, retry_delay
+from .outbox import Bodies, Outbox, QueuedMessage, retry_delay
 from .store import Store
 from .transport import SendResult, SmtpFailure, SmtpSession
 
@@ -406,6 +406,7 @@ class Deliverer:
         self.config = config
         self.store = store
         self.outbox = Outbox(store, config.delivery)
+        self.bodies = Bodies(self.outbox)  # stored attachments, read once and shared by the workers
         self.worker_id = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.clock = clock
         self.stop_event = threading.Event()
@@ -683,7 +684,8 @@ class Deliverer:
     def _mime_for(self, msg: QueuedMessage, sender: Sender) -> bytes:
         """The bytes handed to ``sender``'s server: the stored message, Date stamped now (and From rewritten
         on failover); the stored message itself is not changed. A piped message's own Date is kept."""
-        mime = msg.mime if msg.keep_date else stamp_date(msg.mime, self._date_value())
+        whole = self.bodies.whole(msg)
+        mime = whole if msg.keep_date else stamp_date(whole, self._date_value())
         if sender.key == msg.nominal_sender:
             return mime
         from .compose import rewrite_sender

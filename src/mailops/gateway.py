@@ -461,7 +461,7 @@ def build(config: Config, args: SendmailArgs, data: bytes, now: datetime) -> tup
         row=None,
         label=term(WHERE),
         email=PreparedEmail(
-            mime=mime,
+            skeleton=mime,
             envelope_from=envelope_from,
             envelope_to=recipients,
             subject=subject,

@@ -1,8 +1,8 @@
 """Schema migrations: an ordered registry of named steps, each applied once and recorded.
 
-SQLModel's ``create_all`` never alters an existing table, so the schema is
+SQLAlchemy's ``create_all`` never alters an existing table, so the schema is
 owned here from the first table on. Each step defines the tables it needs
-with its own frozen SQLAlchemy metadata, so later edits to ``models.py`` can
+with its own frozen SQLAlchemy metadata, so later edits to ``tables.py`` can
 never change what an old step does. Steps must be portable (SQLite and
 PostgreSQL) and are applied inside one write transaction each.
 
@@ -184,6 +184,46 @@ def _m006_token_state(conn: Connection) -> None:
     conn.execute(sa.text("ALTER TABLE sender_state ADD COLUMN token_problem TEXT"))
 
 
+def _m007_attachments(conn: Connection) -> None:
+    import sqlalchemy as sa
+
+    # Each distinct attachment body (its base64 lines, as sent) is stored once, keyed by its sha256, and shared
+    # by every message that carries it. A message keeps its own bytes without those bodies in ``mime`` and, in
+    # ``parts``, where each one goes (JSON [[offset, digest], ...]; NULL: ``mime`` is the whole message, as in
+    # every row written before this step). ``refs`` counts the messages whose ``parts`` name the attachment,
+    # kept in the transactions that add or drop them; at 0 it is deleted. ``refs`` comes before ``data`` so
+    # that reading it never reads the body.
+    md = sa.MetaData()
+    sa.Table(
+        "attachments",
+        md,
+        sa.Column("digest", sa.Text, primary_key=True),
+        sa.Column("size", sa.Integer, nullable=False),
+        sa.Column("refs", sa.Integer, nullable=False),
+        sa.Column("created_at", sa.Float, nullable=False),
+        sa.Column("data", sa.LargeBinary, nullable=False),
+    )
+    md.create_all(conn)
+    conn.execute(sa.text("ALTER TABLE messages ADD COLUMN parts TEXT"))
+    # Retention finds the bodies still kept after delivery ended, oldest first, without reading the others
+    # (a partial index: a body once dropped leaves it). The predicate is outbox.KEPT_BODY, word for word,
+    # so that the query matches it.
+    kept = sa.text("state IN ('sent', 'failed') AND length(mime) > 0")
+    messages = sa.Table("messages", sa.MetaData(), sa.Column("updated_at", sa.Float))
+    sa.Index("ix_messages_kept_bodies", messages.c.updated_at, sqlite_where=kept, postgresql_where=kept).create(conn)
+
+
+def _m008_incremental_vacuum(conn: Connection) -> None:
+    import sqlalchemy as sa
+
+    # SQLite: give the space of dropped bodies back to the file system (PRAGMA incremental_vacuum after
+    # retention and purge). A database created before this step only switches once it is rewritten:
+    # Store.migrate runs that VACUUM after this transaction (it cannot run inside one). A new database
+    # has the mode from its first connection (store._on_connect).
+    if conn.dialect.name == "sqlite":
+        conn.execute(sa.text("PRAGMA auto_vacuum = INCREMENTAL"))
+
+
 #: name -> step, applied in this order; never edit or reorder a released step, add a new one.
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("001_initial", _m001_initial),
@@ -192,6 +232,8 @@ MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("004_suppressions", _m004_suppressions),
     ("005_message_origin", _m005_message_origin),
     ("006_token_state", _m006_token_state),
+    ("007_attachments", _m007_attachments),
+    ("008_incremental_vacuum", _m008_incremental_vacuum),
 ]
 
 

@@ -13,21 +13,34 @@ from __future__ import annotations
 
 import builtins  # Outbox.list shadows list in the class body's annotations
 import json
+import threading
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from . import tables
+from .compose import Splice, splice
 from .config import DeliveryPolicy
 from .states import CANCELLED, DEFERRED, DUE_STATES, FAILED, QUEUED, SENDING, SENT, STAGED
 from .store import Store, serialize
 
 MESSAGES = tables.Message
 ATTEMPTS = tables.Attempt
+ATTACHMENTS = tables.StoredAttachment
 STAGE_CHUNK = 500  # rows per staging transaction: bounded memory, short write locks
+#: bytes per staging transaction (messages plus the attachment bodies they bring): memory bounded by size, not rows
+STAGE_BYTES = 32 * 1024 * 1024
+#: messages whose delivery is over but whose body is still kept: the predicate of the partial index
+#: ix_messages_kept_bodies (migration 007), written the same way so that the query can use it
+KEPT_BODY = "state IN ('sent', 'failed') AND length(mime) > 0"
+#: retention drops bodies this many messages per transaction (short write locks), at most RETENTION_ROUNDS
+#: transactions per call, so a send or deliver never spends long on it; the next run goes on
+RETENTION_BATCH = 200
+RETENTION_ROUNDS = 10
 
 # Hot-path statements, built once (constructing them costs more than running them).
 _INSERT_ATTEMPT = sa.insert(ATTEMPTS)
@@ -90,6 +103,7 @@ class QueuedMessage:
     first_attempt_at: float | None
     recipient_status: dict[str, str]
     keep_date: bool = False  # a piped message's own Date, sent as written (see gateway)
+    parts: list[tuple[int, str]] = field(default_factory=list)  # (offset in mime, digest) of stored attachments
 
     @classmethod
     def from_row(cls, row: Any) -> QueuedMessage:
@@ -113,6 +127,7 @@ class QueuedMessage:
             first_attempt_at=row.first_attempt_at,
             recipient_status=json.loads(row.recipient_status or "{}"),
             keep_date=bool(row.keep_date),
+            parts=[(int(offset), str(digest)) for offset, digest in json.loads(row.parts)] if row.parts else [],
         )
 
     @property
@@ -142,6 +157,7 @@ _CLAIM_COLUMNS = [
         "first_attempt_at",
         "recipient_status",
         "keep_date",
+        "parts",
     ]
 ]
 
@@ -181,6 +197,68 @@ def _claim_statement(by_run: bool, by_batch: bool) -> Any:
     return stmt
 
 
+class Bodies:
+    """Whole messages for delivery: a claimed message's ``mime`` with its stored attachments spliced back in.
+
+    Attachment bodies are read from the database once and kept while they fit in
+    ``max_bytes`` (least recently used dropped first), so a campaign's brochure
+    is read once per process, not once per message. Thread-safe: every worker
+    of a delivery run shares one.
+    """
+
+    def __init__(self, outbox: Outbox, max_bytes: int = 64 * 1024 * 1024) -> None:
+        self.outbox = outbox
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[str, bytes] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def whole(self, msg: QueuedMessage) -> bytes:
+        """The message as queued, byte for byte; RuntimeError if an attachment it references is gone."""
+        if not msg.parts:
+            return msg.mime
+        found: dict[str, bytes] = {}
+        with self._lock:
+            for _, digest in msg.parts:
+                if digest in self._items:
+                    self._items.move_to_end(digest)
+                    found[digest] = self._items[digest]
+        missing = [digest for _, digest in msg.parts if digest not in found]
+        if missing:
+            loaded = self.outbox.attachment_bodies(missing)
+            if len(loaded) < len(set(missing)):
+                raise RuntimeError(f"message {msg.id}: a stored attachment it references is missing from the database")
+            found.update(loaded)
+            self._keep(loaded)
+        return splice(msg.mime, [(offset, found[digest]) for offset, digest in msg.parts])
+
+    def _keep(self, loaded: dict[str, bytes]) -> None:
+        with self._lock:
+            for digest, data in loaded.items():
+                if digest in self._items or len(data) > self.max_bytes:
+                    continue
+                self._items[digest] = data
+                self._bytes += len(data)
+            while self._bytes > self.max_bytes:  # bounded: each pass drops one entry
+                _, dropped = self._items.popitem(last=False)
+                self._bytes -= len(dropped)
+
+
+def _add_references(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    """Store attachments, or add ``refs`` to those already stored (an upsert on SQLite and PostgreSQL).
+
+    Atomic against :meth:`Outbox.collect_attachments` on PostgreSQL too: a row it is deleting makes the
+    upsert wait, then insert the attachment anew.
+    """
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    stmt: Any = postgresql.insert(ATTACHMENTS) if conn.dialect.name == "postgresql" else sqlite.insert(ATTACHMENTS)
+    upsert = stmt.on_conflict_do_update(
+        index_elements=[ATTACHMENTS.c.digest], set_={"refs": ATTACHMENTS.c.refs + stmt.excluded.refs}
+    )
+    conn.execute(upsert, rows)
+
+
 def retry_delay(failures: int, policy: DeliveryPolicy) -> float:
     """Seconds to wait after the ``failures``-th temporary failure: doubling from retry_initial up to retry_max."""
     return min(policy.retry_initial * (2.0 ** max(failures - 1, 0)), policy.retry_max)
@@ -196,22 +274,131 @@ class Outbox:
     # ------------------------------------------------------------ enqueue
 
     def stage(self, rows: Iterable[dict[str, Any]]) -> int:
-        """Write rows (``messages`` column dicts, state staged) in chunked transactions; returns how many."""
+        """Write rows (``messages`` column dicts, state staged) in chunked transactions; returns how many.
+
+        A row may carry ``stored``: the attachment bodies (compose.Splice) its ``mime`` leaves out. Each
+        distinct body is stored once (by digest) in the chunk's transaction, with the row's references, so
+        a chunk is whole or absent. A chunk ends at STAGE_CHUNK rows or STAGE_BYTES, whichever comes first.
+        """
         total = 0
         chunk: list[dict[str, Any]] = []
+        size = 0
+        digests: set[str] = set()
         for row in rows:
             chunk.append(row)
-            if len(chunk) >= STAGE_CHUNK:
+            size += len(row["mime"])
+            for _, part in row.get("stored", ()):
+                if part.digest not in digests:
+                    digests.add(part.digest)
+                    size += len(part.data)
+            if len(chunk) >= STAGE_CHUNK or size >= STAGE_BYTES:
                 total += self._insert(chunk)
-                chunk = []
+                chunk, size, digests = [], 0, set()
         if chunk:
             total += self._insert(chunk)
         return total
 
     def _insert(self, chunk: list[dict[str, Any]]) -> int:
+        rows: list[dict[str, Any]] = []
+        bodies: dict[str, bytes] = {}
+        refs: Counter[str] = Counter()
+        for row in chunk:
+            splices: tuple[Splice, ...] = tuple(row.get("stored", ()))
+            values = {k: v for k, v in row.items() if k != "stored"}
+            values["parts"] = json.dumps([[offset, part.digest] for offset, part in splices]) if splices else None
+            for _, part in splices:
+                bodies.setdefault(part.digest, part.data)
+            refs.update({part.digest for _, part in splices})
+            rows.append(values)
         with self.store.write() as conn:
-            conn.execute(sa.insert(MESSAGES), chunk)
-        return len(chunk)
+            conn.execute(sa.insert(MESSAGES), rows)
+            if bodies:
+                now = rows[0]["created_at"]
+                _add_references(
+                    conn,
+                    [  # in digest order: two hosts staging the same attachments lock their rows in one order
+                        {"digest": d, "size": len(bodies[d]), "refs": refs[d], "created_at": now, "data": bodies[d]}
+                        for d in sorted(bodies)
+                    ],
+                )
+        return len(rows)
+
+    @staticmethod
+    def _drop_references(conn: Connection, cond: Any) -> int:
+        """Count down the attachments of the messages matching ``cond`` (their rows or bodies are going, in
+        this transaction); returns how many references went."""
+        gone: Counter[str] = Counter()
+        for (parts,) in conn.execute(sa.select(MESSAGES.c.parts).where(cond & MESSAGES.c.parts.is_not(None))):
+            gone.update({digest for _, digest in json.loads(parts)})
+        if gone:
+            conn.execute(
+                sa.update(ATTACHMENTS)
+                .where(ATTACHMENTS.c.digest == sa.bindparam("b_digest"))
+                .values(refs=ATTACHMENTS.c.refs - sa.bindparam("b_gone")),
+                [{"b_digest": d, "b_gone": n} for d, n in sorted(gone.items())],
+            )
+        return sum(gone.values())
+
+    def collect_attachments(self) -> int:
+        """Delete stored attachments no message references any more; returns how many."""
+        with self.store.write() as conn:
+            return conn.execute(sa.delete(ATTACHMENTS).where(ATTACHMENTS.c.refs <= 0)).rowcount
+
+    def _delete(self, cond: Any) -> int:
+        """Delete the messages matching ``cond`` with their attachment references, then any attachment left
+        unreferenced; returns how many messages."""
+        with self.store.write() as conn:
+            dropped = self._drop_references(conn, cond)
+            count = conn.execute(sa.delete(MESSAGES).where(cond)).rowcount
+        if dropped:
+            self.collect_attachments()
+        if count:
+            self.store.reclaim_space()
+        return count
+
+    def expire_bodies(self, before: float) -> int:
+        """Drop the bodies of sent and failed messages last changed before ``before`` (retention), oldest
+        first, RETENTION_BATCH per transaction and at most RETENTION_ROUNDS transactions; returns how many.
+
+        The message rows stay (Message-ID, recipients, outcome, reason), and so does the log; attachments
+        no message references any more are deleted and SQLite gives the space back. A message without its
+        body cannot be retried (see :meth:`retry_refused`).
+        """
+        total = references = 0
+        for _ in range(RETENTION_ROUNDS):
+            with self.store.write() as conn:
+                ids = [
+                    row.id
+                    for row in conn.execute(
+                        sa.select(MESSAGES.c.id)
+                        .where(sa.and_(sa.text(KEPT_BODY), MESSAGES.c.updated_at < before))
+                        .order_by(MESSAGES.c.updated_at)
+                        .limit(RETENTION_BATCH)
+                    )
+                ]
+                if ids:
+                    chosen = MESSAGES.c.id.in_(ids)
+                    references += self._drop_references(conn, chosen)
+                    conn.execute(sa.update(MESSAGES).where(chosen).values(mime=b"", parts=None))
+            total += len(ids)
+            if len(ids) < RETENTION_BATCH:
+                break
+        if references:
+            self.collect_attachments()
+        if total:
+            self.store.reclaim_space()
+        return total
+
+    def attachment_bodies(self, digests: Iterable[str]) -> dict[str, bytes]:
+        """The stored attachment bodies by digest (those that exist)."""
+        wanted = list(dict.fromkeys(digests))
+        if not wanted:
+            return {}
+        with self.store.read() as conn:
+            rows = conn.execute(
+                sa.select(ATTACHMENTS.c.digest, ATTACHMENTS.c.data).where(ATTACHMENTS.c.digest.in_(wanted))
+            )
+            return {str(row.digest): bytes(row.data) for row in rows}
 
     def promote(self, run_id: str, now: float, due_at: float | None = None) -> tuple[int, int]:
         """Queue a run's staged messages in one transaction, due at ``due_at`` (default: now); returns
@@ -235,34 +422,28 @@ class Outbox:
             # Two hosts queueing the same batch at once must not both miss the other's rows: on PostgreSQL
             # (READ COMMITTED) the EXISTS below sees only committed rows, so promotions take turns.
             serialize(conn, "promote")
-            skipped = conn.execute(
-                sa.delete(MESSAGES).where(
-                    (MESSAGES.c.run_id == run_id)
-                    & (MESSAGES.c.state == STAGED)
-                    & MESSAGES.c.batch.is_not(None)
-                    & duplicate
-                )
-            ).rowcount
+            already = (
+                (MESSAGES.c.run_id == run_id) & (MESSAGES.c.state == STAGED) & MESSAGES.c.batch.is_not(None) & duplicate
+            )
+            dropped = self._drop_references(conn, already)
+            skipped = conn.execute(sa.delete(MESSAGES).where(already)).rowcount
             queued = conn.execute(
                 sa.update(MESSAGES)
                 .where((MESSAGES.c.run_id == run_id) & (MESSAGES.c.state == STAGED))
                 .values(state=QUEUED, due_at=now if due_at is None else due_at, updated_at=now)
             ).rowcount
+        if dropped:
+            self.collect_attachments()
         return queued, skipped
 
     def discard(self, run_id: str) -> int:
         """Delete a run's staged messages (validation failed or the run was interrupted)."""
-        with self.store.write() as conn:
-            return conn.execute(
-                sa.delete(MESSAGES).where((MESSAGES.c.run_id == run_id) & (MESSAGES.c.state == STAGED))
-            ).rowcount
+        return self._delete((MESSAGES.c.run_id == run_id) & (MESSAGES.c.state == STAGED))
 
     def discard_abandoned(self, older_than: float) -> int:
-        """Delete staged rows left by a send that died while validating (they were never queued)."""
-        with self.store.write() as conn:
-            return conn.execute(
-                sa.delete(MESSAGES).where((MESSAGES.c.state == STAGED) & (MESSAGES.c.created_at < older_than))
-            ).rowcount
+        """Delete staged rows left by a send that died while validating (they were never queued), and the
+        attachments only they referenced."""
+        return self._delete((MESSAGES.c.state == STAGED) & (MESSAGES.c.created_at < older_than))
 
     # ------------------------------------------------------------ claim
 
@@ -421,7 +602,7 @@ class Outbox:
         limit: int = 50,
     ) -> list[dict[str, Any]]:
         """Messages newest first, without their MIME body."""
-        cols = [c for c in MESSAGES.c if c.name not in ("mime",)]
+        cols = [c for c in MESSAGES.c if c.name not in ("mime", "parts")]
         query = sa.select(*cols).order_by(MESSAGES.c.id.desc()).limit(limit)
         if state:
             query = query.where(MESSAGES.c.state == state)
@@ -449,7 +630,12 @@ class Outbox:
             attempts = conn.execute(
                 sa.select(ATTEMPTS).where(ATTEMPTS.c.message_pk == msg_id).order_by(ATTEMPTS.c.id)
             ).all()
-        return dict(row._mapping), [dict(a._mapping) for a in attempts]
+        message = dict(row._mapping)
+        parts = json.loads(message.pop("parts") or "[]")
+        if parts:  # the whole message, attachments spliced back in
+            bodies = self.attachment_bodies(digest for _, digest in parts)
+            message["mime"] = splice(bytes(message["mime"]), [(at, bodies.get(d, b"")) for at, d in parts])
+        return message, [dict(a._mapping) for a in attempts]
 
     def ids_of_run(self, run_id: str) -> builtins.list[int]:
         """The ids of the messages one run queued, in order (what ``mailops.api`` returns)."""
@@ -487,7 +673,8 @@ class Outbox:
         A failed message's refused recipients get their turn again (recipients that
         got it keep their ``sent``), so a retried message never has an empty envelope.
         """
-        target = self._select(msg_id, batch, all_)
+        # a message whose body retention dropped cannot be sent again
+        target = self._select(msg_id, batch, all_) & (sa.func.length(MESSAGES.c.mime) > 0)
         has_refused = MESSAGES.c.recipient_status.contains('"failed:', autoescape=True)
         # A sent message whose server refused some recipients is a failure of those recipients.
         chosen = target & (
@@ -552,11 +739,9 @@ class Outbox:
         return CancelResult(cancelled, sorted(left, key=lambda n: order.index(n.state)))
 
     def purge(self, before: float) -> int:
-        """Delete sent messages (their MIME bodies) last changed before ``before``; the log keeps its rows."""
-        with self.store.write() as conn:
-            return conn.execute(
-                sa.delete(MESSAGES).where((MESSAGES.c.state == SENT) & (MESSAGES.c.updated_at < before))
-            ).rowcount
+        """Delete sent messages (their MIME bodies) last changed before ``before``, and attachments no message
+        references any more; the log keeps its rows."""
+        return self._delete((MESSAGES.c.state == SENT) & (MESSAGES.c.updated_at < before))
 
     def backlog(self, now: float, *, run_id: str | None = None, batch: str | None = None) -> dict[str, Any]:
         """What is left (of one run or batch when given): messages due now (expired leases included),

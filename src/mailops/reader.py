@@ -1,6 +1,6 @@
 """Reading the database with plain SQL, without SQLAlchemy: what ``mailops log`` and ``stats`` run.
 
-Importing SQLAlchemy and the SQLModel tables takes about 0.4 s of process
+Importing SQLAlchemy and the tables takes about 0.4 s of process
 start, many times what these commands' queries take. The read
 queries (:func:`mailops.history.query_log`, :func:`~mailops.history.sender_stats`,
 :func:`mailops.counters.usage`, :func:`mailops.health.load`) are therefore

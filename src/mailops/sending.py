@@ -134,7 +134,7 @@ def message_problem(prepared: PreparedMessage, senders: list[Sender]) -> str | N
     """
     mail = prepared.email
     for sender in senders:
-        size = len(mail.mime)
+        size = mail.size
         if sender.max_message_size is not None and size > sender.max_message_size:
             return (
                 f"{prepared.label}: the message is {size:,} bytes; sender {sender.key} takes at most "
@@ -176,7 +176,8 @@ def _row(prepared: PreparedMessage, plan: Plan, run_id: str, batch: str | None, 
         "subject": mail.subject,
         "template": prepared.template,
         "message_id": mail.message_id,
-        "mime": mail.mime,
+        "mime": mail.skeleton,
+        "stored": mail.stored,  # attachment bodies: Outbox.stage stores each once and writes the references
         "row": prepared.row,
         "state": STAGED,
         "due_at": now,
@@ -295,4 +296,6 @@ def enqueue(
         return result
     assert outbox is not None
     result.queued, result.skipped_duplicates = outbox.promote(result.run_id, now, due_at)
+    # retention as we go: a few batches of expired bodies per run (the next run goes on)
+    outbox.expire_bodies(now - config.retention)
     return result

@@ -1,7 +1,7 @@
 """Message states a user can see in ``mailops queue``.
 
-Kept apart from :mod:`mailops.models` so the send and deliver path can use
-them without importing SQLModel.
+A module of its own without imports, so any module can use them without
+loading SQLAlchemy.
 """
 
 STAGED = "staged"  # written by a send that is still validating its batch; never delivered

@@ -90,6 +90,9 @@ def _make_engine(url: str) -> Engine:
             dbapi_conn.isolation_level = None
             cur = dbapi_conn.cursor()
             cur.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_SECONDS * 1000)}")
+            # Takes effect on a new, empty file (before its first table); an existing one is switched once by
+            # migration 008 and Store.migrate. Freed pages then go back to the file system (Store.reclaim_space).
+            cur.execute("PRAGMA auto_vacuum = INCREMENTAL")
             _enable_wal(cur)
             # NORMAL in WAL mode survives any process crash; only a power cut may
             # lose the last commits (then a message can be sent twice, never lost
@@ -206,7 +209,87 @@ class Store:
             if not migrations.pending(conn):
                 return []
         with self.write() as conn:
-            return migrations.upgrade(conn)
+            ran = migrations.upgrade(conn)
+        if "008_incremental_vacuum" in ran:
+            self._switch_to_incremental_vacuum()
+        return ran
+
+    def _raw_sqlite(self, script: str, busy_seconds: float) -> bool:
+        """Run ``script`` on a pooled SQLite connection outside any transaction (VACUUM and incremental_vacuum
+        cannot run inside one); False if the database stayed busy for ``busy_seconds``."""
+        import sqlite3
+
+        lock = self._write_lock or contextlib.nullcontext()
+        with self._failures_as_store_errors(), lock, self.engine.connect() as conn:
+            raw: Any = conn.connection.dbapi_connection
+            raw.execute(f"PRAGMA busy_timeout={int(busy_seconds * 1000)}")
+            try:
+                raw.executescript(script)  # steps each statement to the end (execute() frees one page only)
+            except sqlite3.OperationalError as exc:
+                if "locked" in str(exc) or "busy" in str(exc):
+                    return False
+                raise
+            finally:
+                raw.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_SECONDS * 1000)}")
+        return True
+
+    def _switch_to_incremental_vacuum(self) -> None:
+        """Rewrite an SQLite database made before migration 008 once, so that its auto_vacuum mode takes
+        effect; skipped (and tried again by the next command) while another process keeps it busy."""
+        if self.dialect != "sqlite":
+            return
+        with self.engine.connect() as conn:
+            mode = conn.exec_driver_sql("PRAGMA auto_vacuum").scalar()
+        if mode != 2:  # 2 = INCREMENTAL
+            self._raw_sqlite("PRAGMA auto_vacuum = INCREMENTAL; VACUUM;", 5.0)
+
+    def reclaim_space(self) -> None:
+        """SQLite: give the free pages (dropped bodies, purged messages) back to the file system; a database
+        still busy elsewhere keeps them for the next time. PostgreSQL reuses the space by itself (autovacuum)."""
+        if self.dialect != "sqlite":
+            return
+        with self.engine.connect() as conn:
+            mode = conn.exec_driver_sql("PRAGMA auto_vacuum").scalar()
+        if mode != 2:
+            self._switch_to_incremental_vacuum()
+            return
+        self._raw_sqlite("PRAGMA incremental_vacuum;", 1.0)
+
+    def sizes(self) -> dict[str, int]:
+        """Bytes the messages (outbox bodies), the stored attachments and the log take in the database."""
+        groups = {"messages": ["messages"], "attachments": ["attachments"], "log": ["attempts"]}
+        with self.read() as conn:
+            if self.dialect == "postgresql":
+                size = sa.func.pg_total_relation_size
+                return {
+                    name: sum(int(conn.execute(sa.select(size(sa.literal(t)))).scalar_one() or 0) for t in tables)
+                    for name, tables in groups.items()
+                }
+            pages: dict[str, int] | None
+            try:  # the dbstat table counts pages, indexes included (when SQLite was built with it)
+                pages = {
+                    str(name): int(size or 0)
+                    for name, size in conn.exec_driver_sql(
+                        "SELECT tbl_name, SUM(pgsize) FROM dbstat JOIN sqlite_schema USING (name) GROUP BY tbl_name"
+                    )
+                }
+            except DBAPIError:
+                pages = None
+        if pages is not None:
+            return {name: sum(pages.get(t, 0) for t in tables) for name, tables in groups.items()}
+        with self.read() as conn:  # without dbstat: the bytes of the large columns
+            return {
+                "messages": int(
+                    conn.exec_driver_sql("SELECT COALESCE(SUM(LENGTH(mime)), 0) FROM messages").scalar_one()
+                ),
+                "attachments": int(conn.exec_driver_sql("SELECT COALESCE(SUM(size), 0) FROM attachments").scalar_one()),
+                "log": int(
+                    conn.exec_driver_sql(
+                        "SELECT COALESCE(SUM(LENGTH(recipients) + COALESCE(LENGTH(subject), 0) + "
+                        "COALESCE(LENGTH(smtp_text), 0) + COALESCE(LENGTH(detail), 0) + 64), 0) FROM attempts"
+                    ).scalar_one()
+                ),
+            }
 
     def pending_migrations(self) -> list[str]:
         """Names of migrations not applied yet (for doctor and ``db status``)."""
@@ -223,7 +306,7 @@ class Store:
         """Rows per table, for status displays."""
         out = {}
         with self.read() as conn:
-            for table in ("messages", "attempts", "usage", "sender_state", "route_state", "events"):
+            for table in ("messages", "attachments", "attempts", "usage", "sender_state", "route_state", "events"):
                 out[table] = conn.execute(sa.select(sa.func.count()).select_from(sa.table(table))).scalar_one()
         return out
 

@@ -167,6 +167,7 @@ class LocalSmtpServer:
         require_auth: bool | None = None,
         exclude_mechanisms: tuple[str, ...] = (),
         hostname: str = "mail.test.example",
+        data_size_limit: int | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
@@ -198,6 +199,8 @@ class LocalSmtpServer:
             "server_hostname": hostname,
             "timeout": 30,  # server-side idle limit; tests close connections themselves
         }
+        if data_size_limit is not None:  # announced as SIZE at EHLO, larger DATA refused with 552
+            smtp_kwargs["data_size_limit"] = data_size_limit
         if mode == "starttls":
             smtp_kwargs.update(tls_context=tls_context, require_starttls=True)
         self._controller = _RecordingController(

@@ -162,7 +162,8 @@ class _Batch:
     def __init__(self) -> None:
         self.attempts: list[dict[str, Any]] = []
         self.sent: list[tuple[QueuedMessage, str, float, dict[str, str]]] = []
-        self.healthy: dict[str, str] = {}  # sender key -> health.settings_of(sender)
+        #: sender key -> (health.settings_of(sender), the SIZE its server announced)
+        self.healthy: dict[str, tuple[str, int | None]] = {}
 
 
 #: a message's outcome, worked out inside a write transaction: (connection, the group's batch) -> result
@@ -214,7 +215,8 @@ class _GroupWrites:
         if batch.sent:
             d.outbox.mark_sent_many(conn, batch.sent)
         for key in sorted(batch.healthy):
-            health.record(conn, key, True, now, settings=batch.healthy[key])
+            settings, max_size = batch.healthy[key]
+            health.record(conn, key, True, now, settings=settings, max_size=max_size)
         return [(ahead.get(index), result) for index, result in enumerate(results)]
 
 
@@ -848,7 +850,7 @@ class Deliverer:
             batch.sent.append((msg, sender.key, now, status))
             outcome = "sent"
         if sender.key not in self._known_healthy:  # one health write per run and sender
-            batch.healthy[sender.key] = health.settings_of(sender)
+            batch.healthy[sender.key] = (health.settings_of(sender), result.server_max_size)
             self._known_healthy.add(sender.key)
         return _Result(job, outcome, sender.key, note, refused=len(problems))
 

@@ -488,11 +488,14 @@ def accept(
     from .sending import _row  # the one shape of an outbox row, shared with `send`
 
     plan, prepared, notes = build(config, args, data, datetime.fromtimestamp(now, config.timezone))
-    from .sending import message_problem
+    from .sending import announced_sizes, message_problem
 
     # As for `send`: a message no sender of the route could ever take (max_message_size, or more recipients
     # than a recipient-counted limit) is refused now rather than left to fail or wait for ever.
-    problem = message_problem(prepared, [config.senders[k] for k in plan.candidates if config.senders[k].active])
+    active = [config.senders[k] for k in plan.candidates if config.senders[k].active]
+    with store.read() as conn:
+        server_sizes = announced_sizes(conn, active)
+    problem = message_problem(prepared, active, server_sizes)
     if problem is not None:
         raise InputError(problem)
     run_id = uuid.uuid4().hex

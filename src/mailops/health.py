@@ -32,6 +32,7 @@ class Health:
     last_error: str | None
     settings: str | None = None  # settings_of() the sender when measured (None: recorded before 003)
     last_error_at: float | None = None
+    max_size: int | None = None  # SIZE the server announced at the last successful EHLO
 
 
 def settings_of(sender: Sender) -> str:
@@ -40,9 +41,19 @@ def settings_of(sender: Sender) -> str:
 
 
 def record(
-    conn: Connection, sender: str, ok: bool, now: float, error: str | None = None, settings: str | None = None
+    conn: Connection,
+    sender: str,
+    ok: bool,
+    now: float,
+    error: str | None = None,
+    settings: str | None = None,
+    *,
+    max_size: int | None = None,
 ) -> None:
-    """Store the outcome of a check or a delivery attempt as the sender's health (for ``settings``)."""
+    """Store the outcome of a check or a delivery attempt as the sender's health (for ``settings``).
+
+    A success also stores ``max_size``, the SIZE the server announced (None: it announced no limit).
+    """
     import sqlalchemy as sa
 
     from .store import insert_ignore
@@ -50,6 +61,8 @@ def record(
 
     insert_ignore(conn, SenderState, {"sender": sender})
     values: dict[str, object] = {"healthy": ok, "checked_at": now, "settings": settings}
+    if ok:
+        values["max_size"] = max_size
     if error is not None:
         values["last_error"] = error
         values["last_error_at"] = now
@@ -117,7 +130,7 @@ def load_tokens(conn: Reader | Connection) -> dict[str, TokenState]:
 def load(conn: Reader | Connection) -> dict[str, Health]:
     """Health of every sender that has a record."""
     rows = Reader.over(conn).all(
-        "SELECT sender, healthy, checked_at, last_error, settings, last_error_at FROM sender_state"
+        "SELECT sender, healthy, checked_at, last_error, settings, last_error_at, max_size FROM sender_state"
     )
     # SQLite keeps booleans as 0 and 1
     return {
@@ -127,9 +140,17 @@ def load(conn: Reader | Connection) -> dict[str, Health]:
             r["last_error"],
             r["settings"],
             r["last_error_at"],
+            r["max_size"],
         )
         for r in rows
     }
+
+
+def server_max_size(health: Health | None, sender: Sender) -> int | None:
+    """The SIZE the sender's server announced when last reached with its current settings, if any."""
+    if health is None or not health.healthy or not applies_to(health, settings_of(sender)):
+        return None
+    return health.max_size
 
 
 def applies_to(health: Health | None, settings: str | None) -> bool:

@@ -224,6 +224,15 @@ def _m008_incremental_vacuum(conn: Connection) -> None:
         conn.execute(sa.text("PRAGMA auto_vacuum = INCREMENTAL"))
 
 
+def _m009_server_max_size(conn: Connection) -> None:
+    import sqlalchemy as sa
+
+    # The SIZE a sender's server announced at its last successful EHLO (RFC 1870): `send` refuses a message
+    # larger than that before queueing it, as it does for max_message_size. Kept with the sender's health,
+    # for the settings it was measured with.
+    conn.execute(sa.text("ALTER TABLE sender_state ADD COLUMN max_size INTEGER"))
+
+
 #: name -> step, applied in this order; never edit or reorder a released step, add a new one.
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("001_initial", _m001_initial),
@@ -234,6 +243,7 @@ MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("006_token_state", _m006_token_state),
     ("007_attachments", _m007_attachments),
     ("008_incremental_vacuum", _m008_incremental_vacuum),
+    ("009_server_max_size", _m009_server_max_size),
 ]
 
 

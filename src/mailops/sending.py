@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from . import quota, suppress
+from . import health, quota, suppress
 from .config import Config, Sender
 from .errors import ConfigError, InvalidBatchError
 from .outbox import Outbox
@@ -124,22 +124,32 @@ def _whole_limit(sender: Sender) -> tuple[str, int] | None:
     return min(limits, key=lambda item: item[1]) if limits else None
 
 
-def message_problem(prepared: PreparedMessage, senders: list[Sender]) -> str | None:
+def message_problem(
+    prepared: PreparedMessage, senders: list[Sender], server_sizes: dict[str, int] | None = None
+) -> str | None:
     """Why no sender of the route could ever send ``prepared`` (one line naming it), or None.
 
     Any of ``senders`` may be the one that sends it (failover, balancing), so
-    the message must fit each: its size within every ``max_message_size``, and
-    its recipients within every whole limit that counts recipients (otherwise
-    it would wait in the outbox for ever).
+    the message must fit each: its size within every ``max_message_size`` and
+    every SIZE its server announced at the last successful EHLO (``server_sizes``,
+    by sender key), and its recipients within every whole limit that counts
+    recipients (otherwise it would wait in the outbox for ever).
     """
     mail = prepared.email
+    size = mail.size
     for sender in senders:
-        size = mail.size
         if sender.max_message_size is not None and size > sender.max_message_size:
             return (
                 f"{prepared.label}: the message is {size:,} bytes; sender {sender.key} takes at most "
                 f"{sender.max_message_size:,} (max_message_size{_origin(sender, 'max_message_size')}); "
                 "send smaller attachments or links to them"
+            )
+        announced = (server_sizes or {}).get(sender.key)
+        if announced is not None and size > announced:
+            return (
+                f"{prepared.label}: the message is {size:,} bytes; sender {sender.key}'s server "
+                f"{sender.host}:{sender.port} takes at most {announced:,} (the SIZE it announced when last "
+                "reached); send smaller attachments or links to them"
             )
         whole = _whole_limit(sender)
         if whole is not None and len(mail.envelope_to) > whole[1]:
@@ -150,6 +160,13 @@ def message_problem(prepared: PreparedMessage, senders: list[Sender]) -> str | N
                 "split the recipients over several messages"
             )
     return None
+
+
+def announced_sizes(conn: Any, senders: list[Sender]) -> dict[str, int]:
+    """The SIZE each sender's server announced when last reached with its current settings (those known)."""
+    healths = health.load(conn)
+    found = {s.key: health.server_max_size(healths.get(s.key), s) for s in senders}
+    return {key: size for key, size in found.items() if size is not None}
 
 
 def _origin(sender: Sender, key: str) -> str:
@@ -239,7 +256,7 @@ def enqueue(
         route = config.routes.get(plan.route) if plan.route else None
         for item in prepare_messages(request, config, sender, now=local_now, route=route):
             if not isinstance(item, RowProblem):
-                problem = message_problem(item, candidates)
+                problem = message_problem(item, candidates, server_sizes)
                 if problem is not None:
                     item = RowProblem(row=item.row, label=item.label, message=problem)
                 elif dry_run:
@@ -258,9 +275,12 @@ def enqueue(
                 yield _row(item, plan, result.run_id, batch, now)
 
     suppressed: dict[str, str] = {}
-    if store is not None and not include_suppressed:
+    server_sizes: dict[str, int] = {}
+    if store is not None:
         with store.read() as conn:
-            suppressed = suppress.all_reasons(conn)
+            if not include_suppressed:
+                suppressed = suppress.all_reasons(conn)
+            server_sizes = announced_sizes(conn, candidates)
     outbox = Outbox(store, config.delivery) if store is not None else None
     try:
         if outbox is not None and not dry_run:

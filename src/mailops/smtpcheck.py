@@ -43,6 +43,7 @@ class CheckResult:
     hint: str | None = None  # one-line fix
     warnings: list[str] = field(default_factory=list)
     message_id: str | None = None  # of the test message, when one was sent
+    server_max_size: int | None = None  # the SIZE the server announced at EHLO (None: no limit given)
 
     @property
     def seconds(self) -> float:
@@ -148,6 +149,7 @@ def check_sender(
 def _describe_session(result: CheckResult, session: SmtpSession, sender: Sender) -> None:
     result.steps = list(session.steps)
     result.tls_version = session.tls_version
+    result.server_max_size = session.announced_size
     result.cipher = session.cipher
     result.auth_mechanism = session.auth_mechanism
     if not sender.auth:

@@ -107,6 +107,7 @@ SenderState = sa.Table(
     sa.Column("last_error_at", sa.Float),
     sa.Column("token_expires_at", sa.Float),
     sa.Column("token_problem", sa.String),
+    sa.Column("max_size", sa.Integer),  # SIZE the server announced at the last successful EHLO (None: no limit)
 )
 
 RouteState = sa.Table(

@@ -96,6 +96,7 @@ class SendResult:
     code: int | None  # final reply to DATA
     text: str
     seconds: float
+    server_max_size: int | None = None  # the SIZE the server announced at EHLO on this connection
 
 
 class _Retry(Exception):
@@ -149,6 +150,14 @@ def _no_delay(smtp: smtplib.SMTP) -> None:
 
 def _is_8bit(data: bytes) -> bool:
     return not data.isascii()  # in C: a generator over every byte cost more than the rest of the send
+
+
+def announced_size(value: str | None) -> int | None:
+    """The limit of an EHLO ``SIZE`` keyword's parameter (RFC 1870); None without one, or for 0 (no limit)."""
+    if value is None or not value.strip().isdigit():
+        return None
+    size = int(value.strip())
+    return size if size > 0 else None
 
 
 def _crlf(data: bytes) -> bytes:
@@ -229,6 +238,7 @@ class SmtpSession:
         return self._smtp is not None
 
     def _reset_info(self) -> None:
+        self.announced_size: int | None = None  # SIZE of the last EHLO (RFC 1870): the largest message it takes
         self.server_banner: str | None = None
         self.tls_version: str | None = None
         self.cipher: str | None = None
@@ -345,6 +355,7 @@ class SmtpSession:
             code, reply = smtp.helo()
             if not 200 <= code < 300:
                 raise SmtpFailure("ehlo", _kind_for_code(code), code, _one_line(reply))
+        self.announced_size = announced_size(smtp.esmtp_features.get("size"))
 
     def _starttls(self, smtp: smtplib.SMTP, context: ssl.SSLContext) -> None:
         try:
@@ -575,6 +586,7 @@ class SmtpSession:
                     raise retry.failure from None
                 continue
             result.seconds = time.monotonic() - start
+            result.server_max_size = self.announced_size
             return result
         raise AssertionError("unreachable")  # pragma: no cover
 

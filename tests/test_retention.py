@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import email
 import email.policy
+import json
 import os
+import re
 import sqlite3
 import time
 from pathlib import Path
@@ -185,3 +187,43 @@ def test_the_delivered_message_of_a_kept_body_is_still_readable(shared, smtp_ser
     [attachment] = list(parsed.iter_attachments())
     assert attachment.get_content() == brochure.read_bytes()
     assert len(srv.messages) == 1
+
+
+def test_db_status_shows_what_messages_attachments_and_the_log_take(shared, smtp_server, cli):
+    from tests.fixtures_cli import run_mailops
+
+    srv, brochure = _setup(shared, smtp_server)
+    sent = cli("send", "--to", "a@example.org", "--subject", "S", "--body", "B", "--attach", brochure)
+    assert sent.exit_code == 0 and len(srv.messages) == 1, sent.output
+
+    status = run_mailops("db", "status", "--json")
+    assert status.exit_code == 0, status.output
+    data = json.loads(status.stdout)
+    assert data["rows"]["attachments"] == 1
+    sizes = data["bytes"]
+    assert set(sizes) == {"messages", "attachments", "log"}
+    assert sizes["attachments"] >= 200_000 * 4 // 3  # the encoded brochure, stored once
+    assert 0 < sizes["messages"] < 200_000 and sizes["log"] > 0
+
+    text = run_mailops("db", "status")
+    assert text.exit_code == 0, text.output
+    [line] = [line for line in text.stdout.splitlines() if line.startswith("size: ")]
+    assert re.fullmatch(r"size: messages \d+ kB, attachments [23]\d\d kB, log \d+ kB", line), line
+
+
+def test_deliver_drops_expired_bodies_as_it_runs(shared, smtp_server, cli):
+    srv, brochure = _setup(shared, smtp_server)
+    assert cli("send", "--to", "a@example.org", "--subject", "S", "--body", "B", "--attach", brochure).exit_code == 0
+    queued = cli("send", "--to", "b@example.org", "--subject", "S", "--body", "B", "--queue-only")
+    assert queued.exit_code == 0, queued.output
+    _age(shared, 31, "state = 'sent'")
+
+    delivered = cli("deliver")
+    assert delivered.exit_code == 0, delivered.output
+    rows = shared.query("SELECT recipients, state, LENGTH(mime) > 0 FROM messages ORDER BY id")
+    assert [(r[0], r[1], bool(r[2])) for r in rows] == [
+        ('["a@example.org"]', "sent", False),  # 31 days old: past the default 30d
+        ('["b@example.org"]', "sent", True),
+    ]
+    assert shared.query("SELECT COUNT(*) FROM attachments") == [(0,)]
+    assert len(srv.messages) == 2

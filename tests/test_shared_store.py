@@ -618,12 +618,23 @@ def test_db_status_and_upgrade_show_the_masked_url_version_and_rows(shared, srv,
 
     status = run_mailops("db", "status", "--json")
     assert status.exit_code == 0, status.output
+    status_bytes = json.loads(status.stdout)["bytes"]
     assert json.loads(status.stdout) == {
         "url": mask_url(url),
         "schema": names[-1],
         "pending_migrations": [],
-        "rows": {"messages": 2, "attempts": 0, "usage": 0, "sender_state": 0, "route_state": 0, "events": 0},
+        "rows": {
+            "messages": 2,
+            "attachments": 0,
+            "attempts": 0,
+            "usage": 0,
+            "sender_state": 0,
+            "route_state": 0,
+            "events": 0,
+        },
+        "bytes": status_bytes,  # what they hold: tests/test_retention.py
     }
+    assert status_bytes["messages"] > 0 and set(status_bytes) == {"messages", "attachments", "log"}
     if url.startswith("postgresql"):
         assert mask_url(url).startswith("postgresql://postgres:***@127.0.0.1:")
     assert shared.states() == {"queued": 2}

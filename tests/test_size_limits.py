@@ -73,3 +73,11 @@ def test_a_552_at_delivery_fails_the_message_for_good_with_the_reason(shared, sm
     [(state, reason)] = shared.query("SELECT state, reason FROM messages")
     assert state == "failed" and reason.startswith("every sender refused it for good: sales: permanent 552")
     assert srv.messages == []
+
+
+def test_test_smtp_records_the_size_the_server_announced(shared, smtp_server, cli):
+    _setup(shared, smtp_server)
+    checked = cli("test-smtp", "sales", "--json")
+    assert checked.exit_code == 0, checked.output
+    assert '"server_max_size": 100000' in checked.stdout
+    assert shared.query("SELECT healthy, max_size FROM sender_state") in ([(True, LIMIT)], [(1, LIMIT)])

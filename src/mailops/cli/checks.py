@@ -39,7 +39,9 @@ def _run_checks(config: Config, keys: list[str], send_to: str | None) -> list[An
         result = check_sender(sender, password, send_to, timezone=config.timezone)
         with store.write() as conn:
             error = None if result.ok else (result.error or "check failed")
-            health.record(conn, key, result.ok, runtime.now(), error, health.settings_of(sender))
+            health.record(
+                conn, key, result.ok, runtime.now(), error, health.settings_of(sender), max_size=result.server_max_size
+            )
         results.append(result)
     for line in health.record_token_news(store):
         err(f"mailops: warning: {safe(line)}")

@@ -325,6 +325,8 @@ def deliver(
     # staged rows of a send that died before queueing them were never accepted: drop them
     Outbox(store, config.delivery).discard_abandoned(runtime.now() - 86400)
     report = _deliver(config, store, None, limit, max_seconds, False, 0)
+    # retention as we go: a few batches of bodies older than `retention:` (the next run goes on)
+    Outbox(store, config.delivery).expire_bodies(runtime.now() - config.retention)
     print_summary(report, config, json_out, quiet)
     _exit_for(report)
 

@@ -110,7 +110,8 @@ def demo(
 
 @db_app.command("status", epilog=examples("mailops db status"))
 def db_status(json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
-    """Show the database URL (password masked), schema version and row counts."""
+    """Show the database URL (password masked), schema version, row counts and the space messages, attachments and
+    the log take."""
     from ..dburl import mask_url
     from ..store import Store
 
@@ -120,8 +121,9 @@ def db_status(json_out: Annotated[bool, typer.Option("--json", help="Print JSON.
     store.check_not_newer()
     url, schema, pending = mask_url(config.database_url), store.schema_version(), store.pending_migrations()
     rows = store.row_counts() if not pending else {}
+    sizes = store.sizes() if not pending else {}
     if json_out:
-        print_json({"url": url, "schema": schema, "pending_migrations": pending, "rows": rows})
+        print_json({"url": url, "schema": schema, "pending_migrations": pending, "rows": rows, "bytes": sizes})
         return
     out(f"database: {url}")
     out(
@@ -130,6 +132,13 @@ def db_status(json_out: Annotated[bool, typer.Option("--json", help="Print JSON.
     )
     for table, n in rows.items():
         out(f"  {table}: {n}")
+    if sizes:
+        out("size: " + ", ".join(f"{name} {_megabytes(size)}" for name, size in sizes.items()))
+
+
+def _megabytes(size: int) -> str:
+    """Bytes for people: ``1.4 MB``, ``24 kB`` (powers of 1000)."""
+    return f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{size / 1e3:.0f} kB"
 
 
 @db_app.command("upgrade", epilog=examples("mailops db upgrade"))

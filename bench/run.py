@@ -713,16 +713,25 @@ def section_attach(rows_1mb: int, rows_10mb: int, send_rows: int) -> None:
     """Issue 11: queue 1 MB and 10 MB attachments (growth, memory, time), then send them next to plain smtplib."""
     out = []
     with sink(0) as info:
+        # "1,000 bodies", measured two ways on fresh databases: the same rows as plain text (no MIME structure
+        # for an attachment), and the same rows with an empty brochure.pdf (every byte but the attachment's)
+        folder, data, _ = attach_workdir(info, 0, rows_1mb)
+        _, _, plain_bodies = queue_only(folder, data, None)
+        shutil.rmtree(folder, ignore_errors=True)
+        folder, data, empty = attach_workdir(info, 0, rows_1mb)
+        _, _, skeletons = queue_only(folder, data, empty)
+        shutil.rmtree(folder, ignore_errors=True)
         folder, data, brochure = attach_workdir(info, 1, rows_1mb)
-        _, _, bodies = queue_only(folder, data, None)
         seconds, rss, growth = queue_only(folder, data, brochure)
-        limit = 1.2 * (encoded_size(brochure) + bodies)
+        strict = 1.2 * (encoded_size(brochure) + plain_bodies)
+        structured = 1.2 * (encoded_size(brochure) + skeletons)
         out.append(
             [
                 f"{rows_1mb} x 1 MB, --queue-only",
                 f"{rss} MiB (<= 150)",
                 f"{seconds:.1f} s (<= 5)",
-                f"{growth / 1e6:.1f} MB (<= {limit / 1e6:.1f})",
+                f"{growth / 1e6:.2f} MB (<= {strict / 1e6:.2f} with text bodies, <= {structured / 1e6:.2f} with "
+                "MIME bodies)",
             ]
         )
         shutil.rmtree(folder, ignore_errors=True)

@@ -228,3 +228,15 @@ def test_deliver_drops_expired_bodies_as_it_runs(shared, smtp_server, cli):
     ]
     assert shared.query("SELECT COUNT(*) FROM attachments") == [(0,)]
     assert len(srv.messages) == 2
+
+
+def test_retention_reads_the_kept_bodies_index_not_every_sent_message(tmp_path: Path):
+    from mailops.outbox import _EXPIRED
+
+    store = Store.open(f"sqlite:///{tmp_path / 'm.db'}")
+    try:
+        with store.read() as conn:
+            plan = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + str(_EXPIRED[True]).replace(":before", "0")).all()
+    finally:
+        store.close()
+    assert [row[-1] for row in plan] == ["SEARCH messages USING INDEX ix_messages_kept_bodies (updated_at<?)"]

@@ -369,7 +369,7 @@ def _staged_row(prepared: compose.PreparedEmail, now: float) -> dict[str, Any]:
 
 
 def test_messages_queued_before_the_migration_are_delivered_byte_for_byte(shared, smtp_server, cli, tmp_path):
-    """A database of the previous schema (step 005) with a queued message holding its whole MIME is migrated
+    """A database of the previous schema (step 006) with a queued message holding its whole MIME is migrated
     and the message goes out exactly as it was stored (Date stamped at hand-over, as always)."""
     srv = smtp_server(users={"sales@example.com": PASSWORD})
     shared.write_config(
@@ -393,7 +393,7 @@ def test_messages_queued_before_the_migration_are_delivered_byte_for_byte(shared
     store = Store(shared.database_url)
     try:
         with store.write() as conn:
-            old_steps = [step for step in migrations.MIGRATIONS if step[0][:3] <= "005"]
+            old_steps = [step for step in migrations.MIGRATIONS if step[0][:3] <= "006"]
             migrations.upgrade(conn, old_steps)
             now = time.time()
             row = _staged_row(
@@ -421,6 +421,6 @@ def test_messages_queued_before_the_migration_are_delivered_byte_for_byte(shared
 
     result = cli("deliver")
     assert result.exit_code == 0, result.output
-    assert shared.query("SELECT name FROM schema_migrations WHERE name = '006_attachments'") == [("006_attachments",)]
+    assert shared.query("SELECT name FROM schema_migrations WHERE name = '007_attachments'") == [("007_attachments",)]
     [received] = srv.messages
     assert _without_date(received.data) == _without_date(whole)

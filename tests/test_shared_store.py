@@ -751,7 +751,9 @@ def test_log_and_stats_on_a_blank_or_older_database_bring_it_up_to_date_first(da
             "007_attachments",
             "008_incremental_vacuum",
             "009_server_max_size",
+            "010_include_suppressed",
         ]
+        conn.execute(sa.text("ALTER TABLE messages DROP COLUMN include_suppressed"))
         conn.execute(sa.text("ALTER TABLE sender_state DROP COLUMN token_expires_at"))
         conn.execute(sa.text("ALTER TABLE sender_state DROP COLUMN token_problem"))
         conn.execute(sa.text("ALTER TABLE messages DROP COLUMN keep_date"))

@@ -201,3 +201,57 @@ def test_the_list_is_shared_through_the_database(workspace, srv, cli, database_u
     assert [m.rcpt_tos for m in srv.messages if m.subject == "S2"] == [["ok@example.org"]]
     assert cli("suppress", "remove", "gone@example.org", "other@example.org").exit_code == 0
     assert _listed(cli) == {}
+
+
+def test_deliver_leaves_out_addresses_suppressed_after_queueing(ws, srv, cli):
+    # queued while nobody was suppressed; then the addresses are suppressed before cron's deliver runs
+    assert (
+        cli(
+            "send", "--to", "a@example.org", "--to", "b@example.org", "--subject", "both", "--body", "x", "--queue-only"
+        ).exit_code
+        == 0
+    )
+    assert cli("send", "--to", "c@example.org", "--subject", "only-c", "--body", "x", "--queue-only").exit_code == 0
+    assert cli("send", "--to", "b@example.org", "--subject", "chosen", "--body", "x", "--queue-only").exit_code == 0
+    assert cli("suppress", "add", "B@example.org", "c@example.org", "--reason", "asked to stop").exit_code == 0
+    assert (
+        cli("send", "--to", "b@example.org", "--subject", "anyway", "--body", "x", "--include-suppressed").exit_code
+        == 0
+    )
+    srv.messages.clear()
+
+    result = cli("deliver")
+
+    assert result.exit_code == 0, result.output  # leaving them out is what the operator asked for
+    assert sorted((m.subject, tuple(m.rcpt_tos)) for m in srv.messages) == [
+        ("both", ("a@example.org",)),
+    ]
+    assert "not sent: 'only-c': every recipient is on the suppression list: c@example.org: asked to stop" in (
+        result.output
+    )
+    assert "not sent: 'chosen': every recipient is on the suppression list: b@example.org: asked to stop" in (
+        result.output
+    )
+    assert dict(ws.query("SELECT subject, state FROM messages")) == {
+        "both": "sent",
+        "only-c": "cancelled",
+        "chosen": "cancelled",
+        "anyway": "sent",  # queued (and sent) with --include-suppressed: the operator's choice stands
+    }
+    skipped = json.loads(cli("log", "--status", "skipped", "--json").stdout)
+    assert sorted((r["subject"], r["recipients"], r["detail"]) for r in skipped) == [
+        ("both", "b@example.org", "on the suppression list since the message was queued: asked to stop"),
+        ("chosen", "b@example.org", "on the suppression list since the message was queued: asked to stop"),
+        ("only-c", "c@example.org", "on the suppression list since the message was queued: asked to stop"),
+    ]
+    assert json.loads(cli("deliver", "--json").stdout)["cancelled_suppressed"] == 0
+
+
+def test_a_message_queued_with_include_suppressed_is_delivered_later_to_them(ws, srv, cli):
+    assert cli("suppress", "add", "b@example.org").exit_code == 0
+    queued = cli(
+        "send", "--to", "b@example.org", "--subject", "S", "--body", "x", "--include-suppressed", "--queue-only"
+    )
+    assert queued.exit_code == 0, queued.output
+    assert cli("deliver", "-q").exit_code == 0
+    assert [m.rcpt_tos for m in srv.messages] == [["b@example.org"]]

@@ -54,6 +54,7 @@ class DeliveryReport:
     sent: Counter[str] = field(default_factory=Counter)
     deferred: Counter[str] = field(default_factory=Counter)
     failed: Counter[str] = field(default_factory=Counter)
+    cancelled: Counter[str] = field(default_factory=Counter)  # every recipient suppressed since it was queued
     next_due_at: float | None = None
     interrupted: bool = False
     returned: int = 0  # claimed but not attempted, put back in the queue (stop or deadline)
@@ -104,6 +105,7 @@ class DeliveryReport:
             "sent": self.total_sent,
             "deferred": self.total_deferred,
             "failed": self.total_failed,
+            "cancelled_suppressed": sum(self.cancelled.values()),
             "refused_recipients": self.refused_recipients,
             "partially_refused_messages": self.partially_refused,
             "internal_errors": self.internal_errors,
@@ -476,6 +478,7 @@ class Deliverer:
                         def take_turns(conn: Any, batch: list[QueuedMessage], jobs: list[_Job] = jobs) -> None:
                             jobs[:] = [_Job(msg) for msg in batch]
                             self._take_turns(conn, jobs)
+                            self._leave_out_suppressed(conn, jobs)
 
                         self.outbox.claim(
                             self.worker_id, self.clock(), want, run_id=run_id, batch=batch, then=take_turns
@@ -600,6 +603,26 @@ class Deliverer:
             first = routing.take_turns(conn, key, len(members))
             for offset, job in enumerate(members):
                 job.turn = first + offset
+
+    def _leave_out_suppressed(self, conn: Any, jobs: list[_Job]) -> None:
+        """Leave out recipients put on the suppression list since their message was queued (one query per claim,
+        in its transaction), each with a ``skipped`` log row; not for messages queued with --include-suppressed."""
+        wanted = [r for job in jobs if not job.msg.include_suppressed for r in job.msg.pending_recipients]
+        if not wanted:
+            return
+        listed = suppress.lookup(conn, wanted)
+        if not listed:
+            return
+        for job in jobs:
+            msg = job.msg
+            if msg.include_suppressed:
+                continue
+            for rcpt in msg.pending_recipients:
+                reason = listed.get(suppress.key(rcpt))
+                if reason is not None:
+                    msg.recipient_status[rcpt] = f"suppressed: {reason}"
+                    detail = f"on the suppression list since the message was queued: {reason}"
+                    self.outbox.log(conn, self._attempt_row(msg, None, "skipped", recipients=rcpt, detail=detail))
 
     def _order(self, job: _Job) -> None:
         msg = job.msg
@@ -978,8 +1001,13 @@ class Deliverer:
         """A message whose every recipient already has an outcome (never an empty envelope to a server)."""
         msg = job.msg
         now = self.clock()
-        refused = {r: s for r, s in msg.recipient_status.items() if s != "sent"}
+        refused = {r: s for r, s in msg.recipient_status.items() if s != "sent" and not s.startswith("suppressed:")}
         with self.store.write() as conn:
+            if not refused and "sent" not in msg.recipient_status.values():
+                left_out = "; ".join(f"{r}: {s.removeprefix('suppressed: ')}" for r, s in msg.recipient_status.items())
+                reason = f"every recipient is on the suppression list: {left_out}"
+                self.outbox.mark_cancelled(conn, msg, reason, now, msg.recipient_status)
+                return _Result(job, "cancelled", None, f"not sent: {msg.subject!r}: {reason}")
             if not refused:
                 self.outbox.mark_sent(conn, msg, msg.nominal_sender, now, msg.recipient_status)
                 return _Result(job, "sent", msg.nominal_sender)

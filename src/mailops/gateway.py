@@ -513,6 +513,7 @@ def accept(
             prepared.suppressed = suppressed
     if not mail.envelope_to:
         return Accepted(run_id, mail.message_id, plan, notes, suppressed, queued=False)
+    prepared.include_suppressed = include_suppressed
     outbox = Outbox(store, config.delivery)
     outbox.stage([_row(prepared, plan, run_id, None, now)])
     outbox.promote(run_id, now)

@@ -233,6 +233,14 @@ def _m009_server_max_size(conn: Connection) -> None:
     conn.execute(sa.text("ALTER TABLE sender_state ADD COLUMN max_size INTEGER"))
 
 
+def _m010_include_suppressed(conn: Connection) -> None:
+    import sqlalchemy as sa
+
+    # Delivery leaves out recipients suppressed after a message was queued, except in messages queued with
+    # --include-suppressed (the operator's choice when they were queued).
+    conn.execute(sa.text("ALTER TABLE messages ADD COLUMN include_suppressed BOOLEAN"))
+
+
 #: name -> step, applied in this order; never edit or reorder a released step, add a new one.
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("001_initial", _m001_initial),
@@ -244,6 +252,7 @@ MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("007_attachments", _m007_attachments),
     ("008_incremental_vacuum", _m008_incremental_vacuum),
     ("009_server_max_size", _m009_server_max_size),
+    ("010_include_suppressed", _m010_include_suppressed),
 ]
 
 

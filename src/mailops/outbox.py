@@ -114,6 +114,7 @@ class QueuedMessage:
     recipient_status: dict[str, str]
     keep_date: bool = False  # a piped message's own Date, sent as written (see gateway)
     parts: list[tuple[int, str]] = field(default_factory=list)  # (offset in mime, digest) of stored attachments
+    include_suppressed: bool = False  # queued with --include-suppressed: delivery leaves no recipient out
 
     @classmethod
     def from_row(cls, row: Any) -> QueuedMessage:
@@ -138,6 +139,7 @@ class QueuedMessage:
             recipient_status=json.loads(row.recipient_status or "{}"),
             keep_date=bool(row.keep_date),
             parts=[(int(offset), str(digest)) for offset, digest in json.loads(row.parts)] if row.parts else [],
+            include_suppressed=bool(row.include_suppressed),
         )
 
     @property
@@ -168,6 +170,7 @@ _CLAIM_COLUMNS = [
         "recipient_status",
         "keep_date",
         "parts",
+        "include_suppressed",
     ]
 ]
 
@@ -572,6 +575,11 @@ class Outbox:
         """Put the message back to wait until ``until``; ``attempted`` counts a real SMTP try."""
         values = {"state": DEFERRED, "due_at": until, "reason": reason}
         Outbox._settle(conn, msg, values, now, attempted, sender, recipient_status)
+
+    @staticmethod
+    def mark_cancelled(conn: Connection, msg: QueuedMessage, reason: str, now: float, status: dict[str, str]) -> None:
+        """Not sent, and never will be: every recipient left is on the suppression list."""
+        Outbox._settle(conn, msg, {"state": CANCELLED, "reason": reason}, now, False, None, status)
 
     @staticmethod
     def mark_failed(

@@ -90,6 +90,7 @@ class PreparedMessage:
     suppressed: list[tuple[str, str]] = field(default_factory=list)  # (recipient, reason) left out by send
     keep_date: bool = False  # a piped message's own Date, not stamped at hand-over (sendmail, Django)
     note: str | None = None  # what mailops changed in a piped message (a From rewrite), shown in the log
+    include_suppressed: bool = False  # the suppression list does not apply (send --include-suppressed)
 
 
 @dataclass

@@ -200,6 +200,7 @@ def _row(prepared: PreparedMessage, plan: Plan, run_id: str, batch: str | None, 
         "due_at": now,
         "keep_date": prepared.keep_date,
         "note": prepared.note,
+        "include_suppressed": prepared.include_suppressed,
     }
 
 
@@ -269,6 +270,7 @@ def enqueue(
                 continue
             result.total += 1
             item = _leave_out_suppressed(item, suppressed, result)
+            item.include_suppressed = include_suppressed
             if len(result.previews) < preview:
                 result.previews.append(item)
             if not dry_run and item.email.envelope_to:

@@ -54,6 +54,7 @@ Message = sa.Table(
     sa.Column("keep_date", sa.Boolean),
     sa.Column("note", sa.String),
     sa.Column("parts", sa.String),  # JSON [[offset, digest], ...]: attachment bodies spliced into mime; NULL: none
+    sa.Column("include_suppressed", sa.Boolean),
 )
 
 StoredAttachment = sa.Table(

@@ -681,7 +681,8 @@ class Outbox:
         """:meth:`retry`, returning also the permanently refused recipients that are tried again.
 
         A failed message's refused recipients get their turn again (recipients that
-        got it keep their ``sent``), so a retried message never has an empty envelope.
+        got it keep their ``sent``), so a retried message never has an empty envelope;
+        delivery does not leave them out for being on the suppression list (a bounce put them there).
         """
         # a message whose body retention dropped cannot be sent again
         target = self._select(msg_id, batch, all_) & (sa.func.length(MESSAGES.c.mime) > 0)
@@ -698,8 +699,12 @@ class Outbox:
                 refused = [r for r, v in status.items() if v.startswith("failed")]
                 again.extend(refused)
                 kept = {r: v for r, v in status.items() if r not in refused}
+                # The operator asks for these recipients again: the bounce that put them on the suppression list
+                # does not stop this message (delivery would otherwise leave them out again).
                 conn.execute(
-                    sa.update(MESSAGES).where(MESSAGES.c.id == row.id).values(recipient_status=json.dumps(kept))
+                    sa.update(MESSAGES)
+                    .where(MESSAGES.c.id == row.id)
+                    .values(recipient_status=json.dumps(kept), include_suppressed=True)
                 )
             retried = [row.id for row in rows]
             count = conn.execute(

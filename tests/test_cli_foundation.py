@@ -446,11 +446,9 @@ def test_password_set_status_and_delete(workspace, cli, isolated_home, monkeypat
 
     table = cli("password", "status")
     assert table.exit_code == 0
-    rows = {
-        line.split("│")[1].strip(): (line.split("│")[3].strip(), line.split("│")[4].strip())
-        for line in table.stdout.splitlines()
-        if line.startswith("│")
-    }
+    lines = table.stdout.splitlines()
+    assert lines[0].split() == ["sender", "email", "active", "password"]
+    rows = {cells[0]: (cells[2], cells[3]) for cells in (re.split(r"\s{2,}", line.strip()) for line in lines[2:-1])}
     assert rows == {
         "sales": ("yes", "stored (keyring)"),
         "finance": ("yes", "from password_command"),
@@ -1015,7 +1013,7 @@ def test_demo_runs_a_merge_and_shows_the_capture_and_the_log(tmp_path):
     for rcpt, date in (("anna.schmidt", "01"), ("somchai", "03"), ("jules", "05")):
         assert f"  captured: sales@example.com -> {rcpt}@example.com: Your subscription renews on 2026-12-{date}" in out
     log_part = out.split("log --limit 10", 1)[1]
-    assert len(re.findall(r"│ sent +│ sales +│ renewal +│", log_part)) == 3
+    assert len(re.findall(r"\bsent +sales +renewal ", log_part)) == 3
     assert len(list(mailbox.Maildir(folder / "maildir", create=False))) == 3
 
 

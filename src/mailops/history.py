@@ -281,12 +281,16 @@ def record_event(store: Store, kind: str, detail: str, now: float) -> None:
         conn.execute(sa.insert(Event).values(at=now, kind=kind, detail=detail))
 
 
-def local_time(ts: float | None, tz: ZoneInfo) -> str:
-    """A timestamp as ``YYYY-MM-DD HH:MM:SS`` in the config zone (empty for None)."""
+def local_time(ts: float | None, tz: ZoneInfo, *, zone: bool = False) -> str:
+    """A timestamp as ``YYYY-MM-DD HH:MM:SS`` in the config zone (empty for None).
+
+    ``zone`` adds the zone's abbreviation for that moment (``2026-12-01 09:14:03 CET``; ``+03`` where the
+    zone has none), as tables show times.
+    """
     if ts is None:
         return ""
     try:
-        return datetime.fromtimestamp(ts, tz).strftime("%Y-%m-%d %H:%M:%S")
+        return datetime.fromtimestamp(ts, tz).strftime("%Y-%m-%d %H:%M:%S %Z" if zone else "%Y-%m-%d %H:%M:%S")
     except (OverflowError, OSError, ValueError):
         # a time no calendar holds (an old mailops could defer by 1e300 s): show it, never crash on it
         return f"(invalid time {ts!r})"

@@ -9,7 +9,7 @@ import typer
 from ..errors import UsageError
 from . import runtime
 from .helptext import examples
-from .output import make_console, out, print_json, show_table
+from .output import OUTCOME_STYLES, Col, WideOption, make_console, out, print_json, show_table
 from .runtime import MAX_ROWS, load_config, open_store, reading
 
 app = typer.Typer()
@@ -59,6 +59,7 @@ def log(
     since: Annotated[str | None, typer.Option("--since", help="24h, 7d or a date like 2026-11-01.")] = None,
     limit: Annotated[int, typer.Option("--limit", help="At most N rows, newest first.", min=1, max=MAX_ROWS)] = 50,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    wide: WideOption = False,
 ) -> None:
     """Show delivery attempts, newest first."""
     from ..history import LogFilter, local_time, parse_since, query_log
@@ -81,10 +82,19 @@ def log(
     tz = config.timezone
     show_table(
         None,
-        ["time", "outcome", "sender", "route", "to", "subject", "smtp", "detail"],
+        [
+            Col("time", cut=False),
+            Col("outcome", cut=False, styles=OUTCOME_STYLES),
+            "sender",
+            "route",
+            "to",
+            "subject",
+            "smtp",
+            "detail",
+        ],
         [
             [
-                local_time(r["at"], tz),
+                local_time(r["at"], tz, zone=True),
                 r["outcome"],
                 r["sender"] or "-",
                 r["route"] or "-",
@@ -95,6 +105,7 @@ def log(
             ]
             for r in rows
         ],
+        wide=wide,
     )
     if not rows:
         out("no attempts match")
@@ -116,6 +127,7 @@ def stats(
             max=366,
         ),
     ] = None,
+    wide: WideOption = False,
 ) -> None:
     """Per sender: sent today / this month against limits, success rate, response time, last error, health.
 
@@ -152,13 +164,15 @@ def stats(
         print_json(rows)
         return
 
+    tz = config.timezone
+
     def against(n: int, limit: int | None, pct: float | None, unit: str) -> str:
         counted = f"{n}/{limit} ({pct:g}%)" if limit else f"{n}"
         return counted + (" recipients" if unit == "recipients" else "")
 
     show_table(
         None,
-        ["sender", "today", "month", f"success ({since})", "avg s", "health", "last error"],
+        ["sender", "today", "month", f"success ({since})", Col("avg s", right=True), "health", "last error"],
         [
             [
                 r["sender"] + ("" if r["active"] else " (inactive)"),
@@ -166,10 +180,11 @@ def stats(
                 against(r["sent_this_month"], r["monthly_limit"], r["monthly_usage_pct"], r["limit_unit"]),
                 f"{r['success_rate']:g}% of {r['attempts']}" if r["success_rate"] is not None else "-",
                 r["avg_response_s"] if r["avg_response_s"] is not None else "-",
-                r["health"] + (f" ({local_time(r['checked_at'], config.timezone)})" if r["checked_at"] else ""),
-                (f"{local_time(r['last_error_at'], config.timezone)}: " if r["last_error_at"] else "")
+                r["health"] + (f" ({local_time(r['checked_at'], tz, zone=True)})" if r["checked_at"] else ""),
+                (f"{local_time(r['last_error_at'], tz, zone=True)}: " if r["last_error_at"] else "")
                 + (r["last_error"] or ""),
             ]
             for r in rows
         ],
+        wide=wide,
     )

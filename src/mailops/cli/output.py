@@ -7,8 +7,10 @@ Every value that came from a data file, the database or a server goes through
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -63,25 +65,122 @@ def print_json(data: Any) -> None:
     typer.echo(json_for_terminal(json.dumps(data, indent=2, default=str, ensure_ascii=False)))
 
 
-def show_table(title: str | None, columns: list[str], rows: list[list[Any]]) -> None:
-    """A table on stdout; every cell shown as plain text."""
+@dataclass(frozen=True)
+class Col:
+    """A table column: its heading, whether a long value may be cut to fit, and colours for some values."""
+
+    name: str
+    cut: bool = True  # False: shown whole (ids, states, times, numbers) unless nothing else can give way
+    right: bool = False  # numbers line up on the right
+    styles: Mapping[str, str] = field(default_factory=dict)  # exact cell value -> Rich style, e.g. failed -> red
+
+
+#: the ``--wide`` option of every command that prints a table
+WideOption = Annotated[
+    bool,
+    typer.Option("--wide", help="Show every value whole, however long the lines (else long values are cut with …)."),
+]
+
+#: a value is not cut below this many cells while fixed columns could give way instead
+_MIN_CUT = 4
+#: blank cells between two columns
+_GAP = 2
+
+#: colours of outcomes and states: red means failed, and only that
+OUTCOME_STYLES = {"failed": "red", "deferred": "yellow", "partial": "yellow", "sent": "green"}
+
+
+def _level(widths: list[int], floors: list[int], room: int) -> list[int]:
+    """``widths`` cut down to share ``room`` cells: the narrow ones keep their width, the wide ones share the rest.
+
+    Water-filling: the largest level L such that every column at min(width, L), but at least its floor,
+    fits; the cells left over go one each to the columns held at L.
+    """
+
+    def at(level: int) -> list[int]:
+        return [max(f, min(w, level)) for w, f in zip(widths, floors, strict=True)]
+
+    low, high = 0, max(widths, default=0)
+    while low < high:  # bounded: binary search over the widths
+        mid = (low + high + 1) // 2
+        if sum(at(mid)) <= room:
+            low = mid
+        else:
+            high = mid - 1
+    result = at(low)
+    spare = room - sum(result)
+    for i, w in enumerate(widths):
+        if spare <= 0:
+            break
+        if w > result[i]:
+            result[i] += 1
+            spare -= 1
+    return result
+
+
+def fit_widths(natural: list[int], headings: list[int], cuttable: list[bool], room: int) -> list[int]:
+    """Column widths within ``room`` cells: the columns that may be cut give way first, the others only if they must.
+
+    A cut column keeps at least its heading's width (or a few cells) while there is room for that.
+    """
+    if sum(natural) <= room:
+        return list(natural)
+    fixed = sum(w for w, cut in zip(natural, cuttable, strict=True) if not cut)
+    flexible = [i for i, cut in enumerate(cuttable) if cut]
+    if not flexible or room - fixed < _MIN_CUT * len(flexible):
+        return _level(natural, [1] * len(natural), room)  # too narrow even for that: every column gives way
+    floors = [min(natural[i], max(headings[i], _MIN_CUT)) for i in flexible]
+    if room - fixed < sum(floors):  # no room for every heading: values and headings are cut alike
+        floors = [min(natural[i], _MIN_CUT) for i in flexible]
+    shares = iter(_level([natural[i] for i in flexible], floors, room - fixed))
+    return [next(shares) if cut else w for w, cut in zip(natural, cuttable, strict=True)]
+
+
+def show_table(title: str | None, columns: Sequence[str | Col], rows: list[list[Any]], *, wide: bool = False) -> None:
+    """A table on stdout, as wide as its content, within the terminal (80 columns in a pipe, or $COLUMNS).
+
+    A value never wraps: when the table would be too wide, the long values are cut with "…" (the
+    columns marked ``cut`` first); ``wide`` shows every value whole, however long the lines get.
+    Every cell is plain text, never read as Rich markup ("[link=...]" in a subject).
+    """
+    from rich import box
+    from rich.cells import cell_len
     from rich.table import Table
     from rich.text import Text
 
-    table = Table(title=title, show_lines=False, header_style="bold")
-    for col in columns:
-        table.add_column(col, overflow="fold")
-    for row in rows:
-        # Text, not str: a cell is shown as it is, never read as Rich markup ("[link=...]" in a subject)
-        table.add_row(*[Text(safe(v)) for v in row])
-    make_console().print(table)
+    cols = [c if isinstance(c, Col) else Col(c) for c in columns]
+    cells = [[safe(v) for v in row] for row in rows]
+    natural = [max([cell_len(c.name), *(cell_len(row[i]) for row in cells)]) for i, c in enumerate(cols)]
+    console = make_console()
+    gaps = _GAP * (len(cols) - 1)
+    if wide:
+        widths = natural
+        console.width = max(console.width, sum(natural) + gaps)
+    else:
+        headings = [cell_len(c.name) for c in cols]
+        widths = fit_widths(natural, headings, [c.cut for c in cols], max(len(cols), console.width - gaps))
+    # a rule under the headings, no borders; between two columns the divider (a blank) and one blank of padding
+    table = Table(
+        title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 0, 0, 1), header_style="bold"
+    )
+    for col, width in zip(cols, widths, strict=True):
+        table.add_column(
+            col.name, width=width, no_wrap=True, overflow="ellipsis", justify="right" if col.right else "left"
+        )
+    for row in cells:
+        table.add_row(*[Text(value, style=col.styles.get(value, "")) for col, value in zip(cols, row, strict=True)])
+    console.print(table)
 
 
 # ---------------------------------------------------------------- delivery runs
 
 
 def progress_runner(total: int, enabled: bool) -> Any:
-    """A context manager yielding a callback that advances a progress bar (or does nothing)."""
+    """A context manager yielding a callback that advances a progress bar (or does nothing).
+
+    The callback takes each message's outcome. The bar is cyan while it runs and green when done,
+    never red (Rich's default for a running bar): red is for failures, which are counted beside it.
+    """
 
     @contextmanager
     def runner() -> Any:
@@ -90,11 +189,22 @@ def progress_runner(total: int, enabled: bool) -> Any:
             return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+        failed = TextColumn("{task.fields[failed]}", markup=True)  # empty, or "[red]N failed[/]"
+        bar = BarColumn(complete_style="cyan", finished_style="green", pulse_style="cyan")
         with Progress(
-            TextColumn("sending"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=make_console(True)
+            TextColumn("sending"), bar, MofNCompleteColumn(), TimeRemainingColumn(), failed, console=make_console(True)
         ) as progress:
-            task = progress.add_task("send", total=total)
-            yield lambda _outcome: progress.advance(task)
+            task = progress.add_task("send", total=total, failed="")
+            count = 0
+
+            def advance(outcome: str) -> None:
+                nonlocal count
+                if outcome == "failed":
+                    count += 1
+                    progress.update(task, failed=f"[red]{count} failed[/]")
+                progress.advance(task)
+
+            yield advance
 
     return runner()
 
@@ -179,7 +289,8 @@ def print_summary(
         return
     rows = [[s, v["sent"], v["deferred"], v["failed"]] for s, v in data["per_sender"].items()]
     if rows:
-        show_table("summary", ["sender", "sent", "deferred", "failed"], rows)
+        numbers = [Col(name, cut=False, right=True) for name in ("sent", "deferred", "failed")]
+        show_table("summary", ["sender", *numbers], rows)
     refused = (
         f"; {report.refused_recipients} recipient(s) refused in {report.partially_refused} message(s)"
         if report.refused_recipients

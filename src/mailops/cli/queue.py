@@ -10,7 +10,7 @@ import typer
 from ..errors import UsageError
 from . import runtime
 from .helptext import examples
-from .output import out, print_json, safe, show_table
+from .output import OUTCOME_STYLES, Col, WideOption, out, print_json, safe, show_table
 from .runtime import MAX_ID, MAX_ROWS, load_config, open_store
 
 if TYPE_CHECKING:
@@ -31,6 +31,7 @@ def queue_list(
     sender: Annotated[str | None, typer.Option("--sender", help="Only this sender.")] = None,
     limit: Annotated[int, typer.Option("--limit", help="At most N rows.", min=1, max=MAX_ROWS)] = 50,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    wide: WideOption = False,
 ) -> None:
     """List messages in the outbox, newest first, with counts per state."""
     from ..history import local_time
@@ -49,12 +50,21 @@ def queue_list(
     tz = config.timezone
     show_table(
         None,
-        ["id", "state", "due", "sender", "to", "subject", "attempts", "reason"],
+        [
+            Col("id", cut=False, right=True),
+            Col("state", cut=False, styles=OUTCOME_STYLES),
+            Col("due", cut=False),
+            "sender",
+            "to",
+            "subject",
+            Col("attempts", cut=False, right=True),
+            "reason",
+        ],
         [
             [
                 r["id"],
                 r["state"],
-                local_time(r["due_at"], tz) if r["state"] in ("queued", "deferred") else "",
+                local_time(r["due_at"], tz, zone=True) if r["state"] in ("queued", "deferred") else "",
                 r["sender"] or r["nominal_sender"],
                 _stored_list(r["recipients"]),
                 r["subject"],
@@ -63,6 +73,7 @@ def queue_list(
             ]
             for r in rows
         ],
+        wide=wide,
     )
     out("  ".join(f"{k}: {v}" for k, v in sorted(counts.items())) or "the outbox is empty")
 
@@ -98,7 +109,7 @@ def queue_show(
         f"candidates: {safe(_stored_list(row['candidates']))}"
     )
     out(
-        f"  created: {local_time(row['created_at'], tz)}  due: {local_time(row['due_at'], tz)}  "
+        f"  created: {local_time(row['created_at'], tz, zone=True)}  due: {local_time(row['due_at'], tz, zone=True)}  "
         f"attempts: {row['attempts']}"
     )
     out(f"  envelope: {safe(row['envelope_from'])} -> {safe(_stored_list(row['recipients']))}")
@@ -110,7 +121,8 @@ def queue_show(
     for a in attempts:
         code = f"{a['smtp_code']} " if a["smtp_code"] else ""
         text = f"{code}{a['smtp_text'] or ''} {a['detail'] or ''}"
-        out(f"  attempt {local_time(a['at'], tz)} {safe(a['sender'] or '-')}: {a['outcome']} {safe(text)}".rstrip())
+        at = local_time(a["at"], tz, zone=True)
+        out(f"  attempt {at} {safe(a['sender'] or '-')}: {a['outcome']} {safe(text)}".rstrip())
 
 
 def _stored_list(text: Any) -> str:

@@ -9,7 +9,7 @@ import typer
 
 from . import runtime
 from .helptext import examples
-from .output import out, print_json, safe, show_table
+from .output import Col, WideOption, out, print_json, show_table
 from .runtime import load_config, open_store
 
 suppress_app = typer.Typer(help="The suppression list: addresses send leaves out (hard bounces, opt-outs).")
@@ -63,7 +63,9 @@ def suppress_remove(
 
 
 @suppress_app.command("list", epilog=examples("mailops suppress list", "mailops suppress list --json"))
-def suppress_list(json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+def suppress_list(
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False, wide: WideOption = False
+) -> None:
     """Show the suppressed addresses, when and why each was added."""
     from .. import suppress
     from ..history import local_time
@@ -83,8 +85,9 @@ def suppress_list(json_out: Annotated[bool, typer.Option("--json", help="Print J
     tz = config.timezone
     show_table(
         "suppressed",
-        ["address", "added", "source", "reason"],
-        [[safe(e.address), local_time(e.added_at, tz), e.source, safe(e.reason or "")] for e in entries],
+        ["address", Col("added", cut=False), Col("source", cut=False), "reason"],
+        [[e.address, local_time(e.added_at, tz, zone=True), e.source, e.reason or ""] for e in entries],
+        wide=wide,
     )
 
 

@@ -138,7 +138,7 @@ def test_queue_list_filters_by_batch_and_by_sender(workspace, srv, cli):
     def listed(*args: str) -> list[str]:
         result = cli("queue", "list", "--json", *args)
         assert result.exit_code == 0, result.output
-        return [json.loads(m["recipients"])[0] for m in json.loads(result.stdout)["messages"]]
+        return [m["recipients"][0] for m in json.loads(result.stdout)["messages"]]
 
     assert listed("--batch", "nov") == ["a@example.org"]
     assert listed("--sender", "finance") == ["c@example.org"]  # queued: matched by the sender it is meant for

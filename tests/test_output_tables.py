@@ -199,3 +199,50 @@ def test_a_failure_is_counted_in_red_beside_the_bar(workspace, server):
     assert code == 1, seen
     assert "1 failed" in seen
     assert _red(_sgr(seen)), seen
+
+
+# ---------------------------------------------------------------- queue list: the newest 50, and how many more
+
+
+@pytest.fixture
+def big_batch(workspace: Workspace, server, cli) -> Workspace:
+    """1,060 messages queued in batch 'nov', one message sent outside it."""
+    workspace.write_config({"sales": workspace.sender(server)}, routes={"default": "sales"})
+    data = workspace.csv("people.csv", [{"email": f"u{n}@example.org"} for n in range(1060)])
+    queued = cli("send", "--data", data, "--subject", "S", "--body", "b", "--batch", "nov", "--queue-only")
+    assert queued.exit_code == 0, queued.output
+    assert cli("send", "--to", "one@example.org", "--subject", "S", "--body", "b").exit_code == 0
+    return workspace
+
+
+def _ids(lines: list[str]) -> list[int]:
+    return [int(line.split()[0]) for line in lines if line.split() and line.split()[0].isdigit()]
+
+
+def test_queue_list_shows_the_newest_50_and_says_how_many_more(big_batch):
+    lines = _fits(_pipe("queue", "list").stdout)
+    assert _ids(lines) == list(range(1061, 1011, -1))
+    assert lines[-2:] == ["queued: 1060  sent: 1", "… 1,011 more; --limit N or --all"]
+
+    lines = _pipe("queue", "list", "--limit", "3").stdout.splitlines()
+    assert _ids(lines) == [1061, 1060, 1059] and lines[-1] == "… 1,058 more; --limit N or --all"
+
+    lines = _pipe("queue", "list", "--all").stdout.splitlines()
+    assert _ids(lines) == list(range(1061, 0, -1)) and lines[-1] == "queued: 1060  sent: 1"
+
+
+def test_queue_list_counts_only_what_the_filters_match(big_batch):
+    lines = _pipe("queue", "list", "--state", "sent").stdout.splitlines()
+    assert _ids(lines) == [1061] and lines[-1] == "sent: 1"
+    lines = _pipe("queue", "list", "--batch", "nov", "--limit", "1060").stdout.splitlines()
+    assert len(_ids(lines)) == 1060 and lines[-1] == "queued: 1060"
+    assert _pipe("queue", "list", "--batch", "dec").stdout == "no message matches\n"
+
+
+def test_queue_list_limit_and_all_together_are_refused(big_batch):
+    result = run_mailops("queue", "list", "--limit", "5", "--all")
+    assert (result.exit_code, result.stdout, result.stderr) == (
+        2,
+        "",
+        "mailops: error: --limit N or --all, not both\n",
+    )

@@ -609,27 +609,37 @@ class Outbox:
         state: str | None = None,
         batch: str | None = None,
         sender: str | None = None,
-        limit: int = 50,
+        limit: int | None = 50,
     ) -> list[dict[str, Any]]:
-        """Messages newest first, without their MIME body."""
+        """Messages newest first, without their MIME body; ``limit`` None: all of them."""
         cols = [c for c in MESSAGES.c if c.name not in ("mime", "parts")]
-        query = sa.select(*cols).order_by(MESSAGES.c.id.desc()).limit(limit)
-        if state:
-            query = query.where(MESSAGES.c.state == state)
-        if batch:
-            query = query.where(MESSAGES.c.batch == batch)
-        if sender:
-            query = query.where(
-                (MESSAGES.c.sender == sender) | ((MESSAGES.c.sender.is_(None)) & (MESSAGES.c.nominal_sender == sender))
-            )
+        query = sa.select(*cols).where(*self._matching(state, batch, sender)).order_by(MESSAGES.c.id.desc())
+        if limit is not None:
+            query = query.limit(limit)
         with self.store.read() as conn:
             return [dict(r._mapping) for r in conn.execute(query)]
 
-    def counts(self) -> dict[str, int]:
-        """Number of messages per state."""
+    def counts(
+        self, *, state: str | None = None, batch: str | None = None, sender: str | None = None
+    ) -> dict[str, int]:
+        """Number of messages per state, of those :meth:`list` would show with the same filters."""
+        query = sa.select(MESSAGES.c.state, sa.func.count()).where(*self._matching(state, batch, sender))
         with self.store.read() as conn:
-            rows = conn.execute(sa.select(MESSAGES.c.state, sa.func.count()).group_by(MESSAGES.c.state))
-            return dict(rows.all())
+            return dict(conn.execute(query.group_by(MESSAGES.c.state)).all())
+
+    @staticmethod
+    def _matching(state: str | None, batch: str | None, sender: str | None) -> builtins.list[Any]:
+        """The conditions of the ``queue list`` filters; a queued message matches the sender it is meant for."""
+        conditions: builtins.list[Any] = []
+        if state:
+            conditions.append(MESSAGES.c.state == state)
+        if batch:
+            conditions.append(MESSAGES.c.batch == batch)
+        if sender:
+            conditions.append(
+                (MESSAGES.c.sender == sender) | ((MESSAGES.c.sender.is_(None)) & (MESSAGES.c.nominal_sender == sender))
+            )
+        return conditions
 
     def get(self, msg_id: int) -> tuple[dict[str, Any], builtins.list[dict[str, Any]]] | None:
         """One message with its attempts, or None."""

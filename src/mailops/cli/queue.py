@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -17,6 +18,9 @@ if TYPE_CHECKING:
     from ..config import Config
     from ..outbox import NotCancelled
 
+#: rows ``queue list`` shows without --limit or --all
+DEFAULT_LIST = 50
+
 queue_app = typer.Typer(help="Inspect and manage the outbox: list, show, retry, cancel, purge.")
 
 
@@ -29,23 +33,38 @@ def queue_list(
     ] = None,
     batch: Annotated[str | None, typer.Option("--batch", help="Only this batch.")] = None,
     sender: Annotated[str | None, typer.Option("--sender", help="Only this sender.")] = None,
-    limit: Annotated[int, typer.Option("--limit", help="At most N rows.", min=1, max=MAX_ROWS)] = 50,
+    limit: Annotated[
+        int | None,
+        typer.Option("--limit", metavar="N", help=f"Show the newest N (default {DEFAULT_LIST}).", min=1, max=MAX_ROWS),
+    ] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Show every message that matches.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     wide: WideOption = False,
 ) -> None:
-    """List messages in the outbox, newest first, with counts per state."""
+    """List messages in the outbox, newest first (the newest 50 unless --limit N or --all), with counts per state.
+
+    The counts and the "more" line count the messages that match --state, --batch and --sender.
+    """
     from ..history import local_time
     from ..outbox import Outbox
     from ..states import STATES
 
     if state and state not in STATES:
         raise UsageError(f"--state {state!r}: expected one of {', '.join(STATES)}")
+    if limit is not None and all_:
+        raise UsageError("--limit N or --all, not both")
     config = load_config()
     outbox = Outbox(open_store(config), config.delivery)
-    rows = outbox.list(state=state, batch=batch, sender=sender, limit=limit)
-    counts = outbox.counts()
+    rows = outbox.list(state=state, batch=batch, sender=sender, limit=None if all_ else (limit or DEFAULT_LIST))
+    counts = outbox.counts(state=state, batch=batch, sender=sender)
+    more = sum(counts.values()) - len(rows)
     if json_out:
-        print_json({"counts": counts, "messages": rows})
+        print_json(
+            {"counts": counts, "total": sum(counts.values()), "more": more, "messages": [_decoded(r) for r in rows]}
+        )
+        return
+    if not counts:
+        out("no message matches" if state or batch or sender else "the outbox is empty")
         return
     tz = config.timezone
     show_table(
@@ -75,7 +94,9 @@ def queue_list(
         ],
         wide=wide,
     )
-    out("  ".join(f"{k}: {v}" for k, v in sorted(counts.items())) or "the outbox is empty")
+    out("  ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
+    if more:
+        out(f"… {more:,} more; --limit N or --all")
 
 
 @queue_app.command("show", epilog=examples("mailops queue show 12"))
@@ -99,7 +120,7 @@ def queue_show(
     parsed = email.message_from_bytes(bytes(row.pop("mime") or b""), policy=policy.default)
     headers = {k: str(v) for k, v in parsed.items()}
     if json_out:
-        print_json({"message": row, "headers": headers, "attempts": attempts})
+        print_json({"message": _decoded(row), "headers": headers, "attempts": attempts})
         return
     tz = config.timezone
     # every value here may come from a data file or a server: safe() shows control characters as escapes
@@ -123,6 +144,20 @@ def queue_show(
         text = f"{code}{a['smtp_text'] or ''} {a['detail'] or ''}"
         at = local_time(a["at"], tz, zone=True)
         out(f"  attempt {at} {safe(a['sender'] or '-')}: {a['outcome']} {safe(text)}".rstrip())
+
+
+#: the message columns that hold JSON text: --json gives their values (arrays, objects), not the text
+_JSON_COLUMNS = ("recipients", "candidates", "recipient_status")
+
+
+def _decoded(row: dict[str, Any]) -> dict[str, Any]:
+    """A message row for --json: its JSON columns as the values they hold (text that is no JSON stays text)."""
+    decoded = dict(row)
+    for column in _JSON_COLUMNS:
+        if isinstance(decoded.get(column), str):
+            with contextlib.suppress(ValueError):  # not JSON (written by another tool): shown as it is
+                decoded[column] = json.loads(decoded[column])
+    return decoded
 
 
 def _stored_list(text: Any) -> str:

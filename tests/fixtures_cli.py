@@ -261,6 +261,23 @@ def popen_mailops(*args: str, **kwargs: Any) -> subprocess.Popen[str]:
     )
 
 
+def epoch(text: str) -> float:
+    """Seconds since the epoch of an ISO 8601 time with offset, as every ``--json`` writes times."""
+    from datetime import datetime
+
+    parsed = datetime.fromisoformat(text)
+    assert parsed.tzinfo is not None, f"{text!r}: a time in --json names its offset"
+    return parsed.timestamp()
+
+
+def iso(ts: float, tz: str = "UTC") -> str:
+    """``ts`` as ``--json`` writes a time: ISO 8601 to the millisecond with its offset, in zone ``tz``."""
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    return datetime.fromtimestamp(ts, ZoneInfo(tz)).isoformat(timespec="milliseconds")
+
+
 def log_json(cli: Callable[..., CliResult], *args: str) -> list[dict[str, Any]]:
     """``mailops log --json`` parsed."""
     result = cli("log", "--json", "--limit", "100000", *args)

@@ -230,7 +230,7 @@ def test_test_smtp_records_health_seen_by_stats_and_in_the_database(workspace, s
 
     stats = cli("stats", "--json")
     assert stats.exit_code == 0, stats.output
-    health = {r["sender"]: (r["health"], r["last_error"]) for r in json.loads(stats.stdout)}
+    health = {r["sender"]: (r["health"], r["last_error"]) for r in json.loads(stats.stdout)["senders"]}
     refused = f"connection refused by 127.0.0.1:{closed_port}"
     assert health == {"sales": ("healthy", None), "support": ("unhealthy", refused)}
     assert sender_state(workspace) == {"sales": (1, None), "support": (0, refused)}
@@ -641,9 +641,34 @@ def test_doctor_lists_each_problem_with_its_fix(workspace, server, cli):
 
     as_json = cli("doctor", "--json")
     assert as_json.exit_code == 1
-    data = json.loads(as_json.stdout)
-    assert data["problems"] == problems
-    assert "route renewal: failover over sales" in data["ok"]
+    data = json.loads(as_json.stdout)  # a list of {check, status, detail, fix}
+    assert [d for d in data if d["status"] == "problem"] == [
+        {
+            "check": "route default",
+            "status": "problem",
+            "detail": f"{config}: no 'default' route; 'mailops send' without --route or --sender will refuse to run",
+            "fix": "add routes.default",
+        },
+        {
+            "check": "templates",
+            "status": "problem",
+            "detail": f"templates folder {templates} does not exist",
+            "fix": f"create it or fix 'templates:' in {config}",
+        },
+        {
+            "check": "sender sales",
+            "status": "problem",
+            "detail": "sales: no password",
+            "fix": "run 'mailops password set sales'",
+        },
+    ]
+    assert {
+        "check": "route renewal",
+        "status": "ok",
+        "detail": "route renewal: failover over sales",
+        "fix": None,
+    } in data
+    assert {d["status"] for d in data} == {"ok", "problem", "info"}
 
 
 def test_doctor_connect_against_a_real_server_and_a_closed_port(workspace, server, closed_port, cli):
@@ -660,9 +685,13 @@ def test_doctor_connect_against_a_real_server_and_a_closed_port(workspace, serve
     )
     bad = cli("doctor", "--connect", "--json")
     assert bad.exit_code == 1
-    assert json.loads(bad.stdout)["problems"] == [
-        f"sales: connection refused by 127.0.0.1:{closed_port}; nothing listens on 127.0.0.1:{closed_port}: "
-        "check host, port and firewall"
+    assert [d for d in json.loads(bad.stdout) if d["status"] == "problem"] == [
+        {
+            "check": "connect sales",
+            "status": "problem",
+            "detail": f"sales: connection refused by 127.0.0.1:{closed_port}",
+            "fix": f"nothing listens on 127.0.0.1:{closed_port}: check host, port and firewall",
+        }
     ]
 
 

@@ -186,7 +186,7 @@ def test_the_progress_bar_is_not_red_while_all_is_well(workspace, server):
     assert code == 0, seen
     assert "sending" in seen and "4/4" in seen
     codes = _sgr(seen)
-    assert "36" in {c.split(";")[-1] for c in codes}, codes  # cyan while it runs
+    assert "36" in {c.split(";")[-1] for c in codes}, codes  # coloured (cyan: the bar while it runs, the time left)
     assert not _red(codes), codes
 
 

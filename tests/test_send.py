@@ -142,7 +142,7 @@ def test_failover_route_skips_sender_with_wrong_password(workspace, srv, cli):
     assert failed and all(r["outcome"] == "failed" and r["smtp_code"] == 535 for r in failed)
     assert Counter(r["outcome"] for r in log if r["sender"] == "finance") == {"sent": 5}
     stats = json.loads(cli("stats", "--json").stdout)
-    assert {s["sender"]: s["health"] for s in stats} == {"sales": "unhealthy", "finance": "healthy"}
+    assert {s["sender"]: s["health"] for s in stats["senders"]} == {"sales": "unhealthy", "finance": "healthy"}
     assert "wrong-password" not in result.output + json.dumps(log) + json.dumps(stats)
 
 
@@ -196,7 +196,7 @@ def test_partial_refusal_records_each_recipient(workspace, srv, cli):
     assert json.loads(status) == {"ok@example.org": "sent", "gone@example.org": "failed: 550 5.1.1 no such user"}
     refused, row = log_json(cli)
     assert row["outcome"] == "partial" and "gone@example.org: 550" in row["detail"]
-    assert (refused["outcome"], refused["recipients"], refused["smtp_code"]) == ("failed", "gone@example.org", 550)
+    assert (refused["outcome"], refused["recipients"], refused["smtp_code"]) == ("failed", ["gone@example.org"], 550)
 
 
 def test_non_ascii_names_and_subjects_arrive_encoded_without_defects(workspace, srv, cli):

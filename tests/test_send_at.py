@@ -10,6 +10,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from tests.fixtures_cli import iso
+
 PASSWORD = "s3cret-pass"
 
 
@@ -62,7 +64,9 @@ def test_a_relative_time_is_due_later_and_deliver_waits_for_it(workspace, srv, c
     assert cli("deliver", "-q").exit_code == 0
     assert srv.messages == []
     listed = json.loads(cli("queue", "list", "--json").stdout)
-    assert [(m["state"], m["due_at"], m["subject"]) for m in listed["messages"]] == [("queued", due_at, "Later")]
+    assert [(m["state"], m["due_at"], m["subject"]) for m in listed["messages"]] == [
+        ("queued", iso(due_at, "Europe/Berlin"), "Later")
+    ]
 
     # its time comes (moved behind mailops' back): the next deliver sends it
     with sqlite3.connect(workspace.db_path) as conn:

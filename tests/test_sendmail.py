@@ -85,7 +85,7 @@ def test_cron_mail_is_sent_with_its_own_headers_and_a_rewritten_from(workspace, 
 
     rows = log_json(cli)
     assert [(r["outcome"], r["route"], r["sender"], r["recipients"]) for r in rows] == [
-        ("sent", "default", "sales", "ops@example.org")
+        ("sent", "default", "sales", ["ops@example.org"])
     ]
     assert rows[0]["message_id"] == msg["Message-ID"]
     # the From rewrite is shown with the message's log rows

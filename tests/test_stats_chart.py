@@ -70,20 +70,26 @@ def test_days_json_gives_the_numbers_as_arrays_with_iso_dates(history):
     dates = [_day(offset).date().isoformat() for offset in (-3, -2, -1, 0)]
     assert data["timezone"] == "UTC"
     assert data["days"] == dates
-    assert data["senders"] == [
-        {"sender": "sales", "sent": [0, 0, 0, 2], "deferred": [0] * 4, "failed": [0, 0, 1, 0]},
-        {"sender": "support-with-a-rather-long-sender-name", "sent": [0] * 4, "deferred": [0] * 4, "failed": [0] * 4},
-        # the quota deferral: every sender of the route was full, so none was chosen
-        {"sender": None, "sent": [0] * 4, "deferred": [0, 0, 0, 1], "failed": [0] * 4},
-    ]
+    # the same rows as 'stats --json', each with its series: one number per day, today last
+    sales, support = data["senders"]
+    assert (sales["sender"], support["sender"]) == ("sales", "support-with-a-rather-long-sender-name")
+    assert sales["daily"] == {"sent": [0, 0, 0, 2], "deferred": [0] * 4, "failed": [0, 0, 1, 0]}
+    assert support["daily"] == {"sent": [0] * 4, "deferred": [0] * 4, "failed": [0] * 4}
+    # the quota deferral: every sender of the route was full, so none was chosen
+    assert data["without_sender"] == {"sent": [0] * 4, "deferred": [0, 0, 0, 1], "failed": [0] * 4}
     # quota: the counters (2 reserved today) against the limits; no limit is null
-    assert data["quota"][0] == {
-        "sender": "sales",
+    assert {k: sales[k] for k in ("limit_unit", "sent_today", "daily_limit", "daily_usage_pct")} == {
         "limit_unit": "messages",
-        "today": {"used": 2, "limit": 2, "pct": 100.0},
-        "month": {"used": 2, "limit": 1000, "pct": 0.2},
+        "sent_today": 2,
+        "daily_limit": 2,
+        "daily_usage_pct": 100.0,
     }
-    assert data["quota"][1]["today"] == {"used": 0, "limit": None, "pct": None}
+    assert (sales["sent_this_month"], sales["monthly_limit"], sales["monthly_usage_pct"]) == (2, 1000, 0.2)
+    assert (support["daily_limit"], support["daily_usage_pct"]) == (None, None)
+    # the same shape as without --days, which only leaves out the dates and the series
+    plain = json.loads(_pipe("--json").stdout)
+    assert set(data) - set(plain) == {"days", "without_sender"}
+    assert [{k: v for k, v in s.items() if k != "daily"} for s in data["senders"]] == plain["senders"]
 
 
 def test_days_chart_at_80_columns_as_a_pipe(history):

@@ -133,6 +133,7 @@ def root(
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; the one place where errors become messages and exit codes."""
     STATE.sendmail, STATE.config_path, STATE.debug = False, None, False  # set again by the options below
+    STATE.timezone = None
     args = list(sys.argv[1:] if argv is None else argv)
     if argv is None and Path(sys.argv[0]).name == "sendmail":
         args = ["sendmail", *args]  # installed as /usr/sbin/sendmail (a symlink to mailops)

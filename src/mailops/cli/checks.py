@@ -127,24 +127,33 @@ def doctor(
     if connect:
         keys = [k for k, s in config.senders.items() if s.active]
         for result in _run_checks(config, keys, None):
+            check = f"connect {result.sender}"
             if result.ok:
                 where = f"{result.host}:{result.port}"
                 if config.senders[result.sender].auth:
-                    report.ok.append(f"{result.sender}: connected to {where} and logged in")
+                    report.add(check, "ok", f"{result.sender}: connected to {where} and logged in")
                 else:
-                    report.ok.append(f"{result.sender}: connected (no login: auth false) to {where}")
+                    report.add(check, "ok", f"{result.sender}: connected (no login: auth false) to {where}")
             else:
-                report.problems.append(
-                    f"{result.sender}: {safe(result.error)}" + (f"; {safe(result.hint)}" if result.hint else "")
-                )
+                report.add(check, "problem", f"{result.sender}: {safe(result.error)}", safe(result.hint) or None)
     if json_out:
-        settings = {
-            key: {name: {"value": value, "source": source} for name, value, source in rows}
-            for key, rows in report.settings.items()
-        }
-        print_json({"ok": report.ok, "problems": report.problems, "warnings": report.warnings, "senders": settings})
+        findings: list[dict[str, Any]] = [
+            {"check": f.check, "status": f.status, "detail": f.detail, "fix": f.fix} for f in report.findings
+        ]
+        for key, rows in report.settings.items():
+            provider = config.senders[key].provider
+            findings.append(
+                {
+                    "check": f"settings {key}",
+                    "status": "info",
+                    "detail": f"{key}: effective settings" + (f" (provider {provider})" if provider else ""),
+                    "fix": None,
+                    "settings": {name: {"value": value, "source": source} for name, value, source in rows},
+                }
+            )
+        print_json(findings)
     else:
-        for line in report.ok:
+        for line in report.lines("ok"):
             out(f"ok       {line}")
         for key, rows in report.settings.items():
             provider = config.senders[key].provider
@@ -152,7 +161,7 @@ def doctor(
             for name, value, source in rows:
                 shown = _setting_text(value)
                 out(f"           {name:<19}{safe(shown)!s:<36}{source}")
-        for line in report.warnings:
+        for line in report.lines("warning"):
             out(f"WARNING  {safe(line)}")
         for line in report.problems:
             out(f"PROBLEM  {line}")

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from ..errors import UsageError
 from . import runtime
 from .helptext import examples
-from .output import OUTCOME_STYLES, Col, WideOption, make_console, out, print_json, show_table
+from .output import OUTCOME_STYLES, Col, WideOption, attempt_json, make_console, out, print_json, show_table
 from .runtime import MAX_ROWS, load_config, open_store, reading
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 app = typer.Typer()
 
@@ -77,7 +80,7 @@ def log(
     with reading(config) as db:
         rows = query_log(db, flt)
     if json_out:
-        print_json(rows)
+        print_json([attempt_json(r) for r in rows])
         return
     tz = config.timezone
     show_table(
@@ -141,29 +144,16 @@ def stats(
     with reading(config) as db:
         rows = sender_stats(db, config, start, now)
         daily = daily_outcomes(db, config, days, now) if days is not None else None
+    if json_out:
+        print_json(_stats_json(config, start, rows, daily))
+        return
     if daily is not None:
-        quota = [
-            {
-                "sender": r["sender"],
-                "limit_unit": r["limit_unit"],
-                "today": {"used": r["sent_today"], "limit": r["daily_limit"], "pct": r["daily_usage_pct"]},
-                "month": {"used": r["sent_this_month"], "limit": r["monthly_limit"], "pct": r["monthly_usage_pct"]},
-            }
-            for r in rows
-        ]
-        if json_out:
-            print_json({**daily, "quota": quota})
-            return
         from .charts import draw_daily, draw_quota
 
         console = make_console()
         draw_daily(console, daily, {r["sender"]: r["email"] for r in rows})
         draw_quota(console, rows)
         return
-    if json_out:
-        print_json(rows)
-        return
-
     tz = config.timezone
 
     def against(n: int, limit: int | None, pct: float | None, unit: str) -> str:
@@ -188,3 +178,18 @@ def stats(
         ],
         wide=wide,
     )
+
+
+def _stats_json(config: Config, start: float, rows: list[dict[str, Any]], daily: dict[str, Any] | None) -> Any:
+    """One shape for ``stats --json`` with or without ``--days``: the per-sender rows, and with --days
+    the dates, each sender's ``daily`` series and those of attempts deferred before any sender was chosen."""
+    data: dict[str, Any] = {"timezone": config.timezone.key, "since_at": start, "senders": rows}
+    if daily is None:
+        return data
+    series = {s["sender"]: {k: v for k, v in s.items() if k != "sender"} for s in daily["senders"]}
+    return {
+        **data,
+        "days": daily["days"],
+        "senders": [{**r, "daily": series[r["sender"]]} for r in rows],
+        "without_sender": series.get(None),
+    }

@@ -18,6 +18,8 @@ from . import runtime
 from .runtime import STATE
 
 if TYPE_CHECKING:
+    from zoneinfo import ZoneInfo
+
     from ..config import Config
 
 
@@ -58,11 +60,61 @@ def warn_unverified_tls(config: Config, keys: Any) -> None:
 
 
 def print_json(data: Any) -> None:
-    """``data`` as indented JSON on stdout."""
+    """``data`` as indented JSON on stdout, in the conventions every ``--json`` follows (see :func:`for_json`)."""
     from ..controls import json_for_terminal
 
+    value = for_json(data, STATE.timezone)
     # still the same JSON value: only characters a terminal may act on are written as \uXXXX
-    typer.echo(json_for_terminal(json.dumps(data, indent=2, default=str, ensure_ascii=False)))
+    typer.echo(json_for_terminal(json.dumps(value, indent=2, default=str, ensure_ascii=False)))
+
+
+def attempt_json(row: dict[str, Any]) -> dict[str, Any]:
+    """A log (attempts) row for --json: its recipients, kept as one text "a@x, b@y", as an array."""
+    return {**row, "recipients": [a for a in (row.get("recipients") or "").split(", ") if a]}
+
+
+def _is_time(key: str) -> bool:
+    return key == "at" or key.endswith("_at") or key == "lease_until"
+
+
+def _is_duration(key: str) -> bool:
+    return key in ("duration", "seconds") or key.endswith(("_s", "_seconds"))
+
+
+def for_json(value: Any, tz: ZoneInfo | None) -> Any:
+    """``value`` with the JSON conventions of every command applied, by key name.
+
+    A number under ``at``, ``*_at`` or ``lease_until`` is a moment: ISO 8601 with its offset, in the
+    config's time zone (UTC before a config is loaded), to the millisecond. A number under ``duration``,
+    ``seconds``, ``*_s`` or ``*_seconds`` is seconds, rounded to the millisecond. Everything else is kept.
+    """
+    if isinstance(value, dict):
+        result: dict[Any, Any] = {}
+        for key, item in value.items():
+            number = isinstance(item, int | float) and not isinstance(item, bool)
+            if number and isinstance(key, str) and _is_time(key):
+                result[key] = iso_time(float(item), tz)
+            elif number and isinstance(key, str) and _is_duration(key):
+                result[key] = round(float(item), 3)
+            else:
+                result[key] = for_json(item, tz)
+        return result
+    if isinstance(value, list | tuple):
+        return [for_json(item, tz) for item in value]
+    return value
+
+
+def iso_time(ts: float, tz: ZoneInfo | None) -> str | float:
+    """``ts`` (seconds since the epoch) as ISO 8601 with offset, e.g. ``2026-12-01T09:14:03.727+01:00``.
+
+    A number no calendar holds (an old mailops could defer by 1e300 s) stays the number.
+    """
+    from datetime import UTC, datetime
+
+    try:
+        return datetime.fromtimestamp(ts, tz or UTC).isoformat(timespec="milliseconds")
+    except (OverflowError, OSError, ValueError):
+        return ts
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import typer
 from ..errors import UsageError
 from . import runtime
 from .helptext import examples
-from .output import OUTCOME_STYLES, Col, WideOption, out, print_json, safe, show_table
+from .output import OUTCOME_STYLES, Col, WideOption, attempt_json, out, print_json, safe, show_table
 from .runtime import MAX_ID, MAX_ROWS, load_config, open_store
 
 if TYPE_CHECKING:
@@ -120,7 +120,7 @@ def queue_show(
     parsed = email.message_from_bytes(bytes(row.pop("mime") or b""), policy=policy.default)
     headers = {k: str(v) for k, v in parsed.items()}
     if json_out:
-        print_json({"message": _decoded(row), "headers": headers, "attempts": attempts})
+        print_json({"message": _decoded(row), "headers": headers, "attempts": [attempt_json(a) for a in attempts]})
         return
     tz = config.timezone
     # every value here may come from a data file or a server: safe() shows control characters as escapes

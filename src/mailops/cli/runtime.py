@@ -12,6 +12,8 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from zoneinfo import ZoneInfo
+
     from ..config import Config
     from ..reader import Reader
     from ..store import Store
@@ -24,6 +26,7 @@ MAX_SECONDS = 7 * 86400.0  # deliver --max-seconds
 
 class _State:
     config_path: str | None = None
+    timezone: ZoneInfo | None = None  # the loaded config's: --json writes times in it
     debug: bool = False
     sendmail: bool = False  # running `mailops sendmail`: errors exit with sysexits.h codes
 
@@ -40,7 +43,9 @@ def load_config() -> Config:
     """The senders.yaml chosen by ``--config`` (or the default search), loaded and checked."""
     from ..config import load_config as load
 
-    return load(STATE.config_path)
+    config = load(STATE.config_path)
+    STATE.timezone = config.timezone
+    return config
 
 
 OPEN_STORES: list[Store] = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import keyring
 
@@ -13,12 +14,16 @@ _NO_ACCESS_TOKEN = "no access token yet (one is fetched at the first send or tes
 
 
 def _table_rows(text: str) -> dict[str, list[str]]:
-    return {
-        cells[0]: cells[1:]
-        for line in text.splitlines()
-        if line.startswith("│")
-        for cells in [[c.strip() for c in line.strip("│").split("│")]]
-    }
+    """The rows of the table (under its heading and rule): cells are separated by two blanks or more."""
+    lines = text.splitlines()
+    rule = next(i for i, line in enumerate(lines) if line.strip() and set(line.strip()) == {"─"})
+    rows = {}
+    for line in lines[rule + 1 :]:
+        cells = re.split(r"\s{2,}", line.strip())
+        if len(cells) < 2:
+            break  # the table ends: the keyring backend line follows
+        rows[cells[0]] = cells[1:]
+    return rows
 
 
 def test_password_status_in_words_with_a_keyring(workspace: Workspace, cli, keyring_file, monkeypatch):

@@ -29,7 +29,7 @@ from mailops.config import parse_config
 from mailops.errors import ConfigError
 from mailops.oauth import OAuth2Settings
 from mailops.transport import SmtpFailure, SmtpSession
-from tests.fixtures_cli import log_json, popen_mailops, run_mailops
+from tests.fixtures_cli import epoch, log_json, popen_mailops, run_mailops
 from tests.fixtures_home import TEST_BACKEND
 from tests.fixtures_smtp import _server_context, make_sender
 from tests.keyring_backend import FileKeyring, ReadOnlyKeyring, read_entries, write_entry
@@ -643,9 +643,10 @@ def test_password_status_shows_when_the_access_token_expires(workspace, cli, end
     assert cli("test-smtp", "m365").exit_code == 0
     after = status()["m365"]
     assert after["access_token"] == "valid"
-    assert started + 3600 <= after["access_token_expires_at"] <= time.time() + 3600
+    expires = epoch(after["access_token_expires_at"])  # ISO 8601 to the millisecond, as every --json time
+    assert started + 3600 - 0.001 <= expires <= time.time() + 3600
     table = cli("password", "status")
-    until = datetime.fromtimestamp(after["access_token_expires_at"], UTC).strftime("%Y-%m-%d %H:%M:%S")
+    until = datetime.fromtimestamp(expires, UTC).strftime("%Y-%m-%d %H:%M:%S")
     assert f"OAuth token: stored (keyring); access token valid until {until}" in table.stdout
     assert " UTC" in table.stdout
 

@@ -240,9 +240,9 @@ def test_deliver_leaves_out_addresses_suppressed_after_queueing(ws, srv, cli):
     }
     skipped = json.loads(cli("log", "--status", "skipped", "--json").stdout)
     assert sorted((r["subject"], r["recipients"], r["detail"]) for r in skipped) == [
-        ("both", "b@example.org", "on the suppression list since the message was queued: asked to stop"),
-        ("chosen", "b@example.org", "on the suppression list since the message was queued: asked to stop"),
-        ("only-c", "c@example.org", "on the suppression list since the message was queued: asked to stop"),
+        ("both", ["b@example.org"], "on the suppression list since the message was queued: asked to stop"),
+        ("chosen", ["b@example.org"], "on the suppression list since the message was queued: asked to stop"),
+        ("only-c", ["c@example.org"], "on the suppression list since the message was queued: asked to stop"),
     ]
     assert json.loads(cli("deliver", "--json").stdout)["cancelled_suppressed"] == 0
 

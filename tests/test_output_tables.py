@@ -110,7 +110,8 @@ def test_stats_fits_and_shows_when_the_last_error_happened(filled, cli):
     lines = _fits(_pipe("stats").stdout)
     assert lines[0].split()[:3] == ["sender", "today", "month"]
     row = _row(lines, "sales")
-    assert "healthy (2026-" in row and "…" in row, row
+    assert "healthy (2026-" in row, row
+    assert "last error" not in lines[0]  # no sender has one: the empty column gives its cells to the others
     wide = _row(_pipe("stats", "--wide").stdout.splitlines(), "sales")
     assert re.search(rf"healthy \({ZONED}\)", wide), wide
 

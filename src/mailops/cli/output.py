@@ -193,7 +193,8 @@ def show_table(title: str | None, columns: Sequence[str | Col], rows: list[list[
 
     A value never wraps: when the table would be too wide, the long values are cut with "…" (the
     columns marked ``cut`` first); ``wide`` shows every value whole, however long the lines get.
-    Every cell is plain text, never read as Rich markup ("[link=...]" in a subject).
+    Every cell is plain text, never read as Rich markup ("[link=...]" in a subject). A column with
+    no value in any row is left out unless ``wide``.
     """
     from rich import box
     from rich.cells import cell_len
@@ -202,6 +203,11 @@ def show_table(title: str | None, columns: Sequence[str | Col], rows: list[list[
 
     cols = [c if isinstance(c, Col) else Col(c) for c in columns]
     cells = [[safe(v) for v in row] for row in rows]
+    if not wide and cells:
+        # a column empty in every row only takes cells from the values beside it (log's detail on success)
+        keep = [i for i in range(len(cols)) if any(row[i] for row in cells)]
+        cols = [cols[i] for i in keep]
+        cells = [[row[i] for i in keep] for row in cells]
     natural = [max([cell_len(c.name), *(cell_len(row[i]) for row in cells)]) for i, c in enumerate(cols)]
     console = make_console()
     gaps = _GAP * (len(cols) - 1)

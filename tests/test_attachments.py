@@ -26,7 +26,28 @@ from mailops.store import Store
 
 PASSWORD = "s3cret-pass"
 DATE = datetime(2024, 5, 1, 9, 30, tzinfo=UTC)
+
 BOUNDARY = "===============4242424242424242424=="
+
+
+def _build(**overrides: Any) -> compose.PreparedEmail:
+    """``build_message`` with plain defaults: one sender, one recipient, a text part; ``overrides`` change them."""
+    args: dict[str, Any] = {
+        "from_addr": parse_address("sales@example.com", where="t"),
+        "reply_to": None,
+        "to": [parse_address("r@example.org", where="t")],
+        "cc": [],
+        "bcc": [],
+        "subject": "S",
+        "text": "T",
+        "html": None,
+        "attachments": [],
+        "message_id": "<m@example.com>",
+        "date": DATE,
+        "where": "row 1",
+    }
+    args.update(overrides)
+    return build_message(**args)
 
 
 class Boundaries:
@@ -130,19 +151,14 @@ def test_the_stored_message_is_the_one_piece_message_byte_for_byte(tmp_path, fix
     text, html, names = CASES[case]
     files = _files(tmp_path)
     paths = [files[name] for name in names]
-    prepared = build_message(
+    prepared = _build(
         from_addr=parse_address("Vertrieb Müller <sales@example.com>", where="t"),
-        reply_to=None,
         to=[parse_address("Jürgen Groß <jg@example.org>", where="t")],
-        cc=[],
-        bcc=[],
         subject="Ihre Unterlagen – Verlängerung",
         text=text,
         html=html,
         attachments=paths,
         message_id="<fixed.1@example.com>",
-        date=DATE,
-        where="row 1",
     )
     fixed_boundary.reset()
     expected = one_piece(prepared.mime, text, html, paths)
@@ -164,19 +180,9 @@ def test_a_changed_file_is_encoded_again(tmp_path):
     path.write_bytes(b"first")
 
     def digest() -> str:
-        prepared = build_message(
+        prepared = _build(
             from_addr=parse_address("s@example.com", where="t"),
-            reply_to=None,
-            to=[parse_address("r@example.org", where="t")],
-            cc=[],
-            bcc=[],
-            subject="S",
-            text="T",
-            html=None,
             attachments=[path],
-            message_id="<m@example.com>",
-            date=DATE,
-            where="row 1",
         )
         return prepared.stored[0][1].digest
 
@@ -313,19 +319,9 @@ def test_a_send_that_died_after_staging_leaves_nothing_that_is_never_collected(s
     )
     brochure = _brochure(shared, 10_000)
     # what a send killed between staging and queueing leaves: staged rows and their attachment, two days old
-    prepared = build_message(
-        from_addr=parse_address("sales@example.com", where="t"),
-        reply_to=None,
-        to=[parse_address("r@example.org", where="t")],
-        cc=[],
-        bcc=[],
-        subject="S",
-        text="T",
-        html=None,
+    prepared = _build(
         attachments=[brochure],
         message_id="<dead@example.com>",
-        date=DATE,
-        where="row 1",
     )
     old = time.time() - 2 * 86400
     store = Store.open(shared.database_url)
@@ -376,19 +372,13 @@ def test_messages_queued_before_the_migration_are_delivered_byte_for_byte(shared
         {"sales": shared.sender(srv, email="sales@example.com", password=PASSWORD)}, routes={"default": "sales"}
     )
     files = _files(tmp_path)
-    whole = build_message(
-        from_addr=parse_address("sales@example.com", where="t"),
-        reply_to=None,
+    whole = _build(
         to=[parse_address("Jürgen <r@example.org>", where="t")],
-        cc=[],
-        bcc=[],
         subject="Alt",
         text="Text",
         html="<p>Html</p>",
         attachments=[files["brochure.pdf"], files["报告.txt"]],
         message_id="<old.1@example.com>",
-        date=DATE,
-        where="row 1",
     ).mime
     store = Store(shared.database_url)
     try:

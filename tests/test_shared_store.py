@@ -32,21 +32,12 @@ from mailops.reader import Reader, open_reader
 from mailops.store import Store, mask_url
 from tests.fixtures_cli import epoch, popen_mailops, run_mailops
 from tests.smtp_servers import closed_port
+from tests.test_store import ALL_TABLES
 
 PASSWORD = "s3cret-pass"
 DB_ERRORS = ("database is locked", "OperationalError", "Traceback", "database", "deadlock", "psycopg")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 UTC = ZoneInfo("UTC")
-ALL_TABLES = {
-    "messages",
-    "attempts",
-    "usage",
-    "sender_state",
-    "route_state",
-    "events",
-    "suppressions",
-    "attachments",
-}
 
 
 @pytest.fixture

@@ -273,7 +273,7 @@ def problem_lines(report: Any, config: Config) -> list[str]:
 
     lines = []
     if report.total_deferred and report.next_due_at:
-        when = local_time(report.next_due_at, config.timezone)
+        when = local_time(report.next_due_at, config.timezone, zone=True)
         lines.append(
             f"{report.total_deferred} message(s) deferred until {when} "
             f"(in {humanize_wait(report.next_due_at - runtime.now())}); 'mailops deliver' sends them when due"
@@ -300,7 +300,8 @@ def backlog_line(report: Any, config: Config) -> str | None:
     if left["due_now"]:
         parts.append(f"{left['due_now']} due now")
     if left["deferred"]:
-        parts.append(f"{left['deferred']} deferred (the next at {local_time(left['next_due_at'], config.timezone)})")
+        next_at = local_time(left["next_due_at"], config.timezone, zone=True)
+        parts.append(f"{left['deferred']} deferred (the next at {next_at})")
     if left["in_flight_elsewhere"]:
         parts.append(f"{left['in_flight_elsewhere']} in flight in another process")
     head = ""

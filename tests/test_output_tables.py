@@ -18,6 +18,7 @@ import sys
 import pytest
 from rich.cells import cell_len
 
+from mailops.cli.output import fit_widths
 from tests.fixtures_cli import CliResult, Workspace, mailops_command, run_mailops
 from tests.smtp_servers import refusing
 
@@ -124,6 +125,29 @@ def test_suppress_list_fits_and_wide_shows_the_whole_reason(filled):
     assert LONG_TO in wide and wide.rstrip().endswith(
         "asked us in writing to stop every mailing " * 2 + "asked us in writing to stop every mailing"
     )
+
+
+def test_the_subject_gives_way_before_the_address(workspace, server, cli):
+    """Who was mailed is what a reader of the log looks for: the subject and the server's reply are cut first."""
+    workspace.write_config({"sales": workspace.sender(server)}, routes={"default": "sales"})
+    to = "anna.schmidt@example.de"
+    assert cli("send", "--to", to, "--subject", LONG_SUBJECT, "--body", "b").exit_code == 0
+    sent = _row(_fits(_pipe("log", columns=100).stdout, columns=100), " sent ")
+    assert f"  sales   default  {to}  " in sent, sent
+    assert LONG_SUBJECT[:10] in sent and LONG_SUBJECT not in sent
+    queued = _row(_fits(_pipe("queue", "list", columns=61).stdout, columns=61), " sent ")
+    assert f"  {to}  " in queued and LONG_SUBJECT not in queued, queued
+
+
+def test_fit_widths_cuts_the_columns_that_give_most_first():
+    natural, headings, cuttable = [10, 30, 40], [4, 2, 7], [False, True, True]
+    # the third column gives first: down to its heading (7 cells) before the second loses a cell
+    assert fit_widths(natural, headings, cuttable, 50, [1, 0, 2]) == [10, 30, 10]
+    assert fit_widths(natural, headings, cuttable, 40, [1, 0, 2]) == [10, 23, 7]
+    # of equal give, the cut is shared; the fixed column stays whole while the others can give way
+    assert fit_widths(natural, headings, cuttable, 50, [1, 1, 1]) == fit_widths(natural, headings, cuttable, 50)
+    assert fit_widths(natural, headings, cuttable, 50) == [10, 20, 20]
+    assert sum(fit_widths(natural, headings, cuttable, 12, [1, 0, 2])) <= 12  # too narrow: everything gives
 
 
 def test_a_narrow_terminal_cuts_every_column_rather_than_wrap(filled):

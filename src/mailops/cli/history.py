@@ -88,11 +88,12 @@ def log(
         [
             Col("time", cut=False),
             Col("outcome", cut=False, styles=OUTCOME_STYLES),
-            "sender",
-            "route",
-            "to",
-            "subject",
-            "smtp",
+            # at 80 columns who sent to whom is what a reader looks for: subject and server reply give way first
+            Col("sender", give=0),
+            Col("route", give=0),
+            Col("to", give=0),
+            Col("subject", give=2),
+            Col("smtp", give=2),
             "detail",
         ],
         [

@@ -123,6 +123,8 @@ class Col:
 
     name: str
     cut: bool = True  # False: shown whole (ids, states, times, numbers) unless nothing else can give way
+    # among the columns that may be cut, the higher ``give`` is cut first (a subject before the address)
+    give: int = 1
     right: bool = False  # numbers line up on the right
     styles: Mapping[str, str] = field(default_factory=dict)  # exact cell value -> Rich style, e.g. failed -> red
 
@@ -170,10 +172,14 @@ def _level(widths: list[int], floors: list[int], room: int) -> list[int]:
     return result
 
 
-def fit_widths(natural: list[int], headings: list[int], cuttable: list[bool], room: int) -> list[int]:
+def fit_widths(
+    natural: list[int], headings: list[int], cuttable: list[bool], room: int, give: list[int] | None = None
+) -> list[int]:
     """Column widths within ``room`` cells: the columns that may be cut give way first, the others only if they must.
 
-    A cut column keeps at least its heading's width (or a few cells) while there is room for that.
+    A cut column keeps at least its heading's width (or a few cells) while there is room for that. Among
+    the cut columns, those with the highest ``give`` shrink first, down to that floor, before the next
+    ones lose a cell; columns of equal ``give`` share the cut.
     """
     if sum(natural) <= room:
         return list(natural)
@@ -181,11 +187,23 @@ def fit_widths(natural: list[int], headings: list[int], cuttable: list[bool], ro
     flexible = [i for i, cut in enumerate(cuttable) if cut]
     if not flexible or room - fixed < _MIN_CUT * len(flexible):
         return _level(natural, [1] * len(natural), room)  # too narrow even for that: every column gives way
-    floors = [min(natural[i], max(headings[i], _MIN_CUT)) for i in flexible]
-    if room - fixed < sum(floors):  # no room for every heading: values and headings are cut alike
-        floors = [min(natural[i], _MIN_CUT) for i in flexible]
-    shares = iter(_level([natural[i] for i in flexible], floors, room - fixed))
-    return [next(shares) if cut else w for w, cut in zip(natural, cuttable, strict=True)]
+    floors = {i: min(natural[i], max(headings[i], _MIN_CUT)) for i in flexible}
+    if room - fixed < sum(floors.values()):  # no room for every heading: values and headings are cut alike
+        floors = {i: min(natural[i], _MIN_CUT) for i in flexible}
+    order = give or [1] * len(natural)
+    widths = list(natural)
+    for rank in sorted({order[i] for i in flexible}, reverse=True):
+        group = [i for i in flexible if order[i] == rank]
+        # the columns cut before this group are at their floors, those to cut after it still whole
+        left = room - sum(w for j, w in enumerate(widths) if j not in group)
+        if left >= sum(floors[i] for i in group):
+            shares = _level([natural[i] for i in group], [floors[i] for i in group], left)
+            for i, width in zip(group, shares, strict=True):
+                widths[i] = width
+            return widths
+        for i in group:
+            widths[i] = floors[i]
+    return widths  # not reached: the last group always fits at its floors (checked above)
 
 
 def show_table(title: str | None, columns: Sequence[str | Col], rows: list[list[Any]], *, wide: bool = False) -> None:
@@ -216,7 +234,9 @@ def show_table(title: str | None, columns: Sequence[str | Col], rows: list[list[
         console.width = max(console.width, sum(natural) + gaps)
     else:
         headings = [cell_len(c.name) for c in cols]
-        widths = fit_widths(natural, headings, [c.cut for c in cols], max(len(cols), console.width - gaps))
+        widths = fit_widths(
+            natural, headings, [c.cut for c in cols], max(len(cols), console.width - gaps), [c.give for c in cols]
+        )
     # a rule under the headings, no borders; between two columns the divider (a blank) and one blank of padding
     table = Table(
         title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 0, 0, 1), header_style="bold"

@@ -74,8 +74,8 @@ def queue_list(
             Col("state", cut=False, styles=OUTCOME_STYLES),
             Col("due", cut=False),
             "sender",
-            "to",
-            "subject",
+            Col("to", give=0),  # the address is what a reader looks for: the subject gives way first
+            Col("subject", give=2),
             Col("attempts", cut=False, right=True),
             "reason",
         ],

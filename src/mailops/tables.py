@@ -8,8 +8,10 @@ these tables match the migrated schema on SQLite and PostgreSQL.
 Why Core tables rather than SQLModel classes: every command runs Core
 statements only, and importing SQLModel with the ORM it pulls in costs each
 start of ``send`` and ``deliver`` about 0.14 s of CPU and 5 MB (measured),
-against start-up targets of the README; the classes would add a second
-vocabulary (ORM sessions) that nothing uses.
+against start-up targets of the README (re-measured: sqlalchemy.orm 0.07 s,
+sqlmodel with pydantic 0.10-0.11 s more); the classes would add a second
+vocabulary (ORM sessions) that nothing uses; and sqlmodel 0.0.27 requires
+SQLAlchemy < 2.1, which would pin the database layer to the older series.
 """
 
 from __future__ import annotations

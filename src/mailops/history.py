@@ -123,24 +123,75 @@ def _contains(text: str) -> str:
     return f"%{text}%"
 
 
+#: the trigram index of ``log --to`` (tables.RECIPIENT_SEARCH; importing tables would load SQLAlchemy)
+RECIPIENT_SEARCH = "attempts_fts"
+#: ``log --to`` on SQLite probes the trigram index for at most this many candidate rows; more (a broad
+#: pattern such as ``example.org``) and the newest-first scan of the log finds the newest matches sooner
+PROBE_CAP = 10000
+
+
+def _trigram_query(text: str) -> str | None:
+    """An FTS5 query matching the rows whose text holds every trigram of ``text`` (None under 3 characters).
+
+    Each trigram is a quoted string (FTS5 syntax characters in it are text); rows holding them all are a
+    superset of the rows containing ``text``, which the LIKE of the query then narrows exactly.
+    """
+    grams = dict.fromkeys(text[i : i + 3] for i in range(len(text) - 2))
+    if not grams:
+        return None
+    return " AND ".join('"' + gram.replace('"', '""') + '"' for gram in grams)
+
+
+def _probe(db: Reader, to: str) -> str | None:
+    """The FTS5 query for ``--to`` when the trigram index narrows it to at most PROBE_CAP rows, else None."""
+    query = _trigram_query(to)
+    if query is None or db.dialect != "sqlite":
+        return None
+    # migration 011 leaves it out where SQLite lacks FTS5 or its trigram tokenizer
+    if not db.all("SELECT 1 AS found FROM sqlite_master WHERE name = :name", name=RECIPIENT_SEARCH):
+        return None
+    found = db.all(
+        f"SELECT rowid FROM {RECIPIENT_SEARCH} WHERE {RECIPIENT_SEARCH} MATCH :query LIMIT :cap",
+        query=query,
+        cap=PROBE_CAP + 1,
+    )
+    return query if len(found) <= PROBE_CAP else None
+
+
 def query_log(db: Reader, flt: LogFilter) -> list[dict[str, Any]]:
-    """Attempt rows (the columns of LOG_COLUMNS, then ``note``: the message's, or None), newest first."""
+    """Attempt rows (the columns of LOG_COLUMNS, then ``note``: the message's, or None), newest first.
+
+    ``--to`` matches a part of the recipients, case-insensitively (ASCII letters on SQLite, as its LIKE and
+    lower() do). On SQLite a pattern of 3 characters or more that few rows hold is looked up in the trigram
+    index (migration 011) and only those rows are read; a broad or short one reads the log newest first,
+    which stops at ``--limit`` matches.
+    """
+    if flt.status and flt.status not in OUTCOMES:
+        raise UsageError(f"--status {flt.status!r}: expected one of {', '.join(OUTCOMES)}")
+    needle = flt.to.strip().lower() if flt.to else ""
+    probe = _probe(db, needle) if needle else None
+    # With the probe's rows in hand, no other index may drive the query: `+column` keeps SQLite's planner
+    # from walking, say, one sender's index (a quarter of the log) and checking each row against the probe.
+    col = "+{}".format if probe else "{}".format
     where: list[str] = []
     params: dict[str, Any] = {"limit": flt.limit}
     for column, value in (("sender", flt.sender), ("route", flt.route), ("batch", flt.batch)):
         if value:
-            where.append(f"{column} = :{column}")
+            where.append(f"{col(column)} = :{column}")
             params[column] = value
     if flt.status:
-        if flt.status not in OUTCOMES:
-            raise UsageError(f"--status {flt.status!r}: expected one of {', '.join(OUTCOMES)}")
-        where.append("outcome = :status")
+        where.append(f"{col('outcome')} = :status")
         params["status"] = flt.status
-    if flt.to:
-        where.append(f"lower(recipients) LIKE :to ESCAPE '{_LIKE_ESCAPE}'")
-        params["to"] = _contains(flt.to.strip().lower())
+    if probe:
+        where.append(f"id IN (SELECT rowid FROM {RECIPIENT_SEARCH} WHERE {RECIPIENT_SEARCH} MATCH :probe)")
+        params["probe"] = probe
+    if needle:
+        # SQLite's LIKE already ignores ASCII case, all its lower() folds: lower() would only cost a call a row
+        recipients = "lower(recipients)" if db.dialect == "postgresql" else "recipients"
+        where.append(f"{recipients} LIKE :to ESCAPE '{_LIKE_ESCAPE}'")
+        params["to"] = _contains(needle)
     if flt.since is not None:
-        where.append("at >= :since")
+        where.append(f"{col('at')} >= :since")
         params["since"] = flt.since
     # what mailops changed in a piped message (a From rewrite) belongs to the message: shown with each of its rows
     sql = f"SELECT {', '.join(LOG_COLUMNS)}, {_NOTE} AS note FROM attempts"

@@ -241,6 +241,51 @@ def _m010_include_suppressed(conn: Connection) -> None:
     conn.execute(sa.text("ALTER TABLE messages ADD COLUMN include_suppressed BOOLEAN"))
 
 
+def _m011_recipient_search(conn: Connection) -> None:
+    import sqlalchemy as sa
+
+    # `log --to ADDR` read the whole log for a rare address (0.5 s per million rows). A trigram index over
+    # attempts.recipients (tables.RECIPIENT_SEARCH_*) finds it at once; existing rows are indexed here. Where
+    # the backend lacks what it needs (an SQLite without FTS5 or its trigram tokenizer, a PostgreSQL without
+    # pg_trgm or the right to create it), the step does nothing and `log --to` scans as before.
+    if conn.dialect.name == "sqlite":
+        try:
+            with conn.begin_nested():
+                conn.execute(
+                    sa.text(
+                        "CREATE VIRTUAL TABLE attempts_fts USING fts5(recipients, content='attempts',"
+                        " content_rowid='id', tokenize='trigram', detail='none', columnsize=0)"
+                    )
+                )
+        except sa.exc.OperationalError:  # "no such module: fts5" / "no such tokenizer: trigram"
+            return
+        for trigger in (
+            "CREATE TRIGGER attempts_fts_insert AFTER INSERT ON attempts BEGIN"
+            " INSERT INTO attempts_fts(rowid, recipients) VALUES (new.id, new.recipients); END",
+            "CREATE TRIGGER attempts_fts_delete AFTER DELETE ON attempts BEGIN"
+            " INSERT INTO attempts_fts(attempts_fts, rowid, recipients) VALUES ('delete', old.id, old.recipients);"
+            " END",
+            "CREATE TRIGGER attempts_fts_update AFTER UPDATE OF recipients ON attempts BEGIN"
+            " INSERT INTO attempts_fts(attempts_fts, rowid, recipients) VALUES ('delete', old.id, old.recipients);"
+            " INSERT INTO attempts_fts(rowid, recipients) VALUES (new.id, new.recipients); END",
+        ):
+            conn.execute(sa.text(trigger))
+        conn.execute(sa.text("INSERT INTO attempts_fts(attempts_fts) VALUES ('rebuild')"))  # the existing rows
+        return
+    if conn.dialect.name == "postgresql":
+        available = conn.execute(sa.text("SELECT 1 FROM pg_available_extensions WHERE name = 'pg_trgm'")).first()
+        if available is None:
+            return
+        try:
+            with conn.begin_nested():
+                conn.execute(sa.text("CREATE EXTENSION IF NOT EXISTS pg_trgm"))
+        except sa.exc.DBAPIError:  # no right to create it (pg_trgm is trusted: a database owner may)
+            return
+        conn.execute(
+            sa.text("CREATE INDEX ix_attempts_recipients_trgm ON attempts USING gin (lower(recipients) gin_trgm_ops)")
+        )
+
+
 #: name -> step, applied in this order; never edit or reorder a released step, add a new one.
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("001_initial", _m001_initial),
@@ -253,6 +298,7 @@ MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("008_incremental_vacuum", _m008_incremental_vacuum),
     ("009_server_max_size", _m009_server_max_size),
     ("010_include_suppressed", _m010_include_suppressed),
+    ("011_recipient_search", _m011_recipient_search),
 ]
 
 

@@ -76,6 +76,8 @@ class Reader:
         self._execute = execute
         self._pyformat = pyformat
         self._close = close
+        #: the backend, for the few queries whose best form differs: ``sqlite`` or ``postgresql``
+        self.dialect = "postgresql" if pyformat else "sqlite"
 
     @classmethod
     def over(cls, conn: Reader | Connection) -> Reader:

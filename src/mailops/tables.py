@@ -137,3 +137,30 @@ Suppression = sa.Table(
     sa.Column("reason", sa.String),
     sa.Column("source", sa.String, nullable=False),
 )
+
+# ``mailops log --to``: a trigram index over ``attempts.recipients``, so that a rare address is found without
+# reading the whole log. Not a Core table (neither backend's form is one): the SQL below is its definition,
+# created by migration 011 (which keeps its own frozen copy), and a test compares it with the migrated schema.
+
+#: SQLite (FTS5's trigram tokenizer, SQLite 3.34 or newer): an external-content index, so the text is not
+#: stored twice; ``detail=none`` and ``columnsize=0`` keep only which rows hold each trigram (a third of the
+#: size of a full index), enough for a probe whose rows are then checked with LIKE. The triggers keep it in
+#: step with every insert, update and delete of attempts, whatever code (or operator) makes them.
+RECIPIENT_SEARCH = "attempts_fts"
+RECIPIENT_SEARCH_SQLITE = (
+    "CREATE VIRTUAL TABLE attempts_fts USING fts5(recipients, content='attempts', content_rowid='id',"
+    " tokenize='trigram', detail='none', columnsize=0)",
+    "CREATE TRIGGER attempts_fts_insert AFTER INSERT ON attempts BEGIN"
+    " INSERT INTO attempts_fts(rowid, recipients) VALUES (new.id, new.recipients); END",
+    "CREATE TRIGGER attempts_fts_delete AFTER DELETE ON attempts BEGIN"
+    " INSERT INTO attempts_fts(attempts_fts, rowid, recipients) VALUES ('delete', old.id, old.recipients); END",
+    "CREATE TRIGGER attempts_fts_update AFTER UPDATE OF recipients ON attempts BEGIN"
+    " INSERT INTO attempts_fts(attempts_fts, rowid, recipients) VALUES ('delete', old.id, old.recipients);"
+    " INSERT INTO attempts_fts(rowid, recipients) VALUES (new.id, new.recipients); END",
+)
+#: FTS5's own tables behind it, which the schema inspector lists beside the Core tables
+RECIPIENT_SEARCH_SHADOW = ("attempts_fts", "attempts_fts_data", "attempts_fts_idx", "attempts_fts_config")
+#: PostgreSQL with the pg_trgm extension: a GIN trigram index that its planner uses for ``lower(recipients) LIKE``
+RECIPIENT_SEARCH_POSTGRESQL = (
+    "CREATE INDEX ix_attempts_recipients_trgm ON attempts USING gin (lower(recipients) gin_trgm_ops)"
+)

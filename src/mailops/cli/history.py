@@ -57,7 +57,10 @@ def log(
     sender: Annotated[str | None, typer.Option("--sender", help="Only this sender.")] = None,
     route: Annotated[str | None, typer.Option("--route", help="Only this route.")] = None,
     status: Annotated[str | None, typer.Option("--status", help="sent, partial, deferred, failed or skipped.")] = None,
-    to: Annotated[str | None, typer.Option("--to", help="Only attempts to this recipient (substring).")] = None,
+    to: Annotated[
+        str | None,
+        typer.Option("--to", help="Only attempts to recipients containing this text, any case (an address, @domain)."),
+    ] = None,
     batch: Annotated[str | None, typer.Option("--batch", help="Only this batch.")] = None,
     since: Annotated[str | None, typer.Option("--since", help="24h, 7d or a date like 2026-11-01.")] = None,
     limit: Annotated[int, typer.Option("--limit", help="At most N rows, newest first.", min=1, max=MAX_ROWS)] = 50,

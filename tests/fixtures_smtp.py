@@ -15,12 +15,14 @@ Fixtures
                         server = smtp_server(cert_hosts=["mail.example.net"])  # cert not valid for 127.0.0.1
                         server = smtp_server(exclude_mechanisms=("PLAIN",))    # offer AUTH LOGIN only
                         server = smtp_server(require_auth=False)    # AUTH offered but MAIL allowed without it
+                        server = smtp_server(pipelining=False)      # no PIPELINING at EHLO (default: offered)
 
                     Then assert on ``server.messages``, ``server.auth_attempts``,
-                    ``server.commands``, ``server.connections``, ``server.logins``
-                    and program faults with ``server.rcpt_hook``, ``server.mail_hook``,
-                    ``server.data_hook`` (see tests/smtp_servers.py, also ``fail_first``
-                    and ``refusing(*addresses)``, a rcpt_hook refusing chosen recipients).
+                    ``server.commands``, ``server.command_writes``, ``server.connections``,
+                    ``server.logins`` and program faults with ``server.rcpt_hook``,
+                    ``server.mail_hook``, ``server.data_command_hook``, ``server.data_hook``
+                    (see tests/smtp_servers.py, also ``fail_first`` and
+                    ``refusing(*addresses)``, a rcpt_hook refusing chosen recipients).
 ``stalling_server`` a listener that accepts TCP connections and never greets.
 ``closed_port``     a 127.0.0.1 port with nothing listening.
 ``sender_for``      ``make_sender`` below, as a fixture.

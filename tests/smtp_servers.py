@@ -12,11 +12,18 @@ It records what a test needs to assert on: ``messages`` (accepted messages),
 ``auth_attempts`` (mechanism, username, succeeded — never the password),
 ``commands`` (every verb the client sent, seen on the wire before aiosmtpd
 applies any policy, so "AUTH was never received" really means that),
-``connections`` (TCP sessions) and ``logins`` (successful AUTHs).
+``command_writes`` (the verbs of each chunk the server read at once, to see
+pipelining), ``connections`` (TCP sessions) and ``logins`` (successful AUTHs).
+
+``pipelining`` (default on, as Gmail, Outlook and Postfix do) advertises
+PIPELINING (RFC 2920) at EHLO; aiosmtpd reads commands from a stream and
+answers them in order either way, it only does not announce it by itself.
 
 Faults are programmed with hooks that return an SMTP reply to send instead
 of accepting (or ``None`` to accept): ``mail_hook(address)``,
-``rcpt_hook(address)``, ``data_hook(envelope)``. :meth:`drop_connections`
+``rcpt_hook(address)``, ``data_command_hook(envelope)`` (the DATA command itself, once
+a recipient was accepted, before 354), ``data_hook(envelope)`` (after the end
+of data). :meth:`drop_connections`
 closes every open connection, as a server does with an idle client.
 
 Handlers run on the aiosmtpd event-loop thread, so every record is appended
@@ -113,26 +120,41 @@ class _RecordingSMTP(SMTP):
 
     def data_received(self, data: bytes) -> None:
         self._line_buffer += data
+        verbs: list[str] = []
         while True:
             end = self._line_buffer.find(b"\n")
             if end < 0:
                 break
             line = bytes(self._line_buffer[: end + 1])
             del self._line_buffer[: end + 1]
-            self._observe(line)
+            verb = self._observe(line)
+            if verb:
+                verbs.append(verb)
+        if verbs:
+            self._owner._record_write(verbs)
         super().data_received(data)
 
-    def _observe(self, line: bytes) -> None:
+    def _observe(self, line: bytes) -> str | None:
         if self._expect == "data":
             if line.rstrip(b"\r\n") == b".":
                 self._expect = "command"
-            return
+            return None
         if self._expect == "auth":
             self._expect = "command"
-            return
+            return None
         verb = line.strip().split(b" ", 1)[0][:16].decode("ascii", errors="replace").upper()
         if verb:
             self._owner._record_command(verb)
+        return verb or None
+
+    async def smtp_DATA(self, arg: str) -> None:
+        hook = self._owner.data_command_hook
+        if hook is not None and self.envelope is not None and self.envelope.rcpt_tos:
+            reply = hook(self.envelope)
+            if reply:
+                await self.push(reply)
+                return
+        await super().smtp_DATA(arg)
 
     async def push(self, status: Any) -> None:
         text = status.decode("ascii", "replace") if isinstance(status, bytes) else str(status)
@@ -168,6 +190,7 @@ class LocalSmtpServer:
         exclude_mechanisms: tuple[str, ...] = (),
         hostname: str = "mail.test.example",
         data_size_limit: int | None = None,
+        pipelining: bool = True,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
@@ -175,6 +198,7 @@ class LocalSmtpServer:
             raise ValueError(f"mode {mode!r} needs a server tls_context")
         self.mode = mode
         self.auth = auth
+        self.pipelining = pipelining
         self._users = dict(users) if users is not None else {DEFAULT_USER: DEFAULT_PASSWORD}
         self.ca_file = ca_file
         self.host = "127.0.0.1"
@@ -182,9 +206,11 @@ class LocalSmtpServer:
         self.mail_hook: Hook | None = None
         self.rcpt_hook: Hook | None = None
         self.data_hook: Callable[[Envelope], str | None] | None = None
+        self.data_command_hook: Callable[[Envelope], str | None] | None = None
         self.messages: list[ReceivedMessage] = []
         self.auth_attempts: list[AuthAttempt] = []
         self.commands: list[str] = []
+        self.command_writes: list[list[str]] = []
         self.connections = 0
         self._lock = threading.Lock()
         self._live: set[_RecordingSMTP] = set()
@@ -242,6 +268,7 @@ class LocalSmtpServer:
         with self._lock:
             self.connections = 0
             self.commands.clear()
+            self.command_writes.clear()
         return self
 
     def stop(self) -> None:
@@ -296,6 +323,10 @@ class LocalSmtpServer:
         with self._lock:
             self.commands.append(verb)
 
+    def _record_write(self, verbs: list[str]) -> None:
+        with self._lock:
+            self.command_writes.append(verbs)
+
     def _authenticate(
         self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, auth_data: Any
     ) -> AuthResult:
@@ -314,7 +345,9 @@ class LocalSmtpServer:
     async def handle_EHLO(
         self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
     ) -> list[str]:
-        session.host_name = hostname
+        session.host_name = hostname  # aiosmtpd leaves it to a handle_EHLO hook; MAIL needs it
+        if self.pipelining:
+            responses = [*responses[:-1], "250-PIPELINING", responses[-1]]  # the last line ends the reply
         if self.auth:
             return responses
         return [line for line in responses if not line[4:].upper().startswith("AUTH")]

@@ -296,7 +296,7 @@ def test_data_5xx_is_permanent(smtp_server):
 
 
 def test_mail_from_refused(smtp_server):
-    server = smtp_server()
+    server = smtp_server(pipelining=False)  # one command at a time: nothing follows a refused MAIL FROM
     server.mail_hook = lambda address: "553 5.7.1 sender not owned by user"
     with SmtpSession(make_sender(server), DEFAULT_PASSWORD) as session:
         failure = failure_of(session, mime(), "other@example.com", [RCPT])

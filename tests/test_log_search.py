@@ -218,4 +218,4 @@ def test_the_index_is_what_tables_py_describes(logdb) -> None:
     else:
         [(indexdef,)] = logdb.query("SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_attempts_recipients_trgm'")
         assert indexdef == tables.RECIPIENT_SEARCH_POSTGRESQL.replace("ON attempts", "ON public.attempts")
-    assert [name for name, _ in migrations.MIGRATIONS][-1] == "011_recipient_search"
+    assert "011_recipient_search" in [name for name, _ in migrations.MIGRATIONS]

@@ -9,7 +9,9 @@ import os
 import re
 import sqlite3
 import time
+from datetime import datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -17,6 +19,7 @@ from mailops import migrations
 from mailops.config import DeliveryPolicy
 from mailops.outbox import RETENTION_BATCH, Outbox
 from mailops.store import Store
+from tests.fixtures_cli import run_mailops
 
 PASSWORD = "s3cret-pass"
 DAY = 86400.0
@@ -240,3 +243,54 @@ def test_retention_reads_the_kept_bodies_index_not_every_sent_message(tmp_path: 
     finally:
         store.close()
     assert [row[-1] for row in plan] == ["SEARCH messages USING INDEX ix_messages_kept_bodies (updated_at<?)"]
+
+
+def test_queue_show_says_when_retention_removed_the_body_and_which_setting_keeps_it(shared, smtp_server, cli):
+    _srv, brochure = _setup(shared, smtp_server, retention="7d", timezone="Europe/Berlin")
+    for to in ("old@example.org", "new@example.org", "older@example.org"):
+        sent = cli("send", "--to", to, "--subject", "S", "--body", "B", "--attach", brochure)
+        assert sent.exit_code == 0, sent.output
+    [(old,), (new,), (older,)] = shared.query("SELECT id FROM messages ORDER BY id")
+    _age(shared, 8, f"id IN ({old}, {older})")
+    before = time.time()
+    delivered = run_mailops("deliver")  # nothing to send; retention drops the two bodies older than 7d
+    after = time.time()
+    assert delivered.exit_code == 0, delivered.output
+    assert shared.query("SELECT id FROM messages WHERE LENGTH(mime) = 0 ORDER BY id") == [(old,), (older,)]
+    store = Store.open(shared.database_url or f"sqlite:///{shared.db_path}")
+    try:  # as an older mailops left it: the body dropped, no time recorded
+        with store.write() as conn:
+            conn.exec_driver_sql(f"UPDATE messages SET body_removed_at = NULL WHERE id = {older}")
+    finally:
+        store.close()
+
+    shown = run_mailops("queue", "show", str(old))
+    assert shown.exit_code == 0, shown.output
+    [line] = [line for line in shown.stdout.splitlines() if "retention" in line]
+    match = re.fullmatch(
+        r"  body: removed by retention at (\S+ \S+) (CET|CEST); sent and failed messages keep theirs for 7d "
+        r"\('retention:' in senders.yaml\)",
+        line,
+    )
+    assert match, line
+    local = datetime.strptime(match[1], "%Y-%m-%d %H:%M:%S").replace(tzinfo=ZoneInfo("Europe/Berlin"))
+    assert int(before) <= local.timestamp() <= after
+    assert "From:" not in shown.stdout and "attempt " in shown.stdout  # no headers left; the log stays
+
+    as_json = json.loads(run_mailops("queue", "show", str(old), "--json").stdout)
+    assert as_json["body"] == "removed by retention" and as_json["headers"] == {}
+    removed_at = datetime.fromisoformat(as_json["message"]["body_removed_at"])
+    assert removed_at.utcoffset() in (timedelta(hours=1), timedelta(hours=2))
+    assert before - 0.001 <= removed_at.timestamp() <= after + 0.001
+
+    unrecorded = run_mailops("queue", "show", str(older))
+    assert (
+        "  body: removed by retention (by an older mailops, which did not record when); sent and failed messages "
+        "keep theirs for 7d ('retention:' in senders.yaml)"
+    ) in unrecorded.stdout.splitlines()
+    assert json.loads(run_mailops("queue", "show", str(older), "--json").stdout)["message"]["body_removed_at"] is None
+
+    kept = run_mailops("queue", "show", str(new))
+    assert "retention" not in kept.stdout and "From: sales@example.com" in kept.stdout
+    kept_json = json.loads(run_mailops("queue", "show", str(new), "--json").stdout)
+    assert kept_json["body"] == "kept" and kept_json["message"]["body_removed_at"] is None

@@ -749,7 +749,9 @@ def test_log_and_stats_on_a_blank_or_older_database_bring_it_up_to_date_first(da
             "009_server_max_size",
             "010_include_suppressed",
             "011_recipient_search",
+            "012_body_removed_at",
         ]
+        conn.execute(sa.text("ALTER TABLE messages DROP COLUMN body_removed_at"))
         if database_url.startswith("sqlite"):
             for trigger in ("attempts_fts_insert", "attempts_fts_delete", "attempts_fts_update"):
                 conn.execute(sa.text(f"DROP TRIGGER {trigger}"))

@@ -286,6 +286,14 @@ def _m011_recipient_search(conn: Connection) -> None:
         )
 
 
+def _m012_body_removed_at(conn: Connection) -> None:
+    import sqlalchemy as sa
+
+    # `queue show` of a message whose body retention dropped says so and when (its MIME is empty then).
+    # Bodies dropped before this step have no time: they stay NULL here, shown as not recorded.
+    conn.execute(sa.text("ALTER TABLE messages ADD COLUMN body_removed_at FLOAT"))
+
+
 #: name -> step, applied in this order; never edit or reorder a released step, add a new one.
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("001_initial", _m001_initial),
@@ -299,6 +307,7 @@ MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("009_server_max_size", _m009_server_max_size),
     ("010_include_suppressed", _m010_include_suppressed),
     ("011_recipient_search", _m011_recipient_search),
+    ("012_body_removed_at", _m012_body_removed_at),
 ]
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import builtins  # Outbox.list shadows list in the class body's annotations
 import json
 import threading
+import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -369,9 +370,10 @@ class Outbox:
             self.store.reclaim_space()
         return count
 
-    def expire_bodies(self, before: float) -> int:
+    def expire_bodies(self, before: float, now: float | None = None) -> int:
         """Drop the bodies of sent and failed messages last changed before ``before`` (retention), oldest
         first, RETENTION_BATCH per transaction and at most RETENTION_ROUNDS transactions; returns how many.
+        Each message records when (``body_removed_at``: ``now``, default the clock), for ``queue show``.
 
         The message rows stay (Message-ID, recipients, outcome, reason), and so does the log; attachments
         no message references any more are deleted and SQLite gives the space back. A message without its
@@ -384,7 +386,11 @@ class Outbox:
                 if ids:
                     chosen = MESSAGES.c.id.in_(ids)
                     references += self._drop_references(conn, chosen)
-                    conn.execute(sa.update(MESSAGES).where(chosen).values(mime=b"", parts=None))
+                    conn.execute(
+                        sa.update(MESSAGES)
+                        .where(chosen)
+                        .values(mime=b"", parts=None, body_removed_at=time.time() if now is None else now)
+                    )
             total += len(ids)
             if len(ids) < RETENTION_BATCH:
                 break

@@ -319,5 +319,5 @@ def enqueue(
     assert outbox is not None
     result.queued, result.skipped_duplicates = outbox.promote(result.run_id, now, due_at)
     # retention as we go: a few batches of expired bodies per run (the next run goes on)
-    outbox.expire_bodies(now - config.retention)
+    outbox.expire_bodies(now - config.retention, now)
     return result

@@ -57,6 +57,7 @@ Message = sa.Table(
     sa.Column("note", sa.String),
     sa.Column("parts", sa.String),  # JSON [[offset, digest], ...]: attachment bodies spliced into mime; NULL: none
     sa.Column("include_suppressed", sa.Boolean),
+    sa.Column("body_removed_at", sa.Float),  # when retention dropped mime (None: kept, or dropped before 012)
 )
 
 StoredAttachment = sa.Table(

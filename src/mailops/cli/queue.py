@@ -108,19 +108,32 @@ def queue_show(
     import email
     from email import policy
 
+    from ..config import format_duration
     from ..errors import InputError
     from ..history import local_time
     from ..outbox import Outbox
+    from ..states import FAILED, SENT
 
     config = load_config()
     found = Outbox(open_store(config), config.delivery).get(message)
     if found is None:
         raise InputError(f"no message with id {message} in the outbox; see 'mailops queue list'")
     row, attempts = found
-    parsed = email.message_from_bytes(bytes(row.pop("mime") or b""), policy=policy.default)
+    mime = bytes(row.pop("mime") or b"")
+    parsed = email.message_from_bytes(mime, policy=policy.default)
     headers = {k: str(v) for k, v in parsed.items()}
+    # retention empties the body of a sent or failed message; the row (and the log) stays
+    removed = not mime and row["state"] in (SENT, FAILED)
     if json_out:
-        print_json({"message": _decoded(row), "headers": headers, "attempts": [attempt_json(a) for a in attempts]})
+        body = "removed by retention" if removed else "kept"
+        print_json(
+            {
+                "message": _decoded(row),
+                "body": body,
+                "headers": headers,
+                "attempts": [attempt_json(a) for a in attempts],
+            }
+        )
         return
     tz = config.timezone
     # every value here may come from a data file or a server: safe() shows control characters as escapes
@@ -137,6 +150,16 @@ def queue_show(
     if row["recipient_status"]:
         for rcpt, status in _stored_mapping(row["recipient_status"]).items():
             out(f"  {safe(rcpt)}: {safe(status)}")
+    if removed:
+        when = (
+            f"at {local_time(row['body_removed_at'], tz, zone=True)}"
+            if row.get("body_removed_at") is not None
+            else "(by an older mailops, which did not record when)"
+        )
+        out(
+            f"  body: removed by retention {when}; sent and failed messages keep theirs for "
+            f"{format_duration(config.retention)} ('retention:' in senders.yaml)"
+        )
     for key, value in headers.items():
         out(f"  {safe(key)}: {safe(value)}")
     for a in attempts:

@@ -326,7 +326,8 @@ def deliver(
     Outbox(store, config.delivery).discard_abandoned(runtime.now() - 86400)
     report = _deliver(config, store, None, limit, max_seconds, False, 0)
     # retention as we go: a few batches of bodies older than `retention:` (the next run goes on)
-    Outbox(store, config.delivery).expire_bodies(runtime.now() - config.retention)
+    now = runtime.now()
+    Outbox(store, config.delivery).expire_bodies(now - config.retention, now)
     print_summary(report, config, json_out, quiet)
     _exit_for(report)
 

@@ -8,6 +8,9 @@ import email.policy
 import hashlib
 import json
 import os
+import subprocess
+import sys
+import textwrap
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -24,6 +27,7 @@ from mailops.outbox import Outbox
 from mailops.states import STAGED
 from mailops.store import Store
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "s3cret-pass"
 DATE = datetime(2024, 5, 1, 9, 30, tzinfo=UTC)
 
@@ -414,3 +418,147 @@ def test_messages_queued_before_the_migration_are_delivered_byte_for_byte(shared
     assert shared.query("SELECT name FROM schema_migrations WHERE name = '007_attachments'") == [("007_attachments",)]
     [received] = srv.messages
     assert _without_date(received.data) == _without_date(whole)
+
+
+# ---------------------------------------------------------------- staging and collecting at once, two processes
+
+#: queues messages carrying the brochure, one at a time, and checks its body is stored while the message is
+#: queued (right after queueing, and again a moment later), then marks it sent as a delivery would, so that
+#: the other process may drop the last reference and collect the body at any moment; the last one stays queued
+QUEUER = textwrap.dedent(
+    """
+    import json, random, sys, time
+    from pathlib import Path
+    from mailops.config import DeliveryPolicy
+    from mailops.outbox import Outbox
+    from mailops.store import Store
+    from tests.test_attachments import _build, _staged_row
+
+    url, brochure, go, done, n = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4]), int(sys.argv[5])
+    deadline = time.monotonic() + 30
+    while not go.exists():
+        if time.monotonic() > deadline:
+            sys.exit("no go signal")
+        time.sleep(0.002)
+    store = Store(url)
+    outbox = Outbox(store, DeliveryPolicy())
+    lost, generations = [], set()
+    for i in range(n):
+        prepared = _build(attachments=[brochure], message_id=f"<q{i}@example.com>")
+        [(_, part)] = prepared.stored
+        row = _staged_row(prepared, time.time())
+        row.update(run_id=f"run-{i}", dedup_key=f"k{i}")
+        outbox.stage([row])
+        outbox.promote(f"run-{i}", time.time())
+        with store.read() as conn:  # a new created_at: X was collected since the last message and stored anew
+            generations.update(r[0] for r in conn.exec_driver_sql("SELECT created_at FROM attachments"))
+        for check in ("queued", "a moment later"):
+            if part.digest not in outbox.attachment_bodies([part.digest]):
+                lost.append(f"message {i}: body gone ({check})")
+            time.sleep(random.random() / 500)
+        if i < n - 1:
+            with store.write() as conn:
+                conn.exec_driver_sql(
+                    "UPDATE messages SET state = 'sent', updated_at = 1 WHERE run_id = " + repr(f"run-{i}")
+                )
+            # a pause of 0 to 5 ms before the next message: the collector gets there first, or does not
+            time.sleep(random.random() / 200)
+    done.touch()
+    print(json.dumps({"lost": lost, "generations": len(generations)}))
+    """
+)
+#: purges sent messages and drops their bodies by retention, by turns, until the queuer is done, then once more
+COLLECTOR = textwrap.dedent(
+    """
+    import json, sys, time
+    from pathlib import Path
+    from mailops.config import DeliveryPolicy
+    from mailops.outbox import Outbox
+    from mailops.store import Store
+
+    url, go, done = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+    deadline = time.monotonic() + 30
+    while not go.exists():
+        if time.monotonic() > deadline:
+            sys.exit("no go signal")
+        time.sleep(0.002)
+    store = Store(url)
+    outbox = Outbox(store, DeliveryPolicy())
+    rounds = 0
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        last = done.exists()
+        # retention drops the body (and its reference) and collects; purge deletes what is left of the message
+        outbox.expire_bodies(time.time())
+        outbox.purge(time.time())
+        outbox.collect_attachments()
+        rounds += 1
+        if last:
+            break
+    print(json.dumps({"rounds": rounds, "finished": last}))
+    """
+)
+
+
+def test_queueing_and_collecting_the_same_attachment_at_once_never_loses_or_strands_it(shared, tmp_path):
+    """One process queues messages carrying attachment X while two others drop the last reference to X
+    (retention, purge) and collect it: a queued message always finds X, X's count of references stays
+    exact (too high, it would be kept for ever; too low, it would go while a message needs it)."""
+    Store.open(shared.database_url).close()
+    brochure = _brochure(shared, 20_000)
+    go, done = tmp_path / "go", tmp_path / "done"
+    n = 150
+    queuer = _start(QUEUER, shared.database_url, str(brochure), str(go), str(done), str(n))
+    # two collectors: retention and purge of two hosts at once must not count a reference down twice
+    collectors = [_start(COLLECTOR, shared.database_url, str(go), str(done)) for _ in range(2)]
+    time.sleep(0.3)  # all import and open, then wait for the go file (bounded)
+    go.touch()
+    [(q_code, q_out, q_err), *collected] = _finish([queuer, *collectors], timeout=120)
+
+    assert q_code == 0, q_err
+    for c_code, c_out, c_err in collected:
+        assert c_code == 0 and json.loads(c_out)["finished"] is True, c_err
+    queued = json.loads(q_out)
+    assert queued["lost"] == []
+    # the collector did take X away between messages (else this test raced nothing): X was stored anew
+    assert queued["generations"] > 1, (queued, collected)
+    assert shared.query("SELECT COUNT(*) FROM messages") == [(1,)]  # the last one, queued; the others purged
+    [(digest, refs, size)] = shared.query("SELECT digest, refs, size FROM attachments")
+    [(parts, state)] = shared.query("SELECT parts, state FROM messages")
+    assert state == "queued" and [d for _, d in json.loads(parts)] == [digest] and refs == 1 and size > 20_000
+
+    # and once that message is gone too, nothing keeps X
+    store = Store(shared.database_url)
+    try:
+        with store.write() as conn:
+            conn.exec_driver_sql("UPDATE messages SET state = 'sent', updated_at = 1")
+        assert Outbox(store, DeliveryPolicy()).purge(time.time()) == 1
+    finally:
+        store.close()
+    assert shared.query("SELECT COUNT(*) FROM attachments") == [(0,)]
+
+
+def _start(script: str, *args: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.Popen(
+        [sys.executable, "-c", script, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+
+
+def _finish(procs: list[subprocess.Popen[str]], timeout: float) -> list[tuple[int, str, str]]:
+    results = []
+    try:
+        for proc in procs:
+            out, err = proc.communicate(timeout=timeout)
+            results.append((proc.returncode, out, err))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return results

@@ -16,7 +16,7 @@ import json
 import threading
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -338,12 +338,13 @@ class Outbox:
         return len(rows)
 
     @staticmethod
-    def _drop_references(conn: Connection, cond: Any) -> int:
-        """Count down the attachments of the messages matching ``cond`` (their rows or bodies are going, in
-        this transaction); returns how many references went."""
+    def _count_down(conn: Connection, parts: Iterable[str | None]) -> int:
+        """Count down the attachments named by these ``parts`` values (of messages whose rows or bodies are
+        going, in this transaction); returns how many references went."""
         gone: Counter[str] = Counter()
-        for (parts,) in conn.execute(sa.select(MESSAGES.c.parts).where(cond & MESSAGES.c.parts.is_not(None))):
-            gone.update({digest for _, digest in json.loads(parts)})
+        for text in parts:
+            if text is not None:
+                gone.update({digest for _, digest in json.loads(text)})
         if gone:
             conn.execute(
                 sa.update(ATTACHMENTS)
@@ -352,6 +353,26 @@ class Outbox:
                 [{"b_digest": d, "b_gone": n} for d, n in sorted(gone.items())],
             )
         return sum(gone.values())
+
+    @classmethod
+    def _delete_messages(cls, conn: Connection, cond: Any) -> tuple[int, int]:
+        """Delete the messages matching ``cond`` and count down the attachments they referenced, in this
+        transaction; returns (messages deleted, references dropped).
+
+        The references counted down are those of exactly the rows deleted. On PostgreSQL (READ COMMITTED)
+        every statement sees what was committed when it started: a SELECT of the references and then a
+        DELETE with the same condition can see different rows (a message another process marked sent in
+        between is deleted with its reference still counted, and its attachment is kept for ever; one
+        that stopped matching keeps its row but loses its reference, and its attachment can go while it
+        is queued). DELETE ... RETURNING is one statement. (SQLite before 3.35 has no RETURNING; its
+        writers take turns there, so both statements see the same rows.)
+        """
+        if conn.dialect.delete_returning:
+            gone = [row.parts for row in conn.execute(sa.delete(MESSAGES).where(cond).returning(MESSAGES.c.parts))]
+            return len(gone), cls._count_down(conn, gone)
+        parts = conn.execute(sa.select(MESSAGES.c.parts).where(cond & MESSAGES.c.parts.is_not(None))).scalars()
+        dropped = cls._count_down(conn, list(parts))
+        return conn.execute(sa.delete(MESSAGES).where(cond)).rowcount, dropped
 
     def collect_attachments(self) -> int:
         """Delete stored attachments no message references any more; returns how many."""
@@ -362,8 +383,7 @@ class Outbox:
         """Delete the messages matching ``cond`` with their attachment references, then any attachment left
         unreferenced; returns how many messages."""
         with self.store.write() as conn:
-            dropped = self._drop_references(conn, cond)
-            count = conn.execute(sa.delete(MESSAGES).where(cond)).rowcount
+            count, dropped = self._delete_messages(conn, cond)
         if dropped:
             self.collect_attachments()
         if count:
@@ -383,15 +403,24 @@ class Outbox:
         for _ in range(RETENTION_ROUNDS):
             with self.store.write() as conn:
                 ids = [row.id for row in conn.execute(_EXPIRED[conn.dialect.name == "sqlite"], {"before": before})]
+                kept: Sequence[Any] = ()
                 if ids:
-                    chosen = MESSAGES.c.id.in_(ids)
-                    references += self._drop_references(conn, chosen)
+                    # Locked, and checked again: on PostgreSQL another host's retention may have dropped some of
+                    # these bodies since the SELECT (with their references: counting them down twice would let
+                    # an attachment go that queued messages still need); FOR UPDATE waits for it and then
+                    # reads the rows as it left them. SQLite's writers take turns: there it changes nothing.
+                    kept = conn.execute(
+                        sa.select(MESSAGES.c.id, MESSAGES.c.parts)
+                        .where(MESSAGES.c.id.in_(ids) & sa.text(KEPT_BODY))
+                        .with_for_update()
+                    ).all()
+                    references += self._count_down(conn, [row.parts for row in kept])
                     conn.execute(
                         sa.update(MESSAGES)
-                        .where(chosen)
+                        .where(MESSAGES.c.id.in_([row.id for row in kept]))
                         .values(mime=b"", parts=None, body_removed_at=time.time() if now is None else now)
                     )
-            total += len(ids)
+            total += len(kept)
             if len(ids) < RETENTION_BATCH:
                 break
         if references:
@@ -436,8 +465,7 @@ class Outbox:
             already = (
                 (MESSAGES.c.run_id == run_id) & (MESSAGES.c.state == STAGED) & MESSAGES.c.batch.is_not(None) & duplicate
             )
-            dropped = self._drop_references(conn, already)
-            skipped = conn.execute(sa.delete(MESSAGES).where(already)).rowcount
+            skipped, dropped = self._delete_messages(conn, already)
             queued = conn.execute(
                 sa.update(MESSAGES)
                 .where((MESSAGES.c.run_id == run_id) & (MESSAGES.c.state == STAGED))

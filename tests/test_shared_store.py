@@ -97,7 +97,7 @@ def test_six_deliver_processes_share_one_daily_limit_exactly(shared, srv, cli, c
 
 
 @pytest.mark.slow
-def test_four_deliver_processes_never_overspend_a_recipient_counted_limit(shared, srv, cli):
+def test_six_deliver_processes_never_overspend_a_recipient_counted_limit(shared, srv, cli):
     """Each message goes to 3 recipients; 20 recipients a day fit 6 messages (18), never a 7th (21)."""
     shared.write_config(
         {
@@ -114,7 +114,7 @@ def test_four_deliver_processes_never_overspend_a_recipient_counted_limit(shared
     assert queued.exit_code == 0, queued.output
     assert shared.states() == {"queued": 40}
 
-    procs = [popen_mailops("deliver") for _ in range(4)]
+    procs = [popen_mailops("deliver") for _ in range(6)]
     outputs = [p.communicate(timeout=300) for p in procs]
 
     _no_db_errors(procs, outputs)

@@ -27,7 +27,8 @@ from datetime import datetime
 from email.headerregistry import Address
 from typing import Any
 
-from . import health, quota, routing, suppress
+from . import health, pgpipeline, quota, routing, suppress
+from . import outbox as outbox_module
 from .compose import format_date, stamp_date
 from .config import Config, Sender
 from .errors import SecretError
@@ -195,6 +196,14 @@ class _GroupWrites:
         self.d = deliverer
 
     def __call__(self, conn: Any, writes: list[_Write]) -> list[tuple[quota.Reservation | quota.Blocked | None, Any]]:
+        if conn.dialect.name == "postgresql":
+            with pgpipeline.transaction(conn) as tx:
+                return self._write(conn, writes, tx)
+        return self._write(conn, writes, None)
+
+    def _write(
+        self, conn: Any, writes: list[_Write], tx: pgpipeline.Pipelined | None
+    ) -> list[tuple[quota.Reservation | quota.Blocked | None, Any]]:
         d = self.d
         now = d.clock()
         ahead: dict[int, quota.Reservation | quota.Blocked] = {}
@@ -202,23 +211,48 @@ class _GroupWrites:
         for index, write in enumerate(writes):
             if write.upcoming is not None:
                 by_sender.setdefault(write.sender.key, []).append((index, write.upcoming))
-        for key in sorted(by_sender):
+        order = sorted(by_sender)
+        counts = {key: [len(job.msg.pending_recipients) for _, job in by_sender[key]] for key in order}
+        taken: dict[str, list[quota.Reservation]] = {}
+        if tx is not None:
+            # BEGIN and one all-or-nothing statement per sender, in one round trip.
+            takes = {
+                key: quota.take_all(writes[by_sender[key][0][0]].sender, d.config.timezone, now, counts[key])
+                for key in order
+            }
+            fast = [key for key in order if takes[key] is not None]
+            replies = tx.begin([(t[0], t[1]) for key in fast if (t := takes[key]) is not None])
+            for key, rows in zip(fast, replies, strict=True):
+                take = takes[key]
+                if take is not None and len(rows) == take[2]:
+                    taken[key] = take[3]
+        for key in order:
             group = by_sender[key]
             sender = writes[group[0][0]].sender
-            counts = [len(job.msg.pending_recipients) for _, job in group]
-            for (index, _), held in zip(
-                group, quota.reserve_many(conn, sender, d.config.timezone, now, counts), strict=True
-            ):
-                ahead[index] = held
+            # Blocked, or a counter row to create: reserved in turn, as on SQLite (nothing was taken above).
+            held = taken.get(key) or quota.reserve_many(conn, sender, d.config.timezone, now, counts[key])
+            for (index, _), one in zip(group, held, strict=True):
+                ahead[index] = one
         batch = _Batch()
         results = [write.outcome(conn, batch) if write.outcome is not None else None for write in writes]
-        if batch.attempts:
-            d.outbox.log(conn, batch.attempts)
-        if batch.sent:
-            d.outbox.mark_sent_many(conn, batch.sent)
+        if tx is not None:
+            # The log rows (grouped by the columns they give: one INSERT each), the sent messages, COMMIT.
+            logs: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+            for row in batch.attempts:
+                logs.setdefault(tuple(row), []).append(row)
+            batches = [pgpipeline.rows(conn, outbox_module.INSERT_ATTEMPT, rows, keys) for keys, rows in logs.items()]
+            batches.append(pgpipeline.rows(conn, outbox_module.MARK_SENT, Outbox.sent_params(batch.sent)))
+            tx.finish(batches, commit=not batch.healthy)
+        else:
+            if batch.attempts:
+                d.outbox.log(conn, batch.attempts)
+            if batch.sent:
+                d.outbox.mark_sent_many(conn, batch.sent)
         for key in sorted(batch.healthy):
             settings, max_size = batch.healthy[key]
             health.record(conn, key, True, now, settings=settings, max_size=max_size)
+        if tx is not None and batch.healthy:
+            tx.commit()
         return [(ahead.get(index), result) for index, result in enumerate(results)]
 
 

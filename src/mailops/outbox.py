@@ -54,8 +54,8 @@ _EXPIRED = {
 }
 
 # Hot-path statements, built once (constructing them costs more than running them).
-_INSERT_ATTEMPT = sa.insert(ATTEMPTS)
-_MARK_SENT = (
+INSERT_ATTEMPT = _INSERT_ATTEMPT = sa.insert(ATTEMPTS)
+MARK_SENT = _MARK_SENT = (
     sa.update(MESSAGES)
     .where(MESSAGES.c.id == sa.bindparam("b_id"))
     .values(
@@ -566,13 +566,17 @@ class Outbox:
         """:meth:`mark_sent` for several messages, ``(message, sender, now, recipient_status)`` each, in one
         statement (an executemany: psycopg sends it in one pipeline, not a round trip per row)."""
         if sent:
-            conn.execute(
-                _MARK_SENT,
-                [
-                    {"b_id": msg.id, "b_sender": sender, "b_now": now, "b_status": json.dumps(status)}
-                    for msg, sender, now, status in sent
-                ],
-            )
+            conn.execute(_MARK_SENT, Outbox.sent_params(sent))
+
+    @staticmethod
+    def sent_params(
+        sent: builtins.list[tuple[QueuedMessage, str, float, dict[str, str]]],
+    ) -> builtins.list[dict[str, Any]]:
+        """The parameters of :data:`MARK_SENT` for ``(message, sender, now, recipient_status)`` each."""
+        return [
+            {"b_id": msg.id, "b_sender": sender, "b_now": now, "b_status": json.dumps(status)}
+            for msg, sender, now, status in sent
+        ]
 
     @staticmethod
     def _settle(

@@ -210,6 +210,49 @@ def reserve_many(
     return [reserve(conn, sender, tz, now, count) for count in recipients]
 
 
+def take_all(
+    sender: Sender, tz: ZoneInfo, now: float, recipients: list[int]
+) -> tuple[str, dict[str, object], int, list[Reservation]] | None:
+    """PostgreSQL: one statement that takes the units of all messages ``recipients`` counts from every counter
+    of ``sender``, or nothing; returns (SQL, parameters, the number of rows it returns when it took them, the
+    reservations then made), or None for a sender paced by ``min_interval`` (reserved one by one).
+
+    The counters are locked in period order ("day:" before "minute:" and "month:", as :func:`reserve` and
+    :func:`reset` take them), then each is checked against its room on the locked, current row: when any
+    has no room, or a row does not exist yet, nothing is taken and no row comes back, and the caller
+    reserves with :func:`reserve_many` (which inserts missing rows and says which limit blocks).
+    """
+    if sender.min_interval > 0:
+        return None
+    keys = period_keys(now, tz)
+    params: dict[str, object] = {"q_sender": sender.key}
+    values: list[str] = []
+    kinds: list[str] = []
+    for kind, limit, _label in _limits(sender):
+        if kind == "minute" and limit is None:
+            continue
+        need = sum(units(sender, count, kind) for count in recipients)
+        n = len(kinds)
+        params.update({f"q_p{n}": keys[kind], f"q_u{n}": need, f"q_r{n}": None if limit is None else limit - need})
+        values.append(f"(%(q_p{n})s::text, %(q_u{n})s::integer, %(q_r{n})s::integer)")
+        kinds.append(kind)
+    params["q_n"] = len(kinds)
+    sql = (
+        f"WITH wanted(period, units, room) AS (VALUES {', '.join(values)}), "
+        "locked AS (SELECT usage.period, usage.count FROM usage "
+        "WHERE usage.sender = %(q_sender)s::text AND usage.period IN (SELECT period FROM wanted) "
+        "ORDER BY usage.period FOR UPDATE) "
+        "UPDATE usage SET count = usage.count + wanted.units FROM wanted "
+        "WHERE usage.sender = %(q_sender)s::text AND usage.period = wanted.period "
+        "AND (SELECT count(*) FROM locked JOIN wanted AS w ON w.period = locked.period "
+        "WHERE w.room IS NULL OR locked.count <= w.room) = %(q_n)s::integer "
+        "RETURNING usage.period"
+    )
+    periods = tuple(keys[k] for k in kinds)
+    held = [Reservation(sender.key, periods, tuple(units(sender, count, k) for k in kinds)) for count in recipients]
+    return sql, params, len(kinds), held
+
+
 def release(conn: Connection, reservation: Reservation) -> None:
     """Give back a reservation whose message was not sent (failure before the server accepted it)."""
     _give_back(conn, reservation.sender, reservation.periods, reservation.amounts)

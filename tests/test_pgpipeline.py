@@ -24,9 +24,7 @@ def store(pg_url: str):
 
 
 def _sender(**limits: object) -> Sender:
-    return Sender(
-        key="s", email="s@example.com", host="127.0.0.1", port=25, security="none", username="s", **limits
-    )  # type: ignore[arg-type]
+    return Sender(key="s", email="s@example.com", host="127.0.0.1", port=25, security="none", username="s", **limits)  # type: ignore[arg-type]
 
 
 def _counts(store: Store) -> dict[str, int]:

@@ -196,7 +196,7 @@ class _GroupWrites:
         self.d = deliverer
 
     def __call__(self, conn: Any, writes: list[_Write]) -> list[tuple[quota.Reservation | quota.Blocked | None, Any]]:
-        if conn.dialect.name == "postgresql":
+        if conn.dialect.name == "postgresql" and pgpipeline.supported():
             with pgpipeline.transaction(conn) as tx:
                 return self._write(conn, writes, tx)
         return self._write(conn, writes, None)

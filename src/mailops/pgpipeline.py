@@ -35,6 +35,14 @@ from sqlalchemy.engine import Connection
 _COMPILED: dict[tuple[int, tuple[str, ...]], tuple[str, dict[str, Any]]] = {}
 
 
+def supported() -> bool:
+    """True when psycopg's libpq has pipeline mode (14 or later; the psycopg[binary] wheels bring one); with an
+    older system libpq the group transaction runs statement by statement through SQLAlchemy."""
+    import psycopg
+
+    return bool(psycopg.Pipeline.is_supported())
+
+
 def compiled(conn: Connection, stmt: Any, keys: tuple[str, ...] = ()) -> tuple[str, dict[str, Any]]:
     """SQL text of a SQLAlchemy statement for psycopg (``%(name)s`` parameters) and its fixed parameters,
     compiled once per statement and set of ``keys`` (the columns an INSERT's rows give)."""

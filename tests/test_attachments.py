@@ -8,8 +8,6 @@ import email.policy
 import hashlib
 import json
 import os
-import subprocess
-import sys
 import textwrap
 import time
 from collections.abc import Iterator
@@ -26,8 +24,8 @@ from mailops.config import DeliveryPolicy
 from mailops.outbox import Outbox
 from mailops.states import STAGED
 from mailops.store import Store
+from tests.test_store import _finish, _start_python
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "s3cret-pass"
 DATE = datetime(2024, 5, 1, 9, 30, tzinfo=UTC)
 
@@ -508,9 +506,9 @@ def test_queueing_and_collecting_the_same_attachment_at_once_never_loses_or_stra
     brochure = _brochure(shared, 20_000)
     go, done = tmp_path / "go", tmp_path / "done"
     n = 150
-    queuer = _start(QUEUER, shared.database_url, str(brochure), str(go), str(done), str(n))
+    queuer = _start_python(QUEUER, shared.database_url, str(brochure), str(go), str(done), str(n))
     # two collectors: retention and purge of two hosts at once must not count a reference down twice
-    collectors = [_start(COLLECTOR, shared.database_url, str(go), str(done)) for _ in range(2)]
+    collectors = [_start_python(COLLECTOR, shared.database_url, str(go), str(done)) for _ in range(2)]
     time.sleep(0.3)  # all import and open, then wait for the go file (bounded)
     go.touch()
     [(q_code, q_out, q_err), *collected] = _finish([queuer, *collectors], timeout=120)
@@ -536,29 +534,3 @@ def test_queueing_and_collecting_the_same_attachment_at_once_never_loses_or_stra
     finally:
         store.close()
     assert shared.query("SELECT COUNT(*) FROM attachments") == [(0,)]
-
-
-def _start(script: str, *args: str) -> subprocess.Popen[str]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.Popen(
-        [sys.executable, "-c", script, *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        text=True,
-        env=env,
-    )
-
-
-def _finish(procs: list[subprocess.Popen[str]], timeout: float) -> list[tuple[int, str, str]]:
-    results = []
-    try:
-        for proc in procs:
-            out, err = proc.communicate(timeout=timeout)
-            results.append((proc.returncode, out, err))
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    return results

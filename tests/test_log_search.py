@@ -178,17 +178,22 @@ def test_rows_deleted_from_the_log_leave_the_index_and_purge_keeps_the_log_searc
         assert logdb.query("SELECT count(*) FROM attempts_fts WHERE attempts_fts MATCH ?", gone) == [(0,)]
 
 
+def drop_recipient_search(conn: Any, url: str) -> None:
+    """Undo what migration 011 created (its trigram index, and on SQLite the triggers that keep it)."""
+    if url.startswith("sqlite"):
+        for name in ("attempts_fts_insert", "attempts_fts_delete", "attempts_fts_update"):
+            conn.execute(sa.text(f"DROP TRIGGER {name}"))
+        conn.execute(sa.text("DROP TABLE attempts_fts"))
+    else:
+        conn.execute(sa.text("DROP INDEX ix_attempts_recipients_trgm"))
+
+
 def test_migration_011_indexes_the_rows_an_existing_database_already_has(logdb, cli) -> None:
     url = logdb.database_url
     store = Store(url)
     with store.write() as conn:  # back to the schema of step 010, with a log in it
         conn.execute(sa.text("DELETE FROM schema_migrations WHERE name = '011_recipient_search'"))
-        if url.startswith("sqlite"):
-            for name in ("attempts_fts_insert", "attempts_fts_delete", "attempts_fts_update"):
-                conn.execute(sa.text(f"DROP TRIGGER {name}"))
-            conn.execute(sa.text("DROP TABLE attempts_fts"))
-        else:
-            conn.execute(sa.text("DROP INDEX ix_attempts_recipients_trgm"))
+        drop_recipient_search(conn, url)
     store.close()
     _load(url, _customers(500))
 

@@ -32,6 +32,7 @@ from mailops.reader import Reader, open_reader
 from mailops.store import Store, mask_url
 from tests.fixtures_cli import epoch, popen_mailops, run_mailops
 from tests.smtp_servers import closed_port
+from tests.test_log_search import drop_recipient_search
 from tests.test_store import ALL_TABLES
 
 PASSWORD = "s3cret-pass"
@@ -752,12 +753,7 @@ def test_log_and_stats_on_a_blank_or_older_database_bring_it_up_to_date_first(da
             "012_body_removed_at",
         ]
         conn.execute(sa.text("ALTER TABLE messages DROP COLUMN body_removed_at"))
-        if database_url.startswith("sqlite"):
-            for trigger in ("attempts_fts_insert", "attempts_fts_delete", "attempts_fts_update"):
-                conn.execute(sa.text(f"DROP TRIGGER {trigger}"))
-            conn.execute(sa.text("DROP TABLE attempts_fts"))
-        else:
-            conn.execute(sa.text("DROP INDEX ix_attempts_recipients_trgm"))
+        drop_recipient_search(conn, database_url)
         conn.execute(sa.text("ALTER TABLE messages DROP COLUMN include_suppressed"))
         conn.execute(sa.text("ALTER TABLE sender_state DROP COLUMN token_expires_at"))
         conn.execute(sa.text("ALTER TABLE sender_state DROP COLUMN token_problem"))

@@ -82,6 +82,10 @@ def test_log_fits_80_columns_cuts_long_values_and_shows_the_zone(filled):
     assert GONE in _row(wide, " failed ") and "5.1.1 no such user  permanent failure at rcpt" in _row(wide, " failed ")
 
 
+def test_a_log_query_matching_nothing_says_so_without_an_empty_table(filled):
+    assert _pipe("log", "--to", "nobody@example.net").stdout == "no attempts match\n"
+
+
 def test_without_columns_a_pipe_gets_80(filled, monkeypatch):
     monkeypatch.delenv("COLUMNS", raising=False)
     for args in (["log"], ["queue", "list"], ["stats"], ["suppress", "list"]):

@@ -85,6 +85,9 @@ def log(
     if json_out:
         print_json([attempt_json(r) for r in rows])
         return
+    if not rows:  # a heading over nothing reads like a broken table
+        out("no attempts match")
+        return
     tz = config.timezone
     show_table(
         None,
@@ -114,8 +117,6 @@ def log(
         ],
         wide=wide,
     )
-    if not rows:
-        out("no attempts match")
 
 
 @app.command(epilog=examples("mailops stats", "mailops stats --days 14"))

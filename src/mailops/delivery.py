@@ -28,12 +28,11 @@ from email.headerregistry import Address
 from typing import Any
 
 from . import health, pgpipeline, quota, routing, suppress
-from . import outbox as outbox_module
 from .compose import format_date, stamp_date
 from .config import Config, Sender
 from .errors import SecretError
 from .groupcommit import GroupCommit
-from .outbox import Bodies, Outbox, QueuedMessage, retry_delay
+from .outbox import INSERT_ATTEMPT, MARK_SENT, Bodies, Outbox, QueuedMessage, retry_delay
 from .store import Store
 from .transport import SendResult, SmtpFailure, SmtpSession
 
@@ -240,8 +239,8 @@ class _GroupWrites:
             logs: dict[tuple[str, ...], list[dict[str, Any]]] = {}
             for row in batch.attempts:
                 logs.setdefault(tuple(row), []).append(row)
-            batches = [pgpipeline.rows(conn, outbox_module.INSERT_ATTEMPT, rows, keys) for keys, rows in logs.items()]
-            batches.append(pgpipeline.rows(conn, outbox_module.MARK_SENT, Outbox.sent_params(batch.sent)))
+            batches = [pgpipeline.rows(conn, INSERT_ATTEMPT, rows, keys) for keys, rows in logs.items()]
+            batches.append(pgpipeline.rows(conn, MARK_SENT, Outbox.sent_params(batch.sent)))
             tx.finish(batches, commit=not batch.healthy)
         else:
             if batch.attempts:

@@ -54,8 +54,8 @@ _EXPIRED = {
 }
 
 # Hot-path statements, built once (constructing them costs more than running them).
-INSERT_ATTEMPT = _INSERT_ATTEMPT = sa.insert(ATTEMPTS)
-MARK_SENT = _MARK_SENT = (
+INSERT_ATTEMPT = sa.insert(ATTEMPTS)
+MARK_SENT = (
     sa.update(MESSAGES)
     .where(MESSAGES.c.id == sa.bindparam("b_id"))
     .values(
@@ -557,7 +557,7 @@ class Outbox:
     ) -> None:
         """The server accepted the message (refused recipients are recorded in ``recipient_status``)."""
         conn.execute(
-            _MARK_SENT,
+            MARK_SENT,
             {"b_id": msg.id, "b_sender": sender, "b_now": now, "b_status": json.dumps(recipient_status)},
         )
 
@@ -566,7 +566,7 @@ class Outbox:
         """:meth:`mark_sent` for several messages, ``(message, sender, now, recipient_status)`` each, in one
         statement (an executemany: psycopg sends it in one pipeline, not a round trip per row)."""
         if sent:
-            conn.execute(_MARK_SENT, Outbox.sent_params(sent))
+            conn.execute(MARK_SENT, Outbox.sent_params(sent))
 
     @staticmethod
     def sent_params(
@@ -637,7 +637,7 @@ class Outbox:
     def log(conn: Connection, rows: list[dict[str, Any]] | dict[str, Any]) -> None:
         """Append attempt rows to the log."""
         if rows:
-            conn.execute(_INSERT_ATTEMPT, rows)
+            conn.execute(INSERT_ATTEMPT, rows)
 
     # ------------------------------------------------------------ maintenance (`mailops queue`)
 

@@ -25,6 +25,7 @@ prepares them on the server after a few uses (its ``prepare_threshold``).
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -35,6 +36,7 @@ from sqlalchemy.engine import Connection
 _COMPILED: dict[tuple[int, tuple[str, ...]], tuple[str, dict[str, Any]]] = {}
 
 
+@functools.cache  # asked at every group transaction; libpq's version does not change within a process
 def supported() -> bool:
     """True when psycopg's libpq has pipeline mode (14 or later; the psycopg[binary] wheels bring one); with an
     older system libpq the group transaction runs statement by statement through SQLAlchemy."""

@@ -59,6 +59,35 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def process_cpu(pid: int, reaped_children: bool = False) -> float | None:
+    """CPU seconds (user + system) process ``pid`` has used, with those of its children it has reaped when
+    ``reaped_children``; None where /proc is not readable (not Linux, or the process is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    ticks = int(fields[11]) + int(fields[12])  # utime, stime
+    if reaped_children:
+        ticks += int(fields[13]) + int(fields[14])  # cutime, cstime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu(root: int) -> float | None:
+    """CPU seconds of process ``root`` and every child of it, living or reaped (a PostgreSQL server: the
+    postmaster reaps each backend when its connection closes)."""
+    total = process_cpu(root, reaped_children=True)
+    if total is None:
+        return None
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            pid, ppid = int(stat.parent.name), int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == root:
+            total += process_cpu(pid) or 0.0
+    return total
+
+
 @contextmanager
 def sink(delay_ms: float) -> Iterator[dict[str, Any]]:
     """Start bench/sink.py in its own process; yields {"port", "ca_file"}, and adds "received" (the
@@ -89,6 +118,7 @@ def sink(delay_ms: float) -> Iterator[dict[str, Any]]:
         else:
             raise RuntimeError("sink did not start")
         info.update(json.loads(ready.read_text()))
+        info["cpu"] = lambda: process_cpu(proc.pid)  # the sink's CPU seconds so far (None: unknown)
         yield info
     finally:
         proc.terminate()
@@ -376,6 +406,25 @@ def log_counts(folder: Path, pg_url: str | None) -> tuple[int, int]:
 
 #: CPU milliseconds per message of the last mailops run of each label
 CPU_MS: dict[str, float] = {}
+#: the same for the processes that served that run: {"sink": ..., "PostgreSQL": ...} (None: not measured)
+OTHER_MS: dict[str, dict[str, float | None]] = {}
+
+
+def _per_message(before: float | None, after: float | None, n: int) -> float | None:
+    return None if before is None or after is None else 1000 * (after - before) / n
+
+
+def cluster_cpu(cluster: Any) -> float | None:
+    """CPU seconds the bench's PostgreSQL server (postmaster and backends) has used; None without one."""
+    if cluster is None:
+        return None
+    try:
+        postmaster = int((cluster.data / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return tree_cpu(postmaster)
+
+
 LAST = [""]  # the label of the last run that recorded its CPU time
 
 
@@ -397,10 +446,11 @@ def run_client(check: Check, label: str, delay_ms: float, n: int, client: Any) -
     import resource
 
     with sink(delay_ms) as info:
-        before = resource.getrusage(resource.RUSAGE_SELF)
+        before, sink_before = resource.getrusage(resource.RUSAGE_SELF), info["cpu"]()
         seconds = client(info)
-        after = resource.getrusage(resource.RUSAGE_SELF)
+        after, sink_after = resource.getrusage(resource.RUSAGE_SELF), info["cpu"]()
     CPU_MS[label] = 1000 * ((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)) / n
+    OTHER_MS[label] = {"sink": _per_message(sink_before, sink_after, n)}
     LAST[0] = label
     check.add(label, info.get("received"), n, "client sent")
     return n / seconds
@@ -424,8 +474,14 @@ def bench_send(
     with sink(delay_ms) as info:
         folder = workdir(info, senders, connections, database=pg_url or "bench.db")
         data = write_csv(folder / "rows.csv", n)
+        sink_before, pg_before = info["cpu"](), cluster_cpu(cluster)
         seconds, proc, cpu = mailops(folder, "send", "--template", "renewal", "--data", str(data), "-q", src=src)
+        sink_after, pg_after = info["cpu"](), cluster_cpu(cluster)
         CPU_MS[label] = 1000 * cpu / n
+        OTHER_MS[label] = {
+            "sink": _per_message(sink_before, sink_after, n),
+            "PostgreSQL": _per_message(pg_before, pg_after, n),
+        }
         LAST[0] = label
         if proc.returncode != 0:
             print(proc.stdout, proc.stderr, file=sys.stderr)
@@ -465,9 +521,17 @@ def section_send(n: int, with_mailmerge: bool, rounds: int, targets_only: bool, 
     load_before = os.getloadavg()
     rates: dict[str, list[float]] = {}
 
+    #: per measured key: CPU ms/msg of the client, the sink and the PostgreSQL server, one entry per run
+    spent: dict[str, dict[str, list[float]]] = {}
+
     def measure(key: str, rate: float) -> None:
         rates.setdefault(key, []).append(rate)
-        print(f"  {key}: {rate:.0f} msgs/s, {CPU_MS.get(LAST[0], 0):.2f} CPU ms/msg", flush=True)
+        parts = {"client": CPU_MS.get(LAST[0]), **OTHER_MS.get(LAST[0], {})}
+        for who, ms in parts.items():
+            if ms is not None:
+                spent.setdefault(key, {}).setdefault(who, []).append(ms)
+        others = "".join(f", {who} {ms:.2f}" for who, ms in parts.items() if who != "client" and ms is not None)
+        print(f"  {key}: {rate:.0f} msgs/s, {CPU_MS.get(LAST[0], 0):.2f} CPU ms/msg{others}", flush=True)
 
     cpu: dict[str, list[float]] = {}
 
@@ -573,6 +637,29 @@ def section_send(n: int, with_mailmerge: bool, rounds: int, targets_only: bool, 
         print(f"mailmerge: {why_not}; the reconnect loop stands in for it")
     if cluster is None:
         print(f"PostgreSQL runs skipped: {no_pg}")
+
+    cores = os.cpu_count() or 1
+    usage = []
+    for key, by in spent.items():
+        mids = {who: statistics.median(values) for who, values in by.items()}
+        total = sum(mids.values())
+        usage.append(
+            [
+                key,
+                f"{mids.get('client', 0):.2f}",
+                f"{mids['sink']:.2f}" if "sink" in mids else "-",
+                f"{mids['PostgreSQL']:.2f}" if "PostgreSQL" in mids else "-",
+                f"{total:.2f}",
+                f"{1000 * cores / total:.0f}" if total else "-",
+                f"{med(key) or 0:.0f}",
+            ]
+        )
+    table(
+        f"CPU ms per message, medians (client: the process measured; the sink and PostgreSQL share the {cores} "
+        "cores); ceiling: msgs/s if every core were busy all the time",
+        ["run", "client", "sink", "PostgreSQL", "total", "ceiling msgs/s", "measured msgs/s"],
+        usage,
+    )
 
     if baseline_src:
         compared = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import date
 from pathlib import Path
 
 import pytest
@@ -276,3 +277,77 @@ def test_render_string_plain_and_templated() -> None:
     assert str(info.value) == (
         "data.csv row 2: template column 'attachments': template syntax error: unexpected '}'; fix the value"
     )
+
+
+# A template of nothing but text and {{ name }} renders without Jinja's runtime (templates._pieces); these
+# values go through both paths and must come out the same.
+_PLAIN_VALUES = {
+    "text": "Grüße <b>&</b> {{ not rendered }}",
+    "nothing": None,
+    "number": 42,
+    "real": 0.1 + 0.2,
+    "flag": False,
+    "items": ["a", 1, None],
+    "mapping": {"k": "v"},
+    "day": date(2026, 12, 24),
+    "empty": "",
+}
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "",
+        "plain text only\n",
+        "{{ text }}",
+        "Dear {{ text }},\r\n{{ nothing }}|{{ number }}|{{ real }}|{{ flag }}\n{{ items }} {{ mapping }} {{ day }}{{ empty }}\n",
+        "{{text}}{{ number }}{# a comment #}{%- raw %}{{ x }}{% endraw %}  {{- day -}}  end\n\n",
+    ],
+)
+def test_plain_template_renders_as_jinja_does(source: str) -> None:
+    template = inline_template("s", source)
+    assert template._body is not None and template._body.pieces is not None  # the direct path is taken
+    assert render(template, _PLAIN_VALUES, where="message").text == template._body.template.render(_PLAIN_VALUES)
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "{{ text | upper }}",
+        "{% if flag %}x{% endif %}",
+        "{{ self }}",
+        "{{ none }}",
+        "{{ items[0] }}",
+        "{{ 'a' ~ text }}",
+    ],
+)
+def test_other_templates_render_through_jinja(source: str) -> None:
+    template = inline_template("s", source)
+    assert template._body is not None and template._body.pieces is None
+    assert render(template, _PLAIN_VALUES, where="message").text == template._body.template.render(_PLAIN_VALUES)
+
+
+def test_plain_template_bounds_and_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    template = inline_template("s", "{{ text }}{{ text }}")
+    with pytest.raises(InputError) as info:
+        render(template, {}, where="data.csv row 2")
+    assert str(info.value) == (
+        "data.csv row 2: template --body: variable 'text' is not defined; add a 'text' column or pass --var text=..."
+    )
+    monkeypatch.setenv("MAILOPS_RENDER_MAX_CHARS", "1000")
+    assert len(render(template, {"text": "x" * 500}, where="r").text) == 1000
+    with pytest.raises(InputError) as info:
+        render(template, {"text": "x" * 501}, where="data.csv row 3")
+    assert str(info.value) == (
+        "data.csv row 3: template --body: renders more than 1,000 characters; fix the template "
+        "(or raise MAILOPS_RENDER_MAX_CHARS)"
+    )
+
+
+def test_html_template_is_escaped_by_jinja(tmp_path: Path) -> None:
+    make_template(tmp_path, "t", "s {{ v }}", "{{ v }}", "<p>{{ v }}</p>")
+    template = load_template(tmp_path, "t")
+    assert template._html is not None and template._html.pieces is None  # escaping stays Jinja's
+    assert template._subject.pieces is not None
+    content = render(template, {"v": "<&>"}, where="message")
+    assert (content.subject, content.text, content.html) == ("s <&>", "<&>", "<p>&lt;&amp;&gt;</p>")

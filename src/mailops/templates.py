@@ -327,6 +327,69 @@ def _make_env(loader: FileSystemLoader | None = None) -> ImmutableSandboxedEnvir
 # Inline templates (--subject/--body, per-row attachment paths) are never HTML.
 _INLINE_ENV = _make_env()
 
+#: What a template prints when it is nothing but text and ``{{ name }}`` (the usual subject and body):
+#: (False, text) for a stretch of text, (True, name) for a variable.
+_Pieces = tuple[tuple[bool, str], ...]
+# Names a template's top level does not look up among the variables (``self`` is the template itself).
+_SPECIAL_NAMES = frozenset({"self", "caller", "varargs", "kwargs", "loop"})
+_MISSING = object()
+
+
+def _pieces(ast: nodes.Template, autoescape: bool) -> _Pieces | None:
+    """The pieces of a template that only prints text and variables, else None (it needs Jinja to render).
+
+    Such a template renders to its text with ``str(value)`` (None as "") in place
+    of each variable, exactly as Jinja's compiled code does, but without a
+    context object, a generator and a deadline check per piece: for a mail
+    merge that is most of the time spent rendering. Its output is at most its
+    text plus its values, so the size and time bounds need checking only once.
+    """
+    if autoescape:  # HTML: values are escaped; leave that to Jinja
+        return None
+    pieces: list[tuple[bool, str]] = []
+    for node in ast.body:
+        if type(node) is not nodes.Output:
+            return None
+        for child in node.nodes:
+            if type(child) is nodes.TemplateData:
+                pieces.append((False, child.data))
+            elif type(child) is nodes.Name and child.ctx == "load" and child.name not in _SPECIAL_NAMES:
+                pieces.append((True, child.name))
+            else:
+                return None
+    return tuple(pieces)
+
+
+def _render_pieces(pieces: _Pieces, variables: Mapping[str, Any]) -> str | None:
+    """The text of a template made of ``pieces``; None if a variable is missing (Jinja then says which)."""
+    out: list[str] = []
+    for is_name, text in pieces:
+        if not is_name:
+            out.append(text)
+            continue
+        value = variables.get(text, _MISSING)
+        if value is _MISSING:
+            return None
+        out.append(str(_finalize(value)))
+    return "".join(out)
+
+
+@dataclass(frozen=True)
+class _Part:
+    """One compiled template text (subject, body, HTML body, attachment path)."""
+
+    template: Template
+    pieces: _Pieces | None  # see _pieces: None renders through Jinja
+
+
+def _compile(env: ImmutableSandboxedEnvironment, source: str, name: str | None, filename: str | None) -> _Part:
+    """Parse and compile ``source`` as the environment's loader would; TemplateSyntaxError if it is invalid."""
+    ast = env.parse(source, name, filename)
+    autoescape = env.autoescape(name) if callable(env.autoescape) else bool(env.autoescape)
+    pieces = _pieces(ast, autoescape)
+    template = env.template_class.from_code(env, env.compile(ast, name, filename), env.make_globals(None), None)
+    return _Part(template, pieces)
+
 
 @dataclass(frozen=True)
 class MessageTemplate:
@@ -336,9 +399,9 @@ class MessageTemplate:
     subject_source: str  # label used in messages, e.g. "renewal/subject.txt" or "--subject"
     body_source: str
     html_source: str | None
-    _subject: Template = field(repr=False, compare=False)
-    _body: Template | None = field(repr=False, compare=False)  # None: an HTML-only template (text generated)
-    _html: Template | None = field(default=None, repr=False, compare=False)
+    _subject: _Part = field(repr=False, compare=False)
+    _body: _Part | None = field(repr=False, compare=False)  # None: an HTML-only template (text generated)
+    _html: _Part | None = field(default=None, repr=False, compare=False)
     headers: tuple[HeaderSpec, ...] = ()  # from the folder's headers.yaml; values rendered per message
 
 
@@ -401,12 +464,15 @@ def load_template(templates_dir: Path, name: str) -> MessageTemplate:
         )
 
     # utf-8-sig: editors on Windows add a BOM, which would otherwise start the subject.
-    env = _make_env(FileSystemLoader(str(templates_dir), encoding="utf-8-sig"))
+    loader = FileSystemLoader(str(templates_dir), encoding="utf-8-sig")
+    env = _make_env(loader)
 
-    def compile_one(filename: str) -> Template:
+    def compile_one(filename: str) -> _Part:
         source = f"{name}/{filename}"
         try:
-            return env.get_template(source)
+            # what env.get_template(source) does, keeping the parsed template to see if it is plain (_pieces)
+            text, path, _ = loader.get_source(env, source)
+            return _compile(env, text, source, path)
         except TemplateSyntaxError as exc:
             raise InputError(_syntax_message(exc, str(folder / filename))) from None
         except UnicodeDecodeError:
@@ -451,9 +517,9 @@ def _load_headers(folder: Path, name: str) -> tuple[HeaderSpec, ...]:
         raise InputError(str(exc)) from None
 
 
-def _compile_inline(text: str, source: str) -> Template:
+def _compile_inline(text: str, source: str) -> _Part:
     try:
-        return _INLINE_ENV.from_string(text)
+        return _compile(_INLINE_ENV, text, None, None)
     except TemplateSyntaxError as exc:
         raise InputError(_syntax_message(exc, source)) from None
 
@@ -511,13 +577,23 @@ def _budget() -> Iterator[None]:
         _BUDGET.deadline = _BUDGET.max_chars = None
 
 
-def _render_one(template: Template, variables: Mapping[str, Any], *, where: str, source: str, from_data: bool) -> str:
+def _render_one(part: _Part, variables: Mapping[str, Any], *, where: str, source: str, from_data: bool) -> str:
     try:
         with _budget():
             limit = _max_chars()
+            if part.pieces is not None:
+                text = _render_pieces(part.pieces, variables)
+                if text is not None:
+                    if len(text) > limit:
+                        raise RenderLimit(
+                            f"renders more than {limit:,} characters; fix the template "
+                            f"(or raise {RENDER_MAX_CHARS.variable})"
+                        )
+                    _check_time()
+                    return text
             chunks: list[str] = []
             size = 0
-            for chunk in template.generate(variables):  # streamed: a huge or endless output stops at the cap
+            for chunk in part.template.generate(variables):  # streamed: a huge or endless output stops at the cap
                 size += len(chunk)
                 if size > limit:
                     raise RenderLimit(
@@ -621,9 +697,9 @@ def _generated_text(html: str, *, where: str, source: str) -> str:
 
 
 @functools.lru_cache(maxsize=256)
-def _cached_inline(text: str) -> Template:
+def _cached_inline(text: str) -> _Part:
     # Bounded: per-row strings (attachment paths) repeat the same pattern, but a file may hold many distinct ones.
-    return _INLINE_ENV.from_string(text)
+    return _compile(_INLINE_ENV, text, None, None)
 
 
 def render_string(text: str, variables: Mapping[str, Any], *, where: str, source: str) -> str:

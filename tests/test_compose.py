@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import email
 import email.header
 import email.policy
@@ -546,3 +547,42 @@ def unfolded_fields(mime: bytes) -> list[str]:
         else:
             fields.append(line)
     return fields
+
+
+def test_one_builder_for_many_messages_writes_what_build_message_writes(tmp_path: Path) -> None:
+    """MessageBuilder encodes From, Reply-To, Cc, Bcc and Date once for a run; every message it builds is byte
+    for byte the one build_message builds from the same arguments (which rebuilds them each time)."""
+    from mailops.compose import MessageBuilder
+
+    brochure = tmp_path / "brochure.pdf"
+    brochure.write_bytes(b"%PDF-1.4 " * 50)
+    shared: dict[str, Any] = {
+        "from_addr": addr('"Vertrieb, Müller GmbH" <vertrieb@example.com>'),
+        "reply_to": [addr("Support <support@example.com>")],
+        "cc": [addr("Jürgen Groß <juergen@example.com>"), addr("jane@example.com")],
+        "bcc": [addr("audit@example.com"), addr("JANE@example.com")],
+        "date": datetime(2024, 5, 1, 9, 30),  # naive: taken as UTC, once
+    }
+    builder = MessageBuilder(**shared)
+    messages: list[dict[str, Any]] = [
+        {"to": [addr("Jane Doe <jane@example.com>")], "subject": "Your renewal", "text": "Hi\n", "html": None},
+        {"to": [addr("Zoë <zoe@example.org>")], "subject": "Verlängerung " * 9, "text": "Grüße\n", "html": "<p>x</p>"},
+        {"to": [], "subject": "Copies only", "text": "x" * 200, "html": None, "attachments": [brochure]},
+    ]
+    for index, message in enumerate(messages):
+        args = {"attachments": [], "message_id": f"<{index}@example.com>", "where": f"row {index}", **message}
+        args["extra_headers"] = [("X-Campaign", f"spring {index}")]
+        built = builder.build(**args)
+        expected = build_message(**shared, **args)
+        boundary, got_boundary = parse(expected.mime).get_boundary(), parse(built.mime).get_boundary()
+        if boundary is not None and got_boundary is not None:  # multipart: the boundary is random each time
+            built = dataclasses.replace(
+                built, skeleton=built.skeleton.replace(got_boundary.encode(), boundary.encode())
+            )
+        assert built.mime == expected.mime
+        assert (built.envelope_from, built.envelope_to, built.to_header) == (
+            expected.envelope_from,
+            expected.envelope_to,
+            expected.to_header,
+        )
+    assert built.envelope_to == ["juergen@example.com", "jane@example.com", "audit@example.com"]

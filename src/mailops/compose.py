@@ -598,55 +598,104 @@ def build_message(
     ``extra_headers`` (name, value) pairs come after Message-ID; their names are
     checked by ``headers.name_problem`` before this, their values here.
     """
-    check_header_text(subject, where=f"{where}: subject")
-    if date.tzinfo is None:  # a naive time would serialize as "-0000" (unknown zone)
-        date = date.replace(tzinfo=UTC)
-
-    headers: list[tuple[str, _Folded]] = [("From", _cached_address_value("From", _key([from_addr])))]
-    if reply_to:
-        headers.append(("Reply-To", _cached_address_value("Reply-To", _key(reply_to))))
-    if to:
-        headers.append(("To", _address_value("To", to)))
-        to_header = ", ".join(str(a) for a in to)
-    elif not cc:
-        # Bcc-only mail: an empty group keeps the header RFC-correct without revealing anyone.
-        to_header = "undisclosed-recipients:;"
-        headers.append(("To", _Folded(to_header)))
-    else:
-        to_header = ""
-    if cc:
-        headers.append(("Cc", _cached_address_value("Cc", _key(cc))))
-    headers.append(("Subject", _subject_value(subject)))
-    # ASCII without line breaks and shorter than a line: nothing to encode or fold.
-    headers.append(("Date", _Folded(format_datetime(date))))
-    headers.append(("Message-ID", _Folded(check_header_text(message_id, where=f"{where}: Message-ID"))))
-    for name, value in extra_headers:
-        # An ASCII value stays as written (a URL or token must not become encoded-words), folded at spaces.
-        headers.append(
-            (name, _text_value(name, check_header_text(value, where=f"{where}: header {name}"), encode_long=False))
-        )
-    for name, value in headers:
-        if not _fits(name, value, _MAX_HEADER_LINE):
-            # cannot happen with the folding above; a last guard so no server answers "500 Line too long"
-            raise InputError(
-                f"{where}: the {name} header cannot be written in lines of at most {_MAX_HEADER_LINE} characters; "
-                "shorten the value"
-            )
-
-    stored: tuple[Splice, ...] = ()
-    if html is None and not attachments:
-        skeleton = _plain_text_message(headers, text)
-    else:
-        skeleton, stored = _mime_message(headers, text, html, attachments, where)
-    return PreparedEmail(
-        skeleton=skeleton,
-        stored=stored,
-        envelope_from=from_addr.addr_spec,
-        envelope_to=_unique([a.addr_spec for a in (*to, *cc, *bcc)]),
+    builder = MessageBuilder(from_addr=from_addr, reply_to=reply_to, cc=cc, bcc=bcc, date=date)
+    return builder.build(
+        to=to,
         subject=subject,
+        text=text,
+        html=html,
+        attachments=attachments,
         message_id=message_id,
-        to_header=to_header,
+        where=where,
+        extra_headers=extra_headers,
     )
+
+
+class MessageBuilder:
+    """Composes the messages of one run: what they all share (sender, Reply-To, Cc, Bcc, Date) is encoded once.
+
+    ``build`` gives the bytes :func:`build_message` gives with the same
+    arguments (it is what that function runs); a mail merge builds thousands
+    of messages that differ only in To, Subject, body and Message-ID.
+    """
+
+    def __init__(
+        self,
+        *,
+        from_addr: Address,
+        reply_to: list[Address] | None,
+        cc: list[Address],
+        bcc: list[Address],
+        date: datetime,
+    ) -> None:
+        if date.tzinfo is None:  # a naive time would serialize as "-0000" (unknown zone)
+            date = date.replace(tzinfo=UTC)
+        self._from = ("From", _cached_address_value("From", _key([from_addr])))
+        self._reply_to = ("Reply-To", _cached_address_value("Reply-To", _key(reply_to))) if reply_to else None
+        self._cc = ("Cc", _cached_address_value("Cc", _key(cc))) if cc else None
+        # ASCII without line breaks and shorter than a line: nothing to encode or fold.
+        self._date = ("Date", _Folded(format_datetime(date)))
+        self._envelope_from = from_addr.addr_spec
+        self._copies = [a.addr_spec for a in (*cc, *bcc)]
+
+    def build(
+        self,
+        *,
+        to: list[Address],
+        subject: str,
+        text: str,
+        html: str | None,
+        attachments: Sequence[Path],
+        message_id: str,
+        where: str,
+        extra_headers: Sequence[tuple[str, str]] = (),
+    ) -> PreparedEmail:
+        """One message to ``to``; InputError (naming ``where``) for bad input (see :func:`build_message`)."""
+        check_header_text(subject, where=f"{where}: subject")
+        headers: list[tuple[str, _Folded]] = [self._from]
+        if self._reply_to is not None:
+            headers.append(self._reply_to)
+        if to:
+            headers.append(("To", _address_value("To", to)))
+            to_header = ", ".join(str(a) for a in to)
+        elif self._cc is None:
+            # Bcc-only mail: an empty group keeps the header RFC-correct without revealing anyone.
+            to_header = "undisclosed-recipients:;"
+            headers.append(("To", _Folded(to_header)))
+        else:
+            to_header = ""
+        if self._cc is not None:
+            headers.append(self._cc)
+        headers.append(("Subject", _subject_value(subject)))
+        headers.append(self._date)
+        headers.append(("Message-ID", _Folded(check_header_text(message_id, where=f"{where}: Message-ID"))))
+        for name, value in extra_headers:
+            # An ASCII value stays as written (a URL or token must not become encoded-words), folded at spaces.
+            headers.append(
+                (name, _text_value(name, check_header_text(value, where=f"{where}: header {name}"), encode_long=False))
+            )
+        for name, value in headers:
+            if not _fits(name, value, _MAX_HEADER_LINE):
+                # cannot happen with the folding above; a last guard so no server answers "500 Line too long"
+                raise InputError(
+                    f"{where}: the {name} header cannot be written in lines of at most {_MAX_HEADER_LINE} "
+                    "characters; shorten the value"
+                )
+
+        stored: tuple[Splice, ...] = ()
+        if html is None and not attachments:
+            skeleton = _plain_text_message(headers, text)
+        else:
+            skeleton, stored = _mime_message(headers, text, html, attachments, where)
+        return PreparedEmail(
+            skeleton=skeleton,
+            stored=stored,
+            envelope_from=self._envelope_from,
+            envelope_to=_unique([*(a.addr_spec for a in to), *self._copies]),
+            subject=subject,
+            message_id=message_id,
+            to_header=to_header,
+        )
 
 
 def _mime_message(

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from .compose import (
+    MessageBuilder,
     PreparedEmail,
-    build_message,
     check_header_text,
     make_address,
     make_message_id,
@@ -365,6 +365,9 @@ def prepare_messages(
         auto_submitted=route.auto_submitted if route else False,
     )
 
+    # From, Reply-To, Cc, Bcc and Date are the same in every message of the request: encoded once
+    builder = MessageBuilder(from_addr=from_addr, reply_to=reply_to, cc=cc, bcc=bcc, date=now)
+
     def compose(
         to: list[Address],
         subject: str,
@@ -382,19 +385,14 @@ def prepare_messages(
                 )
             except ValueError as exc:
                 raise InputError(str(exc)) from None
-        return build_message(
+        return builder.build(
             extra_headers=extra,
-            from_addr=from_addr,
-            reply_to=reply_to,
             to=to,
-            cc=cc,
-            bcc=bcc,
             subject=subject,
             text=text,
             html=html,
             attachments=attachments,
             message_id=make_message_id(sender.domain),
-            date=now,
             where=where,
         )
 

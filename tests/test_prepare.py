@@ -470,6 +470,23 @@ def test_dedup_key_stable_across_runs_and_row_sensitive(config: Config, tmp_path
     assert isinstance(changed, PreparedMessage) and changed.dedup_key != keys[0]
 
 
+def test_dedup_key_of_any_row_values_is_the_json_it_always_was() -> None:
+    """Keys are stored and compared across versions (a re-run of a --batch): the JSON text must stay the same
+    for every value a JSON or YAML row can hold, whatever builds it."""
+    from datetime import date
+
+    from mailops.prepare import _dedup_key
+
+    values = {"name": 'Zoë \u2028 "q"', "n": 1, "x": 0.5, "ok": True, "no": None, "l": [1, "ä"], "d": date(2026, 1, 2)}
+    payload = json.dumps(
+        {"recipients": ["a@example.com", "b@example.com"], "values": values},
+        sort_keys=True,
+        default=str,
+        ensure_ascii=False,
+    )
+    assert _dedup_key(["b@example.com", "a@example.com"], values) == hashlib.sha256(payload.encode()).hexdigest()
+
+
 def test_limit_counts_messages_not_problems(config: Config, tmp_path: Path) -> None:
     data = write_csv(tmp_path / "c.csv", "email\nbad@\na@example.com\nb@example.com\nc@example.com\n")
     results = run(SendRequest(data_file=data, subject="s", body="b", limit=2), config)

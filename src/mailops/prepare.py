@@ -211,10 +211,13 @@ def _dedup(addresses: list[Address]) -> list[Address]:
     return out
 
 
+# What json.dumps(..., sort_keys=True, default=str, ensure_ascii=False) builds on every call, built once.
+# The keys it gives are stored (a re-run of a --batch finds its rows by them): the text must never change.
+_DEDUP_JSON = json.JSONEncoder(sort_keys=True, default=str, ensure_ascii=False)
+
+
 def _dedup_key(envelope_to: list[str], values: Mapping[str, Any]) -> str:
-    payload = json.dumps(
-        {"recipients": sorted(envelope_to), "values": values}, sort_keys=True, default=str, ensure_ascii=False
-    )
+    payload = _DEDUP_JSON.encode({"recipients": sorted(envelope_to), "values": values})
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 

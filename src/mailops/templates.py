@@ -578,31 +578,32 @@ def _budget() -> Iterator[None]:
 
 
 def _render_one(part: _Part, variables: Mapping[str, Any], *, where: str, source: str, from_data: bool) -> str:
-    try:
+    if _BUDGET.deadline is None:  # on its own (an attachment path), not one part of render(): a budget of its own
         with _budget():
-            limit = _max_chars()
-            if part.pieces is not None:
-                text = _render_pieces(part.pieces, variables)
-                if text is not None:
-                    if len(text) > limit:
-                        raise RenderLimit(
-                            f"renders more than {limit:,} characters; fix the template "
-                            f"(or raise {RENDER_MAX_CHARS.variable})"
-                        )
-                    _check_time()
-                    return text
-            chunks: list[str] = []
-            size = 0
-            for chunk in part.template.generate(variables):  # streamed: a huge or endless output stops at the cap
-                size += len(chunk)
-                if size > limit:
+            return _render_one(part, variables, where=where, source=source, from_data=from_data)
+    try:
+        limit = _max_chars()
+        if part.pieces is not None:
+            text = _render_pieces(part.pieces, variables)
+            if text is not None:
+                if len(text) > limit:
                     raise RenderLimit(
                         f"renders more than {limit:,} characters; fix the template "
                         f"(or raise {RENDER_MAX_CHARS.variable})"
                     )
                 _check_time()
-                chunks.append(chunk)
-            return "".join(chunks)
+                return text
+        chunks: list[str] = []
+        size = 0
+        for chunk in part.template.generate(variables):  # streamed: a huge or endless output stops at the cap
+            size += len(chunk)
+            if size > limit:
+                raise RenderLimit(
+                    f"renders more than {limit:,} characters; fix the template (or raise {RENDER_MAX_CHARS.variable})"
+                )
+            _check_time()
+            chunks.append(chunk)
+        return "".join(chunks)
     except (RenderLimit, RecursionError, MemoryError) as exc:
         raise _limit_error(exc, where=where, source=source) from None
     except MailopsError:

@@ -7,9 +7,12 @@ templating, SMTP) are imported inside the commands that need them so
 ``mailops --help``, ``--version`` and ``password status`` start fast. Every
 expected error is a MailopsError, turned into one line on stderr and its exit
 code in :func:`main`, and nowhere else.
-"""
 
-from __future__ import annotations
+The modules that define commands do not postpone their annotations (no
+``from __future__ import annotations``): Typer reads every command's
+annotations at each start, and strings it would compile and evaluate, about
+40 ms per start; a name imported only for type checking is quoted instead.
+"""
 
 import os
 import re

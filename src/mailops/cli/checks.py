@@ -1,7 +1,5 @@
 """test-smtp and doctor: is each sender reachable, is the configuration sound."""
 
-from __future__ import annotations
-
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -18,7 +16,7 @@ if TYPE_CHECKING:
 app = typer.Typer()
 
 
-def _run_checks(config: Config, keys: list[str], send_to: str | None) -> list[Any]:
+def _run_checks(config: "Config", keys: list[str], send_to: str | None) -> list[Any]:
     from .. import health, secrets
     from ..errors import SecretError
     from ..smtpcheck import CheckResult, check_sender

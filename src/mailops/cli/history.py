@@ -1,7 +1,5 @@
 """reset-counts, log and stats: what was sent, and quota use."""
 
-from __future__ import annotations
-
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -185,7 +183,7 @@ def stats(
     )
 
 
-def _stats_json(config: Config, start: float, rows: list[dict[str, Any]], daily: dict[str, Any] | None) -> Any:
+def _stats_json(config: "Config", start: float, rows: list[dict[str, Any]], daily: dict[str, Any] | None) -> Any:
     """One shape for ``stats --json`` with or without ``--days``: the per-sender rows, and with --days
     the dates, each sender's ``daily`` series and those of attempts deferred before any sender was chosen."""
     data: dict[str, Any] = {"timezone": config.timezone.key, "since_at": start, "senders": rows}

@@ -1,7 +1,5 @@
 """password and oauth: where each sender's secret comes from."""
 
-from __future__ import annotations
-
 import sys
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -113,7 +111,7 @@ def password_status(json_out: Annotated[bool, typer.Option("--json", help="Print
     out(f"keyring backend: {backend.name}" if backend.usable else f"keyring backend refused: {backend.problem}")
 
 
-def _token_states(config: Config) -> dict[str, Any] | None:
+def _token_states(config: "Config") -> dict[str, Any] | None:
     """What the database knows of the OAuth2 senders' access tokens ({} without such a sender, so the database is
     not opened for nothing); None when it cannot be read."""
     if not any(s.oauth2 is not None and not s.oauth2.token_command for s in config.senders.values()):
@@ -127,7 +125,7 @@ def _token_states(config: Config) -> dict[str, Any] | None:
         return None
 
 
-def _access_token(tokens: dict[str, Any] | None, key: str, config: Config) -> tuple[str, str]:
+def _access_token(tokens: dict[str, Any] | None, key: str, config: "Config") -> tuple[str, str]:
     """(state, text) of a sender's last access token: valid, expired, none (never obtained) or unknown."""
     from ..history import local_time
 
@@ -145,7 +143,7 @@ def _access_token(tokens: dict[str, Any] | None, key: str, config: Config) -> tu
 # ---------------------------------------------------------------- oauth
 
 
-def _oauth_sender(config: Config, key: str) -> Any:
+def _oauth_sender(config: "Config", key: str) -> Any:
     """The sender ``key`` when it logs in with an OAuth2 refresh token; UsageError naming the fix otherwise."""
     sender = config.sender(key)
     if sender.oauth2 is None:
@@ -157,7 +155,7 @@ def _oauth_sender(config: Config, key: str) -> Any:
     return sender
 
 
-def _token_stored(config: Config, key: str) -> None:
+def _token_stored(config: "Config", key: str) -> None:
     """A new refresh token is in the keyring: a problem doctor showed about storing an older one is over."""
     from ..health import clear_token_problem
 

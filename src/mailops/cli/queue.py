@@ -1,7 +1,5 @@
 """queue: inspect and manage the outbox."""
 
-from __future__ import annotations
-
 import contextlib
 import json
 from typing import TYPE_CHECKING, Annotated, Any
@@ -271,7 +269,7 @@ def queue_cancel(
         raise typer.Exit(1)  # those may still go out
 
 
-def _not_cancelled(left: NotCancelled, config: Config, *, single: bool) -> str:
+def _not_cancelled(left: "NotCancelled", config: "Config", *, single: bool) -> str:
     """One line on the messages ``queue cancel`` left alone, with the time in the config's zone."""
     from ..history import local_time
 

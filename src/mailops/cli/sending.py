@@ -1,7 +1,5 @@
 """send, deliver and sendmail: queue messages and send what is due."""
 
-from __future__ import annotations
-
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -28,8 +26,8 @@ def _exit_for(report: Any, extra_problem: bool = False) -> None:
 
 
 def _deliver(
-    config: Config,
-    store: Store,
+    config: "Config",
+    store: "Store",
     run_id: str | None,
     limit: int | None,
     max_seconds: float | None,

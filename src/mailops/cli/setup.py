@@ -1,7 +1,5 @@
 """init, dev-server, demo and db: getting started and the database."""
 
-from __future__ import annotations
-
 from pathlib import Path
 from typing import Annotated, Any
 

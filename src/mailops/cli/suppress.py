@@ -1,7 +1,5 @@
 """suppress: the addresses send leaves out."""
 
-from __future__ import annotations
-
 from pathlib import Path
 from typing import Annotated
 

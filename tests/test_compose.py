@@ -586,3 +586,55 @@ def test_one_builder_for_many_messages_writes_what_build_message_writes(tmp_path
             expected.to_header,
         )
     assert built.envelope_to == ["juergen@example.com", "jane@example.com", "audit@example.com"]
+
+
+def test_short_plain_headers_skip_the_folder_and_come_out_the_same() -> None:
+    """A plain ASCII subject or one address that fits the first line is written as it is, without the
+    folder; the folder gives the very same text for it. Checked against folding everything, as before."""
+    import random
+
+    from mailops.compose import (
+        _add_address,
+        _add_address_encoding_long_names,
+        _address_value,
+        _fits,
+        _HeaderFolder,
+        _needs_encoding,
+        _text_value,
+        make_address,
+    )
+
+    def folded_text(name: str, text: str, encode_long: bool) -> str:
+        if not _needs_encoding(text):
+            folder = _HeaderFolder(name)
+            folder.add_text(text)
+            if _fits(name, folder.value()) or not encode_long:
+                return folder.value()
+        folder = _HeaderFolder(name)
+        folder.add_words(text)
+        return folder.value()
+
+    def folded_address(name: str, address: Address) -> str:
+        folder = _HeaderFolder(name)
+        _add_address(folder, address, "")
+        if _fits(name, folder.value()):
+            return folder.value()
+        folder = _HeaderFolder(name)
+        _add_address_encoding_long_names(folder, address, "")
+        return folder.value()
+
+    rng = random.Random(17)
+    words = ["a", "renewal", "Doe,", "=?", "x" * 30, "", " ", "plan", "2026-12-01", "(c)", '"q"', "Grüße"]
+    texts = ["", " ", "  lead", "trail  ", "a  b", "x" * 66, "x" * 67, "x" * 68, "x" * 69, "x" * 70, "x" * 80]
+    texts += [" ".join(rng.choice(words) for _ in range(rng.randint(1, 14))) for _ in range(500)]
+    for name in ("Subject", "X-Campaign", "To"):
+        for text in texts:
+            for encode_long in (True, False):
+                assert _text_value(name, text, encode_long=encode_long) == folded_text(name, text, encode_long)
+    names = ["", "Jane Doe", "Doe, Jane", "Zoë", "J. R. R.", "x" * 55, "x" * 80, "a  b", '"quoted"', "=?x?=", " "]
+    names += [" ".join(rng.choice(words) for _ in range(rng.randint(1, 6))) for _ in range(200)]
+    for display in names:
+        for local in ("jane", "j" * 40):
+            address = make_address(display, f"{local}@example.com")
+            assert _address_value("To", [address]) == folded_address("To", address), (display, local)
+            assert _address_value("To", [address], [str(address)]) == folded_address("To", address)

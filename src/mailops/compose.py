@@ -213,7 +213,21 @@ def _fits(name: str, value: str, limit: int = _MAX_FOLDED) -> bool:
     return len(name) + 2 + len(lines[0]) <= limit and all(len(line) <= limit for line in lines[1:])
 
 
-def _address_value(name: str, addresses: Sequence[Address]) -> _Folded:
+def _one_line(name: str, text: str) -> bool:
+    """Whether plain ASCII ``text`` fits on the header's first line: the folder would then give it back as it is.
+
+    (Every word fits the line, so no break is made, and a run of spaces stays where it was.)
+    """
+    return len(name) + 2 + len(text) <= _MAX_LINE and not _needs_encoding(text)
+
+
+def _address_value(name: str, addresses: Sequence[Address], texts: Sequence[str] | None = None) -> _Folded:
+    """The folded value of an address header; ``texts``: ``str()`` of each address, when the caller has them."""
+    if len(addresses) == 1 and not (addresses[0].display_name and _needs_encoding(addresses[0].display_name)):
+        # the usual To of a mail merge: one address with a plain name, short enough for one line
+        text = texts[0] if texts is not None else str(addresses[0])
+        if _one_line(name, text):
+            return _Folded(text)
     folder = _HeaderFolder(name)
     last = len(addresses) - 1
     for index, address in enumerate(addresses):
@@ -239,6 +253,8 @@ def _text_value(name: str, text: str, *, encode_long: bool = True) -> _Folded:
     # Plain ASCII is folded at its spaces (unfolding restores it exactly); anything else, or text that
     # cannot be folded at spaces within 78-character lines (a long word, a long run of spaces), is sent
     # as encoded-words, which may break anywhere.
+    if _one_line(name, text):  # the usual subject
+        return _Folded(text)
     if not _needs_encoding(text):
         folder = _HeaderFolder(name)
         folder.add_text(text)
@@ -656,8 +672,9 @@ class MessageBuilder:
         if self._reply_to is not None:
             headers.append(self._reply_to)
         if to:
-            headers.append(("To", _address_value("To", to)))
-            to_header = ", ".join(str(a) for a in to)
+            texts = [str(a) for a in to]
+            headers.append(("To", _address_value("To", to, texts)))
+            to_header = ", ".join(texts)
         elif self._cc is None:
             # Bcc-only mail: an empty group keeps the header RFC-correct without revealing anyone.
             to_header = "undisclosed-recipients:;"

@@ -122,17 +122,18 @@ def test_an_outcome_that_cannot_be_written_returns_its_message_and_the_run_goes_
     # The first outcome is written while the second message is with the server; that write fails here
     # (a fault no real database gives on demand). The first message goes back to the queue (it will be
     # sent again: at-least-once), the second one's transaction is not disturbed, the rest are sent.
-    from mailops import outbox
+    from mailops import delivery
 
-    real_mark_sent, calls = outbox.Outbox.mark_sent_many, []
+    real_batches, calls = delivery._GroupWrites._batches, []
 
-    def mark_sent_many(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 1:
-            raise RuntimeError("disk full")
-        return real_mark_sent(*args, **kwargs)
+    def batches(conn, batch):  # the group's log rows and sent updates, as driver statements
+        if batch.sent:
+            calls.append(1)
+            if len(calls) == 1:
+                raise RuntimeError("disk full")
+        return real_batches(conn, batch)
 
-    monkeypatch.setattr(outbox.Outbox, "mark_sent_many", staticmethod(mark_sent_many))
+    monkeypatch.setattr(delivery._GroupWrites, "_batches", staticmethod(batches))
     workspace.write_config(
         {"sales": workspace.sender(srv, email="sales@example.com", password=PASSWORD)},
         routes={"default": "sales"},
@@ -154,18 +155,24 @@ def test_a_write_that_fails_to_commit_reserves_nothing_ahead(workspace, srv, cli
     # the day's count must still cover every message the server received.
     import contextlib
 
-    from mailops import outbox, quota, store
+    from mailops import delivery, quota, store
 
-    real_write_on, real_reserve, real_log = store.Store.write_on, quota.reserve, outbox.Outbox.log
+    real_write_on, real_reserve, real_take = store.Store.write_on, quota.reserve, quota.take_on_cursor
+    real_batches = delivery._GroupWrites._batches
     state = {"reserved": False, "logged": False, "failed": False}
 
     def reserve(*args, **kwargs):
         state["reserved"] = True
         return real_reserve(*args, **kwargs)
 
-    def log(*args, **kwargs):
-        state["logged"] = True
-        return real_log(*args, **kwargs)
+    def take_on_cursor(*args, **kwargs):  # the group's reservations on the SQLite cursor
+        taken = real_take(*args, **kwargs)
+        state["reserved"] = state["reserved"] or taken is not None
+        return taken
+
+    def batches(conn, batch):  # the group's log rows and sent updates
+        state["logged"] = state["logged"] or bool(batch.attempts)
+        return real_batches(conn, batch)
 
     @contextlib.contextmanager
     def write_on(self, connection):  # the workers' group transactions
@@ -177,7 +184,8 @@ def test_a_write_that_fails_to_commit_reserves_nothing_ahead(workspace, srv, cli
                 raise RuntimeError("commit failed")  # rolls the whole transaction back
 
     monkeypatch.setattr(quota, "reserve", reserve)
-    monkeypatch.setattr(outbox.Outbox, "log", staticmethod(log))
+    monkeypatch.setattr(quota, "take_on_cursor", take_on_cursor)
+    monkeypatch.setattr(delivery._GroupWrites, "_batches", staticmethod(batches))
     monkeypatch.setattr(store.Store, "write_on", write_on)
     workspace.write_config(
         {"sales": workspace.sender(srv, email="sales@example.com", password=PASSWORD, daily_limit=1000)},

@@ -27,7 +27,7 @@ from datetime import datetime
 from email.headerregistry import Address
 from typing import Any
 
-from . import health, pgpipeline, quota, routing, suppress
+from . import health, hotsql, pgpipeline, quota, routing, suppress
 from .compose import format_date, stamp_date
 from .config import Config, Sender
 from .errors import SecretError
@@ -174,11 +174,18 @@ _Outcome = Callable[[Any, _Batch], _Result]
 
 @dataclass
 class _Write:
-    """What a worker hands to the group transaction: reserve for ``upcoming`` and/or record ``outcome``."""
+    """What a worker hands to the group transaction: reserve for ``upcoming`` and/or record ``outcome``.
+
+    ``plain``: the outcome only adds rows to the group's batch (a message the server accepted for every
+    recipient), no statement of its own, so it may be worked out before the group's first statement."""
 
     sender: Sender
     upcoming: _Job | None
     outcome: _Outcome | None
+    plain: bool = False
+
+
+_Ahead = quota.Reservation | quota.Blocked | None
 
 
 class _GroupWrites:
@@ -189,70 +196,136 @@ class _GroupWrites:
     than one kind takes them in this order, so on PostgreSQL two processes' groups never wait on each
     other in a cycle. The reservations of one sender in a group take each counter once for all of them
     (:func:`quota.reserve_many`); the sent messages' log rows and updates are one statement each.
+
+    These hot statements run on the driver's cursor, compiled once (:mod:`mailops.hotsql`): on SQLite
+    inside the ``BEGIN IMMEDIATE`` transaction SQLAlchemy opened, on PostgreSQL in pipeline mode
+    (:mod:`mailops.pgpipeline`: one round trip for a group of plain outcomes). Everything rarer (a
+    counter row to create, a blocked limit, a deferral, a sender's health) goes through SQLAlchemy on the
+    same connection, in the same transaction and order.
     """
 
     def __init__(self, deliverer: Deliverer) -> None:
         self.d = deliverer
 
-    def __call__(self, conn: Any, writes: list[_Write]) -> list[tuple[quota.Reservation | quota.Blocked | None, Any]]:
-        if conn.dialect.name == "postgresql" and pgpipeline.supported():
+    def __call__(self, conn: Any, writes: list[_Write]) -> list[tuple[_Ahead, Any]]:
+        if conn.dialect.name == "postgresql":
+            if not pgpipeline.supported():
+                return self._write(conn, writes, None)
             with pgpipeline.transaction(conn) as tx:
+                if all(write.plain or write.outcome is None for write in writes):
+                    done = self._one_trip(conn, writes, tx)
+                    if done is not None:
+                        return done
                 return self._write(conn, writes, tx)
         return self._write(conn, writes, None)
 
-    def _write(
-        self, conn: Any, writes: list[_Write], tx: pgpipeline.Pipelined | None
-    ) -> list[tuple[quota.Reservation | quota.Blocked | None, Any]]:
-        d = self.d
-        now = d.clock()
-        ahead: dict[int, quota.Reservation | quota.Blocked] = {}
+    def _by_sender(self, writes: list[_Write]) -> dict[str, list[tuple[int, _Job]]]:
+        """The writes that reserve ahead, by sender key (sorted: the order their quota rows are taken in)."""
         by_sender: dict[str, list[tuple[int, _Job]]] = {}
         for index, write in enumerate(writes):
             if write.upcoming is not None:
                 by_sender.setdefault(write.sender.key, []).append((index, write.upcoming))
-        order = sorted(by_sender)
-        counts = {key: [len(job.msg.pending_recipients) for _, job in by_sender[key]] for key in order}
+        return {key: by_sender[key] for key in sorted(by_sender)}
+
+    @staticmethod
+    def _counts(group: list[tuple[int, _Job]]) -> list[int]:
+        return [len(job.msg.pending_recipients) for _, job in group]
+
+    @staticmethod
+    def _batches(conn: Any, batch: _Batch) -> list[tuple[str, list[dict[str, Any]]]]:
+        """The batch's log rows (grouped by the columns they give: one INSERT each) and sent messages' updates
+        as driver statements, in that order."""
+        logs: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        for row in batch.attempts:
+            logs.setdefault(tuple(row), []).append(row)
+        out = [hotsql.rows(conn, INSERT_ATTEMPT, rows, keys) for keys, rows in logs.items()]
+        if batch.sent:
+            out.append(hotsql.rows(conn, MARK_SENT, Outbox.sent_params(batch.sent)))
+        return out
+
+    def _one_trip(self, conn: Any, writes: list[_Write], tx: pgpipeline.Pipelined) -> list[tuple[_Ahead, Any]] | None:
+        """PostgreSQL, every outcome plain: ``BEGIN``, each sender's all-or-nothing reservation, the log rows,
+        the sent updates and ``COMMIT`` in one round trip. A sender whose reservation does not fit gets none
+        (its worker reserves on its next turn). None (nothing done) when a sender cannot reserve in one
+        statement (paced): the group then takes the usual path."""
+        d = self.d
+        now = d.clock()
+        takes = []
+        for group in self._by_sender(writes).values():
+            take = quota.take_all(writes[group[0][0]].sender, d.config.timezone, now, self._counts(group))
+            if take is None:
+                return None
+            takes.append((group, take))
+        # Plain outcomes run no statement: worked out first, they are written after the quota rows anyway.
+        batch = _Batch()
+        results = [write.outcome(conn, batch) if write.outcome is not None else None for write in writes]
+        statements = [(take[0], take[1]) for _, take in takes]
+        # A sender's first success in a run also records its health (statements of their own): then the
+        # transaction stays open for them and commits after (once per sender and run).
+        replies = tx.run(statements, self._batches(conn, batch), commit=not batch.healthy)
+        if batch.healthy:
+            self._record_healthy(conn, batch, now)
+            tx.commit()
+        ahead: dict[int, _Ahead] = {}
+        for (group, take), rows in zip(takes, replies, strict=True):
+            if len(rows) == take[2]:
+                for (index, _), one in zip(group, take[3], strict=True):
+                    ahead[index] = one
+        return [(ahead.get(index), result) for index, result in enumerate(results)]
+
+    def _write(self, conn: Any, writes: list[_Write], tx: pgpipeline.Pipelined | None) -> list[tuple[_Ahead, Any]]:
+        d = self.d
+        now = d.clock()
+        tz = d.config.timezone
+        raw = tx is None and conn.dialect.name == "sqlite"
+        ahead: dict[int, _Ahead] = {}
+        by_sender = self._by_sender(writes)
         taken: dict[str, list[quota.Reservation]] = {}
         if tx is not None:
             # BEGIN and one all-or-nothing statement per sender, in one round trip.
             takes = {
-                key: quota.take_all(writes[by_sender[key][0][0]].sender, d.config.timezone, now, counts[key])
-                for key in order
+                key: quota.take_all(writes[group[0][0]].sender, tz, now, self._counts(group))
+                for key, group in by_sender.items()
             }
-            fast = [key for key in order if takes[key] is not None]
+            fast = [key for key in by_sender if takes[key] is not None]
             replies = tx.begin([(t[0], t[1]) for key in fast if (t := takes[key]) is not None])
             for key, rows in zip(fast, replies, strict=True):
                 take = takes[key]
                 if take is not None and len(rows) == take[2]:
                     taken[key] = take[3]
-        for key in order:
-            group = by_sender[key]
+        for key, group in by_sender.items():
             sender = writes[group[0][0]].sender
-            # Blocked, or a counter row to create: reserved in turn, as on SQLite (nothing was taken above).
-            held = taken.get(key) or quota.reserve_many(conn, sender, d.config.timezone, now, counts[key])
+            counts = self._counts(group)
+            held: list[quota.Reservation] | list[quota.Reservation | quota.Blocked] | None = taken.get(key)
+            if held is None and raw:
+                held = quota.take_on_cursor(conn, sender, tz, now, counts)
+            if held is None:
+                # Blocked, or a counter row to create: reserved in turn (nothing was taken above).
+                held = quota.reserve_many(conn, sender, tz, now, counts)
             for (index, _), one in zip(group, held, strict=True):
                 ahead[index] = one
         batch = _Batch()
         results = [write.outcome(conn, batch) if write.outcome is not None else None for write in writes]
         if tx is not None:
-            # The log rows (grouped by the columns they give: one INSERT each), the sent messages, COMMIT.
-            logs: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-            for row in batch.attempts:
-                logs.setdefault(tuple(row), []).append(row)
-            batches = [pgpipeline.rows(conn, INSERT_ATTEMPT, rows, keys) for keys, rows in logs.items()]
-            batches.append(pgpipeline.rows(conn, MARK_SENT, Outbox.sent_params(batch.sent)))
-            tx.finish(batches, commit=not batch.healthy)
+            tx.finish(self._batches(conn, batch), commit=not batch.healthy)
+        elif raw:
+            if batch.attempts or batch.sent:
+                hotsql.execute_many(conn, self._batches(conn, batch))
         else:
             if batch.attempts:
                 d.outbox.log(conn, batch.attempts)
             if batch.sent:
                 d.outbox.mark_sent_many(conn, batch.sent)
-        for key in sorted(batch.healthy):
-            settings, max_size = batch.healthy[key]
-            health.record(conn, key, True, now, settings=settings, max_size=max_size)
+        self._record_healthy(conn, batch, now)
         if tx is not None and batch.healthy:
             tx.commit()
         return [(ahead.get(index), result) for index, result in enumerate(results)]
+
+    @staticmethod
+    def _record_healthy(conn: Any, batch: _Batch, now: float) -> None:
+        for key in sorted(batch.healthy):
+            settings, max_size = batch.healthy[key]
+            health.record(conn, key, True, now, settings=settings, max_size=max_size)
 
 
 class _Worker(threading.Thread):
@@ -283,7 +356,8 @@ class _Worker(threading.Thread):
         self.next_job: tuple[_Job | None, quota.Reservation | None] | None = None
         # The last message's outcome, not written yet: it goes into the next write transaction.
         # Only ever held while next_job has its reservation, so it never waits through pacing.
-        self.pending: tuple[_Job, _Outcome] | None = None
+        # Its flag: a plain outcome (rows for the group's batch only, see _Write).
+        self.pending: tuple[_Job, _Outcome, bool] | None = None
         # Pacing limits count from the reservation; reserving ahead would start the clock early.
         self.reserves_ahead = sender.per_minute is None and sender.min_interval <= 0
 
@@ -317,7 +391,10 @@ class _Worker(threading.Thread):
         upcoming = self._next_to_reserve()
         if pending is None and upcoming is None:
             return  # nothing to write
-        write = _Write(self.sender, upcoming, pending[1] if pending is not None else None)
+        if pending is None:
+            write = _Write(self.sender, upcoming, None)
+        else:
+            write = _Write(self.sender, upcoming, pending[1], plain=pending[2])
         try:
             ahead, result = self.d.writer.commit(write)
         except BaseException as exc:
@@ -841,6 +918,7 @@ class Deliverer:
         worker.pending = (
             job,
             functools.partial(self._record_sent, job, sender, result, time.monotonic() - started, self.clock()),
+            not result.refused,  # _record_sent then only adds rows to the group's batch
         )
         if not worker.holds_next():
             worker.flush_quietly()  # a failure hands this job back with its note

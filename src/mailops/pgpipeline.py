@@ -1,4 +1,4 @@
-"""PostgreSQL: a delivery group's transaction in two round trips instead of one per statement.
+"""PostgreSQL: a delivery group's transaction in one round trip (two when an outcome runs statements of its own).
 
 Through SQLAlchemy every statement waits for its reply, and psycopg adds a
 round trip for the ``BEGIN`` of each transaction and one for its ``COMMIT``:
@@ -8,18 +8,38 @@ row, the message row, ``COMMIT``). Here the group's transaction runs on the
 psycopg connection in pipeline mode, with ``BEGIN`` and ``COMMIT`` written
 out as statements (the connection is in autocommit mode for the time of the
 group, so psycopg does not start a transaction of its own with its own
-round trip):
+round trip).
 
-1. ``BEGIN`` and one all-or-nothing reservation per sender
-   (:func:`mailops.quota.take_all`), sent together; their replies are read;
-2. the outcomes (rarely a statement of their own: a deferral, a suppression)
-   run through SQLAlchemy on the same connection, inside that transaction;
-3. the sent messages' updates, their log rows and ``COMMIT``, sent together.
+A group whose outcomes only add rows to the group's batch (a message the
+server accepted for every recipient: its log row and its ``messages``
+update) is ONE round trip (:meth:`Pipelined.run`): ``BEGIN``, one
+all-or-nothing reservation per sender (:func:`mailops.quota.take_all`), the
+log rows, the sent messages' updates and ``COMMIT``, sent together. A
+sender whose reservation did not fit (a counter without room, or without a
+row yet) gets none: the outcomes still commit, and its worker reserves on
+its next turn as it does without reserving ahead (in a transaction of its
+own, which creates the row or says which limit blocks).
 
-The statements are the same conditional ones as before and run in the same
-order (quota rows first, then messages and the log), so what two processes
-can see of each other and the order they lock rows in do not change; psycopg
-prepares them on the server after a few uses (its ``prepare_threshold``).
+Any other group (a deferral, a refused recipient, a sender's health to
+record) takes two round trips around SQLAlchemy's statements:
+
+1. ``BEGIN`` and the reservations, sent together; their replies are read
+   (a sender whose reservation did not fit reserves through SQLAlchemy,
+   :func:`mailops.quota.reserve_many`);
+2. the outcomes run through SQLAlchemy on the same connection, inside that
+   transaction;
+3. the log rows, the sent messages' updates and ``COMMIT``, sent together.
+
+Either way the statements are the same conditional ones as before and run in
+the same order (quota rows first, then messages and the log, then
+``sender_state``), so what two processes can see of each other and the order
+they lock rows in do not change (no lock cycle between two processes'
+groups); the one-trip group holds its quota row locks for less time, not
+more. The outcome of a message and the reservation for the worker's next
+one still commit in one transaction, before the worker sends the next
+message's end of data (the crash policy in :class:`mailops.delivery._Worker`).
+The SQL is compiled once (:mod:`mailops.hotsql`); psycopg prepares it on
+the server after a few uses (its ``prepare_threshold``).
 """
 
 from __future__ import annotations
@@ -33,8 +53,6 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-_COMPILED: dict[tuple[int, tuple[str, ...]], tuple[str, dict[str, Any]]] = {}
-
 
 @functools.cache  # asked at every group transaction; libpq's version does not change within a process
 def supported() -> bool:
@@ -45,25 +63,6 @@ def supported() -> bool:
     return bool(psycopg.Pipeline.is_supported())
 
 
-def compiled(conn: Connection, stmt: Any, keys: tuple[str, ...] = ()) -> tuple[str, dict[str, Any]]:
-    """SQL text of a SQLAlchemy statement for psycopg (``%(name)s`` parameters) and its fixed parameters,
-    compiled once per statement and set of ``keys`` (the columns an INSERT's rows give)."""
-    key = (id(stmt), keys)
-    found = _COMPILED.get(key)
-    if found is None:
-        done = stmt.compile(dialect=conn.dialect, column_keys=list(keys) or None)
-        found = _COMPILED[key] = (str(done), dict(done.params))
-    return found
-
-
-def rows(
-    conn: Connection, stmt: Any, params: list[dict[str, Any]], keys: tuple[str, ...] = ()
-) -> tuple[str, list[dict[str, Any]]]:
-    """``stmt`` as psycopg SQL with one parameter set per item of ``params`` (its fixed parameters added)."""
-    sql, fixed = compiled(conn, stmt, keys)
-    return sql, [{**fixed, **one} for one in params]
-
-
 class Pipelined:
     """The driver side of one group transaction on PostgreSQL (see the module's docstring)."""
 
@@ -72,20 +71,24 @@ class Pipelined:
         self.pg: Any = conn.connection.driver_connection
         self.open = False
 
-    def begin(self, statements: list[tuple[str, dict[str, Any]]]) -> list[list[tuple[Any, ...]]]:
-        """``BEGIN`` and ``statements`` in one round trip; the rows each statement returned."""
+    def run(
+        self,
+        statements: list[tuple[str, dict[str, Any]]],
+        batches: list[tuple[str, list[dict[str, Any]]]],
+        *,
+        commit: bool,
+    ) -> list[list[tuple[Any, ...]]]:
+        """In one round trip: ``BEGIN`` (unless the transaction is open already), ``statements``, each batch's
+        statement once per row, and ``COMMIT`` if ``commit``; the rows each of ``statements`` returned."""
         with self._errors():
-            self.pg.autocommit = True
-            self.open = True
+            begin = not self.open
+            if begin:
+                self.pg.autocommit = True
+                self.open = True
             with self.pg.pipeline():
-                self.pg.execute("BEGIN")
+                if begin:
+                    self.pg.execute("BEGIN")
                 cursors = [self.pg.execute(sql, params) for sql, params in statements]
-            return [cur.fetchall() for cur in cursors]
-
-    def finish(self, batches: list[tuple[str, list[dict[str, Any]]]], commit: bool) -> None:
-        """Each batch's statement once per row, then ``COMMIT`` unless ``commit`` is False, in one round trip."""
-        with self._errors():
-            with self.pg.pipeline():
                 for sql, rows in batches:
                     if rows:
                         self.pg.cursor().executemany(sql, rows)
@@ -93,6 +96,15 @@ class Pipelined:
                     self.pg.execute("COMMIT")
             if commit:
                 self.open = False
+            return [cur.fetchall() for cur in cursors]
+
+    def begin(self, statements: list[tuple[str, dict[str, Any]]]) -> list[list[tuple[Any, ...]]]:
+        """``BEGIN`` and ``statements`` in one round trip; the rows each statement returned."""
+        return self.run(statements, [], commit=False)
+
+    def finish(self, batches: list[tuple[str, list[dict[str, Any]]]], commit: bool) -> None:
+        """Each batch's statement once per row, then ``COMMIT`` unless ``commit`` is False, in one round trip."""
+        self.run([], batches, commit=commit)
 
     def commit(self) -> None:
         """``COMMIT`` on its own (after statements SQLAlchemy ran last)."""

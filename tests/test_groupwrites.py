@@ -237,3 +237,11 @@ def test_pg_a_failing_one_trip_group_rolls_back_and_is_the_sql_error(pg_store: S
     assert _log_and_state(pg_store, msg_id) == ([], "sending")
     with pg_store.engine.connect() as conn:  # the pooled connection is back out of autocommit mode
         assert conn.connection.driver_connection.autocommit is False  # type: ignore[union-attr]
+
+
+def test_period_keys_kept_for_a_second_change_with_the_minute_and_the_timezone() -> None:
+    start = 1_800_000_059.0  # 59 s into a minute (the epoch's minutes are UTC's and Paris's minutes)
+    paris = ZoneInfo("Europe/Paris")
+    for now, tz in [(start, UTC), (start + 0.9, UTC), (start + 1.0, UTC), (start + 1.0, paris), (start + 0.5, UTC)]:
+        assert quota._period_keys(now, tz) == period_keys(now, tz)
+    assert quota._period_keys(start + 0.9, UTC)["minute"] != quota._period_keys(start + 1.0, UTC)["minute"]

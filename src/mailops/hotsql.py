@@ -58,9 +58,15 @@ def _compile(
     key = (dialect.name, id(stmt), keys)  # the statements are module constants: their id is stable
     found = _COMPILED.get(key)
     if found is None:
-        done = stmt.compile(dialect=_named(dialect), column_keys=list(keys) or None)
-        # The type conversions SQLAlchemy applies to these parameters (SQLite: float() of REAL columns).
-        processors = {name: proc for name, proc in done._bind_processors.items() if isinstance(name, str)}
+        named = _named(dialect)
+        done = stmt.compile(dialect=named, column_keys=list(keys) or None)
+        # The type conversions SQLAlchemy applies to these parameters (SQLite: float() of REAL columns),
+        # asked of each parameter's type through public API (TypeEngine.bind_processor).
+        processors: dict[str, Callable[[Any], Any]] = {}
+        for bind, name in done.bind_names.items():
+            proc = bind.type.dialect_impl(named).bind_processor(named)
+            if proc is not None:
+                processors[name] = proc
         found = _COMPILED[key] = (str(done), dict(done.params), processors)
     return found
 

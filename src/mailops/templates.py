@@ -10,46 +10,42 @@ customer's email is worse than a stopped run.
 A template is a folder ``TEMPLATES_DIR/NAME/`` holding ``subject.txt``,
 ``body.txt`` and optionally ``body.html``. The folder is also the loader root,
 so templates may ``{% include %}`` or ``{% extends %}`` shared files there.
+
+The usual subject and body are plain text and ``{{ name }}``: those render
+here by putting each value in place, as Jinja would (``_plain_pieces``), and
+Jinja with its sandbox (:mod:`mailops.sandbox`) is loaded only for a template
+that needs it, or to report a variable a row lacks.
 """
 
 from __future__ import annotations
 
 import functools
-import math
+import os
+import posixpath
 import re
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-from jinja2 import (
-    FileSystemLoader,
-    StrictUndefined,
-    Template,
-    TemplateError,
-    TemplateNotFound,
-    TemplateSyntaxError,
-    UndefinedError,
-    nodes,
-    select_autoescape,
-)
-from jinja2.compiler import CodeGenerator, Frame
-from jinja2.exceptions import SecurityError
-from jinja2.sandbox import ImmutableSandboxedEnvironment, safe_range
-from jinja2.utils import Namespace
+from typing import TYPE_CHECKING, Any
 
 from .errors import InputError, MailopsError
 from .headers import HeaderSpec, mapping_specs
 from .limits import RENDER_MAX_CHARS, RENDER_SECONDS
 from .wording import term, variable
 
+if TYPE_CHECKING:
+    from jinja2 import Template, TemplateSyntaxError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
 SUBJECT_FILE = "subject.txt"
 BODY_FILE = "body.txt"
 HTML_FILE = "body.html"
 HEADERS_FILE = "headers.yaml"
+#: Templates whose file name ends in one of these are HTML: Jinja escapes the values they print.
+ESCAPED_EXTENSIONS = ("html", "htm")
 
 _UNDEFINED_RE = re.compile(r"^'(?P<name>.+)' is undefined$")
 # str.splitlines() breaks on all of these; a subject must not contain any.
@@ -147,220 +143,51 @@ def _check_replace(text: str, old: Any, new: Any) -> None:
         _check_size(len(text) + count * (len(new) - len(old)))
 
 
-class _BoundedRange:
-    """``range()`` for templates: the sandbox's size cap, and the deadline checked while looping."""
-
-    def __init__(self, *args: Any) -> None:
-        self._range = safe_range(*args)
-
-    def __iter__(self) -> Iterator[int]:
-        for index, value in enumerate(self._range):
-            if not index & 1023:
-                _check_time()
-            yield value
-
-    def __reversed__(self) -> Iterator[int]:
-        backwards = _BoundedRange()
-        backwards._range = self._range[::-1]
-        return iter(backwards)
-
-    def __len__(self) -> int:
-        return len(self._range)
-
-    def __getitem__(self, index: Any) -> Any:
-        return self._range[index]
-
-    def __contains__(self, value: object) -> bool:
-        return value in self._range
-
-    def __repr__(self) -> str:
-        return repr(self._range)
-
-
-class _BoundedNamespace(Namespace):
-    """``namespace()`` whose attributes may not grow past the size cap: the one place a loop can accumulate."""
-
-    def __setitem__(self, name: str, value: Any) -> None:
-        if isinstance(value, (str, list, tuple)):
-            _check_size(len(value))
-        super().__setitem__(name, value)
-
-
-class _BoundedCodeGenerator(CodeGenerator):
-    """Compiles ``a ~ b`` so that the joined text is checked against the size cap (Jinja joins it inline)."""
-
-    def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:
-        self.write("environment.checked_text(")
-        super().visit_Concat(node, frame)
-        self.write(")")
-
-
-def _bounded_filters(filters: dict[str, Any]) -> dict[str, Any]:
-    """The built-in filters that can build a text far larger than their input, with their sizes checked first."""
-    center, indent, fmt, replace = filters["center"], filters["indent"], filters["format"], filters["replace"]
-    join = filters["join"]
-
-    def bounded_center(value: Any, width: int = 80) -> Any:
-        _check_width(width)
-        return center(value, width)
-
-    def bounded_indent(value: Any, width: Any = 4, *args: Any, **kwargs: Any) -> Any:
-        lines = str(value).count("\n") + 1
-        _check_size(len(str(value)) + lines * (len(width) if isinstance(width, str) else int(width)))
-        return indent(value, width, *args, **kwargs)
-
-    def bounded_format(value: Any, *args: Any, **kwargs: Any) -> Any:
-        _check_printf(str(value), args if len(args) != 1 else args[0])
-        return fmt(value, *args, **kwargs)
-
-    bounded_replace_needs_ctx = getattr(replace, "jinja_pass_arg", None)
-
-    def bounded_replace(*args: Any, **kwargs: Any) -> Any:
-        params = args[1:] if bounded_replace_needs_ctx is not None else args
-        if len(params) >= 3:
-            _check_replace(str(params[0]), params[1], params[2])
-        return replace(*args, **kwargs)
-
-    if bounded_replace_needs_ctx is not None:
-        bounded_replace.jinja_pass_arg = bounded_replace_needs_ctx  # type: ignore[attr-defined]  # Jinja's marker
-
-    def bounded_join(eval_ctx: Any, value: Any, d: str = "", attribute: Any = None) -> Any:
-        if isinstance(value, (list, tuple)):
-            texts = sum(len(item) for item in value if isinstance(item, str))
-            _check_size(texts + len(str(d)) * max(len(value) - 1, 0))
-        return join(eval_ctx, value, d, attribute)
-
-    bounded_join.jinja_pass_arg = join.jinja_pass_arg  # type: ignore[attr-defined]  # Jinja's pass_* marker
-    return {
-        "center": bounded_center,
-        "indent": bounded_indent,
-        "format": bounded_format,
-        "replace": bounded_replace,
-        "join": bounded_join,
-    }
-
-
-class _BoundedSandbox(ImmutableSandboxedEnvironment):
-    """The immutable sandbox with bounds on what an expression may build and on how long rendering runs.
-
-    Jinja's sandbox keeps templates away from Python internals but not from
-    ``'x' * 10**10`` or a loop of 10**10 turns. So the operators that can
-    build huge values (``*``, ``**``, ``+``, ``%``) and the calls that can
-    (padding, ``format``, ``replace``) check the size of the result before
-    computing it; what can accumulate (``namespace()`` attributes, macro
-    arguments, ``~`` and ``join``) is checked as it is stored, passed or
-    joined; every call and every 1024 turns of ``range()`` check the
-    deadline; and :func:`_render_one` streams the output (``generate()``),
-    checking its length and the deadline at every chunk. A loop that neither
-    calls nor outputs nor uses ``range()`` (over a long list from a data
-    row) is bounded by that list's size.
-    """
-
-    intercepted_binops = frozenset({"*", "**", "+", "%"})
-    code_generator_class = _BoundedCodeGenerator
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.globals["range"] = _BoundedRange
-        self.globals["namespace"] = _BoundedNamespace
-        self.filters.update(_bounded_filters(self.filters))
-
-    @staticmethod
-    def checked_text(value: Any) -> Any:
-        """A text joined with ``~``, once its size is checked."""
-        _check_size(len(value))
-        return value
-
-    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
-        """Check the size of what ``left OPERATOR right`` would build, then compute it."""
-        _check_time()
-        sized = (str, list, tuple)
-        if operator == "*":
-            if _is_int(right) and isinstance(left, sized):
-                _check_size(len(left) * right)
-            elif _is_int(left) and isinstance(right, sized):
-                _check_size(len(right) * left)
-        elif operator == "**":
-            if _is_int(left) and _is_int(right) and abs(left) > 1 and right > 0:
-                _check_size(int(right * math.log10(abs(left))))  # digits of the result
-        elif operator == "+":
-            if isinstance(left, sized) and isinstance(right, sized):
-                _check_size(len(left) + len(right))
-        elif operator == "%" and isinstance(left, str):
-            _check_printf(left, right)
-        return super().call_binop(context, operator, left, right)
-
-    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
-        """Check the deadline, the size of the arguments (a macro calling itself with ever longer text) and
-        the size a text method would build, then call."""
-        _check_time()
-        for arg in (*args, *kwargs.values()):
-            if isinstance(arg, (str, list, tuple)):
-                _check_size(len(arg))
-        method = getattr(__obj, "__wrapped__", __obj)  # the sandbox wraps str.format in a function of its own
-        owner = getattr(method, "__self__", None)
-        if isinstance(owner, str):
-            name = getattr(method, "__name__", "")
-            if name in _PADDING_METHODS:
-                for arg in (*args, *kwargs.values()):
-                    if _is_int(arg):
-                        _check_width(arg)
-            elif name in ("format", "format_map"):
-                _check_format(owner, args, kwargs)
-            elif name == "replace" and len(args) >= 2:
-                _check_replace(owner, args[0], args[1])
-        return super().call(__context, __obj, *args, **kwargs)
-
-
-def _make_env(loader: FileSystemLoader | None = None) -> ImmutableSandboxedEnvironment:
-    return _BoundedSandbox(
-        loader=loader,
-        undefined=StrictUndefined,
-        # Only .html/.htm files are escaped: plain text must keep "&" and "<" as typed.
-        autoescape=select_autoescape(enabled_extensions=("html", "htm"), default_for_string=False, default=False),
-        keep_trailing_newline=True,
-        finalize=_finalize,
-        auto_reload=False,
-    )
-
-
-# Inline templates (--subject/--body, per-row attachment paths) are never HTML.
-_INLINE_ENV = _make_env()
-
 #: What a template prints when it is nothing but text and ``{{ name }}`` (the usual subject and body):
 #: (False, text) for a stretch of text, (True, name) for a variable.
-_Pieces = tuple[tuple[bool, str], ...]
+Pieces = tuple[tuple[bool, str], ...]
 # Names a template's top level does not look up among the variables (``self`` is the template itself).
 _SPECIAL_NAMES = frozenset({"self", "caller", "varargs", "kwargs", "loop"})
 _MISSING = object()
 
 
-def _pieces(ast: nodes.Template, autoescape: bool) -> _Pieces | None:
-    """The pieces of a template that only prints text and variables, else None (it needs Jinja to render).
+# {{ name }}: the only expression a plain template holds (spaces only; anything else goes to Jinja)
+_PLAIN_VARIABLE_RE = re.compile(r"\{\{ *([A-Za-z_][A-Za-z0-9_]*) *\}\}")
+# Names Jinja reads as constants or operators, never as variables (or that are special: _SPECIAL_NAMES)
+_KEYWORDS = frozenset({"true", "false", "none", "True", "False", "None", "and", "or", "not", "in", "is", "if", "else"})
 
-    Such a template renders to its text with ``str(value)`` (None as "") in place
-    of each variable, exactly as Jinja's compiled code does, but without a
-    context object, a generator and a deadline check per piece: for a mail
-    merge that is most of the time spent rendering. Its output is at most its
-    text plus its values, so the size and time bounds need checking only once.
+
+def _plain_pieces(source: str) -> Pieces | None:
+    """The pieces of ``source`` if it is text and ``{{ name }}`` alone, read without Jinja; None otherwise.
+
+    Deliberately narrow, so that it never reads a text differently from
+    Jinja: no ``{%`` or ``{#`` anywhere, no brace in the text between the
+    variables, names in ASCII with spaces around them only. Line ends become
+    ``\n`` as Jinja's lexer makes them. A template this refuses may still
+    render without Jinja's runtime (``sandbox._pieces``), once Jinja has
+    parsed it. tests/test_templates.py checks it against Jinja's own parser.
     """
-    if autoescape:  # HTML: values are escaped; leave that to Jinja
+    if "{%" in source or "{#" in source:
         return None
     pieces: list[tuple[bool, str]] = []
-    for node in ast.body:
-        if type(node) is not nodes.Output:
+    at = 0
+    while True:  # bounded: each turn moves past one {{ name }} or ends
+        start = source.find("{{", at)
+        text = source[at:] if start < 0 else source[at:start]
+        if "{" in text or "}" in text:
             return None
-        for child in node.nodes:
-            if type(child) is nodes.TemplateData:
-                pieces.append((False, child.data))
-            elif type(child) is nodes.Name and child.ctx == "load" and child.name not in _SPECIAL_NAMES:
-                pieces.append((True, child.name))
-            else:
-                return None
-    return tuple(pieces)
+        if text:
+            pieces.append((False, text.replace("\r\n", "\n").replace("\r", "\n")))
+        if start < 0:
+            return tuple(pieces)
+        match = _PLAIN_VARIABLE_RE.match(source, start)
+        if match is None or match.group(1) in _KEYWORDS or match.group(1) in _SPECIAL_NAMES:
+            return None
+        pieces.append((True, match.group(1)))
+        at = match.end()
 
 
-def _render_pieces(pieces: _Pieces, variables: Mapping[str, Any]) -> str | None:
+def _render_pieces(pieces: Pieces, variables: Mapping[str, Any]) -> str | None:
     """The text of a template made of ``pieces``; None if a variable is missing (Jinja then says which)."""
     out: list[str] = []
     for is_name, text in pieces:
@@ -374,21 +201,54 @@ def _render_pieces(pieces: _Pieces, variables: Mapping[str, Any]) -> str | None:
     return "".join(out)
 
 
-@dataclass(frozen=True)
 class _Part:
-    """One compiled template text (subject, body, HTML body, attachment path)."""
+    """One template text (subject, body, HTML body, attachment path): its pieces, rendered without Jinja when it
+    is plain, and its Jinja template, compiled when first needed if it is plain (else at once)."""
 
-    template: Template
-    pieces: _Pieces | None  # see _pieces: None renders through Jinja
+    __slots__ = ("_compile", "_template", "pieces")
+
+    def __init__(
+        self, pieces: Pieces | None, template: Template | None, compile: Callable[[], Template] | None = None
+    ) -> None:
+        self.pieces = pieces  # None: render with Jinja
+        self._template = template
+        self._compile = compile
+
+    @property
+    def template(self) -> Template:
+        """The compiled Jinja template."""
+        if self._template is None:
+            assert self._compile is not None
+            self._template = self._compile()
+        return self._template
 
 
-def _compile(env: ImmutableSandboxedEnvironment, source: str, name: str | None, filename: str | None) -> _Part:
-    """Parse and compile ``source`` as the environment's loader would; TemplateSyntaxError if it is invalid."""
-    ast = env.parse(source, name, filename)
-    autoescape = env.autoescape(name) if callable(env.autoescape) else bool(env.autoescape)
-    pieces = _pieces(ast, autoescape)
-    template = env.template_class.from_code(env, env.compile(ast, name, filename), env.make_globals(None), None)
-    return _Part(template, pieces)
+def _compile(
+    env: Callable[[], ImmutableSandboxedEnvironment], source: str, name: str | None, filename: str | None
+) -> _Part:
+    """The part for ``source``: plain ones without loading Jinja, the rest compiled in ``env()`` now
+    (TemplateSyntaxError if invalid)."""
+    # An HTML template escapes its values (sandbox.make_env); that stays Jinja's work
+    escaped = name is not None and name.lower().endswith(tuple(f".{ext}" for ext in ESCAPED_EXTENSIONS))
+    pieces = None if escaped else _plain_pieces(source)
+    if pieces is not None:
+        return _Part(pieces, None, lambda: _jinja().compile_text(env(), source, name, filename)[0])
+    template, pieces = _jinja().compile_text(env(), source, name, filename)
+    return _Part(pieces, template)
+
+
+def _jinja() -> Any:
+    """:mod:`mailops.sandbox`, imported when a template needs Jinja."""
+    from . import sandbox
+
+    return sandbox
+
+
+def _syntax_error() -> type[TemplateSyntaxError]:
+    """Jinja's TemplateSyntaxError, for an ``except`` clause (evaluated only when something was raised)."""
+    from jinja2 import TemplateSyntaxError
+
+    return TemplateSyntaxError
 
 
 @dataclass(frozen=True)
@@ -463,21 +323,28 @@ def load_template(templates_dir: Path, name: str) -> MessageTemplate:
             f"(or {HTML_FILE}: the text part is then generated from it)"
         )
 
-    # utf-8-sig: editors on Windows add a BOM, which would otherwise start the subject.
-    loader = FileSystemLoader(str(templates_dir), encoding="utf-8-sig")
-    env = _make_env(loader)
+    @functools.cache
+    def env() -> ImmutableSandboxedEnvironment:
+        from jinja2 import FileSystemLoader
+
+        # utf-8-sig: editors on Windows add a BOM, which would otherwise start the subject.
+        made: ImmutableSandboxedEnvironment = _jinja().make_env(
+            FileSystemLoader(str(templates_dir), encoding="utf-8-sig")
+        )
+        return made
 
     def compile_one(filename: str) -> _Part:
         source = f"{name}/{filename}"
         try:
-            # what env.get_template(source) does, keeping the parsed template to see if it is plain (_pieces)
-            text, path, _ = loader.get_source(env, source)
-            return _compile(env, text, source, path)
-        except TemplateSyntaxError as exc:
+            # read as Jinja's FileSystemLoader reads it (text mode: universal newlines; utf-8-sig drops a BOM)
+            with open(folder / filename, encoding="utf-8-sig") as handle:
+                text = handle.read()
+            return _compile(env, text, source, os.path.normpath(posixpath.join(str(templates_dir), name, filename)))
+        except _syntax_error() as exc:
             raise InputError(_syntax_message(exc, str(folder / filename))) from None
         except UnicodeDecodeError:
             raise InputError(f"{folder / filename}: not UTF-8 text; save the file as UTF-8") from None
-        except TemplateNotFound:  # removed between the check above and now
+        except FileNotFoundError:  # removed between the check above and now
             raise InputError(f"{folder}: template has no {filename}; create {folder / filename}") from None
         except OSError as exc:
             raise InputError(f"{folder / filename}: cannot read: {exc.strerror or exc}; check the file") from None
@@ -519,8 +386,8 @@ def _load_headers(folder: Path, name: str) -> tuple[HeaderSpec, ...]:
 
 def _compile_inline(text: str, source: str) -> _Part:
     try:
-        return _compile(_INLINE_ENV, text, None, None)
-    except TemplateSyntaxError as exc:
+        return _compile(_inline_env, text, None, None)
+    except _syntax_error() as exc:
         raise InputError(_syntax_message(exc, source)) from None
 
 
@@ -537,8 +404,17 @@ def inline_template(subject: str, body: str, *, body_source: str | None = None) 
     )
 
 
+def _inline_env() -> ImmutableSandboxedEnvironment:
+    """The environment of inline templates (--subject/--body, attachment paths), when one needs Jinja."""
+    env: ImmutableSandboxedEnvironment = _jinja().inline_env()
+    return env
+
+
 def _render_error(exc: Exception, *, where: str, source: str, from_data: bool) -> InputError:
     """Turn anything a template raised while rendering into one operator-facing line."""
+    from jinja2 import TemplateError, TemplateNotFound, TemplateSyntaxError, UndefinedError
+    from jinja2.exceptions import SecurityError
+
     prefix = f"{where}: template {source}"
     if isinstance(exc, SecurityError):
         return InputError(
@@ -700,7 +576,7 @@ def _generated_text(html: str, *, where: str, source: str) -> str:
 @functools.lru_cache(maxsize=256)
 def _cached_inline(text: str) -> _Part:
     # Bounded: per-row strings (attachment paths) repeat the same pattern, but a file may hold many distinct ones.
-    return _compile(_INLINE_ENV, text, None, None)
+    return _compile(_inline_env, text, None, None)
 
 
 def render_string(text: str, variables: Mapping[str, Any], *, where: str, source: str) -> str:
@@ -709,7 +585,7 @@ def render_string(text: str, variables: Mapping[str, Any], *, where: str, source
         return text
     try:
         compiled = _cached_inline(text)
-    except TemplateSyntaxError as exc:
+    except _syntax_error() as exc:
         raise InputError(
             f"{where}: template {source}: template syntax error: {(exc.message or '').rstrip('.')}; fix the value"
         ) from None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -11,7 +12,6 @@ from sqlalchemy.engine import Connection
 from . import health, quota, tables
 from .config import Config, Sender
 from .errors import UsageError
-from .store import insert_ignore
 from .wording import term
 
 ROUTE_STATE = tables.RouteState
@@ -68,18 +68,30 @@ def resolve(config: Config, route: str | None, sender: str | None) -> Plan:
     return Plan(route=name, candidates=tuple(keys), strategy=spec.strategy)
 
 
+_TURNS: dict[str, Any] = {}
+
+
+def turns_statement(dialect: str) -> Any:
+    """The statement that takes ``b_count`` turns of the route ``b_route`` and returns its counter after them:
+    an upsert (a route's first turns create its row), built once per dialect (SQLite and PostgreSQL)."""
+    stmt = _TURNS.get(dialect)
+    if stmt is None:
+        from sqlalchemy.dialects import postgresql, sqlite
+
+        values: Any = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(ROUTE_STATE)
+        values = values.values(route=sa.bindparam("b_route"), counter=sa.bindparam("b_count"))
+        stmt = _TURNS[dialect] = values.on_conflict_do_update(
+            index_elements=[ROUTE_STATE.c.route], set_={"counter": ROUTE_STATE.c.counter + values.excluded.counter}
+        ).returning(ROUTE_STATE.c.counter)
+    return stmt
+
+
 def take_turns(conn: Connection, route_key: str, count: int) -> int:
     """Reserve ``count`` consecutive round-robin turns of a route in one statement; returns the first.
 
     One write per claimed chunk instead of one per message; turns stay shared by every process.
     """
-    insert_ignore(conn, ROUTE_STATE, {"route": route_key, "counter": 0})
-    last: int = conn.execute(
-        sa.update(ROUTE_STATE)
-        .where(ROUTE_STATE.c.route == route_key)
-        .values(counter=ROUTE_STATE.c.counter + count)
-        .returning(ROUTE_STATE.c.counter)
-    ).scalar_one()
+    last: int = conn.execute(turns_statement(conn.dialect.name), {"b_route": route_key, "b_count": count}).scalar_one()
     return last - count
 
 

@@ -88,6 +88,17 @@ def remove(conn: Connection, addresses: Iterable[str]) -> int:
     return removed
 
 
+#: PostgreSQL: the entries of an array of stored forms (``b_keys``), in one statement whatever their number
+LOOKUP_ANY = sa.select(Suppression.c.address, Suppression.c.reason, Suppression.c.source).where(
+    Suppression.c.address == sa.any_(sa.bindparam("b_keys", type_=sa.ARRAY(sa.String)))
+)
+
+
+def reasons(rows: Iterable[Any]) -> dict[str, str]:
+    """``(address, reason, source)`` rows as :func:`lookup` returns them: address -> reason (or source)."""
+    return {address: reason or source for address, reason, source in rows}
+
+
 def lookup(conn: Connection, addresses: Iterable[str]) -> dict[str, str]:
     """The listed ones of ``addresses`` (stored form) mapped to their reason (or their source when none)."""
     keys = list(dict.fromkeys(key(a) for a in addresses))

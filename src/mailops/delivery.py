@@ -32,7 +32,7 @@ from .compose import format_date, stamp_date
 from .config import Config, Sender
 from .errors import SecretError
 from .groupcommit import GroupCommit
-from .outbox import INSERT_ATTEMPT, MARK_SENT, Bodies, Outbox, QueuedMessage, retry_delay
+from .outbox import INSERT_ATTEMPT, MARK_SENT, Bodies, ClaimReads, Outbox, QueuedMessage, retry_delay
 from .store import Store
 from .transport import SendResult, SmtpFailure, SmtpSession
 
@@ -575,6 +575,8 @@ class Deliverer:
         exhausted_claims = False
         self._leases = _LeaseKeeper(self)
         self._leases.start()
+        # the dispatcher's claims on a connection of their own (no pool checkout nor ping per claim)
+        claims = self.store.engine.connect()
         try:
             while True:
                 try:
@@ -583,16 +585,14 @@ class Deliverer:
                         want = max_in_flight - len(in_flight)
                         if limit is not None:
                             want = min(want, limit - claimed_total)
-                        jobs: list[_Job] = []
-
-                        def take_turns(conn: Any, batch: list[QueuedMessage], jobs: list[_Job] = jobs) -> None:
-                            jobs[:] = [_Job(msg) for msg in batch]
-                            self._take_turns(conn, jobs)
-                            self._leave_out_suppressed(conn, jobs)
-
-                        self.outbox.claim(
-                            self.worker_id, self.clock(), want, run_id=run_id, batch=batch, then=take_turns
+                        # the turns and the suppression entries come with the claim (one transaction)
+                        reads = ClaimReads(turns=self._turns_wanted)
+                        claimed = self.outbox.claim(
+                            self.worker_id, self.clock(), want, run_id, batch, reads=reads, conn=claims
                         )
+                        jobs = [_Job(msg) for msg in claimed]
+                        self._take_turns(jobs, reads.first_turns)
+                        self._leave_out_suppressed(jobs, reads.listed)
                         self._leases.hold([job.msg.id for job in jobs])
                         if len(jobs) < want:
                             exhausted_claims = True
@@ -619,6 +619,7 @@ class Deliverer:
             try:
                 self._shutdown()
             finally:
+                claims.close()
                 self._leases.stop()  # after the workers: a message still with a server stays renewed
                 self.writer.close()
         if self.stop_event.is_set():
@@ -703,26 +704,38 @@ class Deliverer:
         route = self.config.routes.get(msg.route or "")
         return route.strategy if route else msg.strategy
 
-    def _take_turns(self, conn: Any, jobs: list[_Job]) -> None:
-        """Give every round-robin job of a claimed chunk its turn (in the claim's transaction)."""
-        groups: dict[str, list[_Job]] = {}
-        for job in jobs:
-            if self._strategy(job.msg) == "round-robin" and len(job.msg.candidates) > 1:
-                groups.setdefault(routing.turn_key(job.msg.route, job.msg.candidates), []).append(job)
-        for key, members in groups.items():
-            first = routing.take_turns(conn, key, len(members))
-            for offset, job in enumerate(members):
-                job.turn = first + offset
+    def _turn_keys(self, messages: list[QueuedMessage]) -> list[str | None]:
+        """Per message: the shared counter it takes its round-robin turn from, or None (not round-robin)."""
+        return [
+            routing.turn_key(msg.route, msg.candidates)
+            if len(msg.candidates) > 1 and self._strategy(msg) == "round-robin"
+            else None
+            for msg in messages
+        ]
 
-    def _leave_out_suppressed(self, conn: Any, jobs: list[_Job]) -> None:
-        """Leave out recipients put on the suppression list since their message was queued (one query per claim,
-        in its transaction), each with a ``skipped`` log row; not for messages queued with --include-suppressed."""
-        wanted = [r for job in jobs if not job.msg.include_suppressed for r in job.msg.pending_recipients]
-        if not wanted:
+    def _turns_wanted(self, messages: list[QueuedMessage]) -> dict[str, int]:
+        """How many turns a claimed chunk takes of each round-robin counter (taken in the claim's transaction)."""
+        return dict(Counter(key for key in self._turn_keys(messages) if key is not None))
+
+    def _take_turns(self, jobs: list[_Job], first_turns: dict[str, int]) -> None:
+        """Give every round-robin job of a claimed chunk its turn: consecutive from the first one taken, in
+        claim order."""
+        if not first_turns:
             return
-        listed = suppress.lookup(conn, wanted)
+        following = dict(first_turns)
+        for job, key in zip(jobs, self._turn_keys([job.msg for job in jobs]), strict=True):
+            if key is not None:
+                job.turn = following[key]
+                following[key] += 1
+
+    def _leave_out_suppressed(self, jobs: list[_Job], listed: dict[str, str]) -> None:
+        """Leave out recipients put on the suppression list since their message was queued (``listed``: the
+        entries read with the claim), each with a ``skipped`` log row; not for messages queued with
+        --include-suppressed. The log rows go in a transaction of their own, before any of these messages
+        is handed to a worker."""
         if not listed:
             return
+        rows = []
         for job in jobs:
             msg = job.msg
             if msg.include_suppressed:
@@ -732,7 +745,10 @@ class Deliverer:
                 if reason is not None:
                     msg.recipient_status[rcpt] = f"suppressed: {reason}"
                     detail = f"on the suppression list since the message was queued: {reason}"
-                    self.outbox.log(conn, self._attempt_row(msg, None, "skipped", recipients=rcpt, detail=detail))
+                    rows.append(self._attempt_row(msg, None, "skipped", recipients=rcpt, detail=detail))
+        if rows:
+            with self.store.write() as conn:
+                self.outbox.log(conn, rows)
 
     def _order(self, job: _Job) -> None:
         msg = job.msg

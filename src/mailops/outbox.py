@@ -12,6 +12,7 @@ same Message-ID).
 from __future__ import annotations
 
 import builtins  # Outbox.list shadows list in the class body's annotations
+import functools
 import json
 import threading
 import time
@@ -24,7 +25,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from . import tables
+from . import routing, suppress, tables
 from .compose import Splice, splice
 from .config import DeliveryPolicy
 from .states import CANCELLED, DEFERRED, DUE_STATES, FAILED, QUEUED, SENDING, SENT, STAGED
@@ -119,29 +120,52 @@ class QueuedMessage:
     include_suppressed: bool = False  # queued with --include-suppressed: delivery leaves no recipient out
 
     @classmethod
-    def from_row(cls, row: Any) -> QueuedMessage:
-        """Build from a ``messages`` row mapping."""
+    def from_row(cls, row: Sequence[Any]) -> QueuedMessage:
+        """Build from a claim's row: the values of :data:`CLAIM_COLUMNS`, in that order (a SQLAlchemy row or
+        the driver's tuple)."""
+        (
+            id_,
+            run_id,
+            batch,
+            route,
+            strategy,
+            candidates,
+            nominal_sender,
+            envelope_from,
+            recipients,
+            subject,
+            template,
+            message_id,
+            mime,
+            attempts,
+            created_at,
+            first_attempt_at,
+            recipient_status,
+            keep_date,
+            parts,
+            include_suppressed,
+        ) = row
         return cls(
-            id=row.id,
-            run_id=row.run_id,
-            batch=row.batch,
-            route=row.route,
-            strategy=row.strategy,
-            candidates=json.loads(row.candidates),
-            nominal_sender=row.nominal_sender,
-            envelope_from=row.envelope_from,
-            recipients=json.loads(row.recipients),
-            subject=row.subject,
-            template=row.template,
-            message_id=row.message_id,
-            mime=bytes(row.mime),
-            attempts=row.attempts,
-            created_at=row.created_at,
-            first_attempt_at=row.first_attempt_at,
-            recipient_status=json.loads(row.recipient_status or "{}"),
-            keep_date=bool(row.keep_date),
-            parts=[(int(offset), str(digest)) for offset, digest in json.loads(row.parts)] if row.parts else [],
-            include_suppressed=bool(row.include_suppressed),
+            id_,
+            run_id,
+            batch,
+            route,
+            strategy,
+            _loads(candidates),
+            nominal_sender,
+            envelope_from,
+            json.loads(recipients),
+            subject,
+            template,
+            message_id,
+            mime if type(mime) is bytes else bytes(mime),
+            attempts,
+            created_at,
+            first_attempt_at,
+            json.loads(recipient_status) if recipient_status else {},
+            bool(keep_date),
+            [(int(offset), str(digest)) for offset, digest in json.loads(parts)] if parts else [],
+            bool(include_suppressed),
         )
 
     @property
@@ -150,7 +174,18 @@ class QueuedMessage:
         return [r for r in self.recipients if r not in self.recipient_status]
 
 
-_CLAIM_COLUMNS = [
+@functools.lru_cache(maxsize=64)
+def _parsed(text: str) -> tuple[str, ...]:
+    return tuple(json.loads(text))
+
+
+def _loads(text: str) -> list[str]:
+    """A JSON list of strings, parsed once per distinct text (a run's messages share their candidates)."""
+    return list(_parsed(text))
+
+
+#: the columns a claim returns, in the order :meth:`QueuedMessage.from_row` takes them
+CLAIM_COLUMNS = [
     MESSAGES.c[name]
     for name in [
         "id",
@@ -186,7 +221,10 @@ def _claim_statement(by_run: bool, by_batch: bool) -> Any:
     stmt = _CLAIMS.get((by_run, by_batch))
     if stmt is None:
         now = sa.bindparam("b_now", type_=sa.Float)
-        due = (MESSAGES.c.state.in_(DUE_STATES) & (MESSAGES.c.due_at <= now)) | (
+        # the states written out (constants), not an expanding parameter: the statement also runs as plain SQL
+        # in a psycopg pipeline (:meth:`Outbox.claim`), where nothing expands it
+        waiting = MESSAGES.c.state.in_([sa.literal_column(f"'{state}'") for state in DUE_STATES])
+        due = (waiting & (MESSAGES.c.due_at <= now)) | (
             (MESSAGES.c.state == SENDING)
             & (MESSAGES.c.lease_until < now)
             & sa.or_(MESSAGES.c.claimed_by.is_(None), MESSAGES.c.claimed_by != sa.bindparam("b_worker"))
@@ -207,9 +245,42 @@ def _claim_statement(by_run: bool, by_batch: bool) -> Any:
                 lease_until=sa.bindparam("b_lease_until", type_=sa.Float),
                 updated_at=now,
             )
-            .returning(*_CLAIM_COLUMNS)
+            .returning(*CLAIM_COLUMNS)
         )
     return stmt
+
+
+def _first(row: Sequence[Any]) -> Any:
+    return row[0]
+
+
+def _one(conn: Connection, stmt: Any, params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """``stmt`` with ``params`` as psycopg runs it in a pipeline (see :mod:`mailops.pgpipeline`)."""
+    from . import hotsql
+
+    sql, (bound,) = hotsql.rows(conn, stmt, [params])
+    return sql, bound
+
+
+@dataclass
+class ClaimReads:
+    """What delivery reads and takes in a claim's transaction besides the messages (see :meth:`Outbox.claim`)."""
+
+    #: round-robin turns to take for the claimed messages: turn key -> how many
+    turns: Callable[[builtins.list[QueuedMessage]], dict[str, int]]
+    #: out: the suppression entries (stored form -> reason) of the claimed messages' pending recipients
+    listed: dict[str, str] = field(default_factory=dict)
+    #: out: the first of the turns taken, per turn key
+    first_turns: dict[str, int] = field(default_factory=dict)
+
+    @staticmethod
+    def wanted(messages: builtins.list[QueuedMessage]) -> builtins.list[str]:
+        """The stored forms to look up: the pending recipients of messages not queued with --include-suppressed."""
+        return list(
+            dict.fromkeys(
+                suppress.key(rcpt) for msg in messages if not msg.include_suppressed for rcpt in msg.pending_recipients
+            )
+        )
 
 
 class Bodies:
@@ -534,16 +605,25 @@ class Outbox:
         now: float,
         limit: int,
         run_id: str | None = None,
-        then: Callable[[Connection, list[QueuedMessage]], None] | None = None,
         batch: str | None = None,
+        *,
+        reads: ClaimReads | None = None,
+        conn: Connection | None = None,
     ) -> list[QueuedMessage]:
         """Atomically take up to ``limit`` due messages (or another worker's whose lease expired) for ``worker``,
-        only of one run or one batch when given.
+        only of one run or one batch when given; returned in id order.
 
         A worker never takes back its own claims: they are in its hands (perhaps
         with a server right now) however late their renewal is.
-        ``then(conn, messages)`` runs in the same transaction (one write lock instead of two).
+
+        ``reads`` (delivery's) asks the same transaction for the suppression entries of the claimed messages'
+        pending recipients (not of those queued with --include-suppressed) and for round-robin turns; on
+        PostgreSQL the whole claim is then two round trips: ``BEGIN`` and the claim, then the lookup, the
+        turns and ``COMMIT``. ``conn``: a connection the caller keeps across claims (see
+        :meth:`Store.write_on`), else one from the pool.
         """
+        from . import pgpipeline
+
         params: dict[str, Any] = {
             "b_now": now,
             "b_worker": worker,
@@ -552,15 +632,45 @@ class Outbox:
             "b_run_id": run_id,
             "b_batch": batch,
         }
-        with self.store.write() as conn:
-            rows = sorted(
-                conn.execute(_claim_statement(run_id is not None, batch is not None), params),
-                key=lambda r: r.id,
-            )
-            messages = [QueuedMessage.from_row(r) for r in rows]
-            if then is not None:
-                then(conn, messages)
+        stmt = _claim_statement(run_id is not None, batch is not None)
+        with self.store.write_on(conn) if conn is not None else self.store.write() as db:
+            if db.dialect.name == "postgresql" and pgpipeline.supported():
+                with pgpipeline.transaction(db) as tx:
+                    (rows,) = tx.begin([_one(db, stmt, params)])
+                    messages = self._claimed(rows)
+                    self._reads_pipelined(db, tx, messages, reads)
+            else:
+                messages = self._claimed(db.execute(stmt, params).all())
+                if reads is not None:
+                    wanted = reads.wanted(messages)
+                    reads.listed = suppress.lookup(db, wanted) if wanted else {}
+                    reads.first_turns = {
+                        key: routing.take_turns(db, key, count) for key, count in reads.turns(messages).items()
+                    }
         return messages
+
+    @staticmethod
+    def _claimed(rows: Iterable[Sequence[Any]]) -> builtins.list[QueuedMessage]:
+        return [QueuedMessage.from_row(row) for row in sorted(rows, key=_first)]
+
+    @staticmethod
+    def _reads_pipelined(
+        db: Connection, tx: Any, messages: builtins.list[QueuedMessage], reads: ClaimReads | None
+    ) -> None:
+        """The second round trip of a claim on PostgreSQL: the suppression lookup and the turns, and ``COMMIT``."""
+
+        statements = []
+        wanted = reads.wanted(messages) if reads is not None else []
+        if wanted:
+            statements.append(_one(db, suppress.LOOKUP_ANY, {"b_keys": wanted}))
+        counts = reads.turns(messages) if reads is not None else {}
+        turns = routing.turns_statement(db.dialect.name)
+        statements += [_one(db, turns, {"b_route": key, "b_count": n}) for key, n in counts.items()]
+        replies = tx.run(statements, [], commit=True)
+        if reads is not None:
+            reads.listed = suppress.reasons(replies[0]) if wanted else {}
+            last = replies[1:] if wanted else replies
+            reads.first_turns = {key: rows[0][0] - n for (key, n), rows in zip(counts.items(), last, strict=True)}
 
     def renew(self, worker: str, ids: list[int], now: float) -> None:
         """Extend the lease of messages this worker still holds."""

@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from mailops import routing, suppress
+from mailops import groupcommit, routing, suppress
 from mailops.config import DeliveryPolicy
-from mailops.outbox import MESSAGES, ClaimReads, Outbox, QueuedMessage
+from mailops.errors import StoreError
+from mailops.outbox import MESSAGES, ClaimReads, KeptConnection, Outbox, QueuedMessage
 from mailops.store import Store
 
 NOW = 1_764_590_400.5
@@ -71,18 +72,21 @@ def outbox(database_url: str) -> Iterator[Outbox]:
 
 
 def test_a_claim_brings_its_turns_and_its_recipients_suppression_entries(outbox: Outbox) -> None:
-    with outbox.store.engine.connect() as kept:
+    kept = KeptConnection(outbox.store)
+    try:
         first = ClaimReads(turns=_turns)
-        claimed = outbox.claim("w1", NOW + 1, 6, reads=first, conn=kept)
+        claimed = outbox.claim("w1", NOW + 1, 6, reads=first, kept=kept)
         assert [msg.subject for msg in claimed] == [f"message {i}" for i in range(6)]  # id order
         assert first.first_turns == {"pool": 10, "a+c": 0}
         assert first.listed == {"u3@example.org": "bounced", "gone@example.org": "bounced"}
         second = ClaimReads(turns=_turns)
-        claimed = outbox.claim("w1", NOW + 1, 10, reads=second, conn=kept)
+        claimed = outbox.claim("w1", NOW + 1, 10, reads=second, kept=kept)
         assert [msg.subject for msg in claimed] == ["message 6", "message 7", "message 8"]
         # message 8 was queued with --include-suppressed: its recipient is not looked up
         assert second.first_turns == {"a+c": 1, "pool": 15} and second.listed == {"gone@example.org": "bounced"}
-        assert outbox.claim("w2", NOW + 1, 10, reads=ClaimReads(turns=_turns), conn=kept) == []
+        assert outbox.claim("w2", NOW + 1, 10, reads=ClaimReads(turns=_turns), kept=kept) == []
+    finally:
+        kept.close()
     with outbox.store.read() as conn:
         counters = dict(conn.execute(sa.select(routing.ROUTE_STATE.c.route, routing.ROUTE_STATE.c.counter)).all())
         states = set(conn.execute(sa.select(MESSAGES.c.state, MESSAGES.c.claimed_by)).all())
@@ -149,27 +153,58 @@ def _round_trips() -> Iterator[list[str]]:
         psycopg.Connection.wait = original  # type: ignore[method-assign]
 
 
-def test_a_claim_on_postgresql_is_two_round_trips(pg_url: str) -> None:
+def test_a_claim_on_postgresql_is_two_round_trips(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(groupcommit, "KEEP_IDLE_CONNECTION", 3600.0)  # however slow the machine: no new checkout
     store = Store.open(pg_url)
     box = Outbox(store, DeliveryPolicy(lease=60))
     box.stage([_row(i, candidates=["a", "b"], route=f"r{i % 3}", to=[f"u{i}@example.org"]) for i in range(9)])
     box.promote("run", NOW)
     with store.write() as conn:
         suppress.add(conn, ["u4@example.org"], reason="bounced", source="bounce", now=NOW)
-    with store.engine.connect() as kept:
-        box.claim("w0", NOW - 10, 1, reads=ClaimReads(turns=_turns), conn=kept)  # nothing due yet: a warm-up
+    kept = KeptConnection(store)
+    try:
+        box.claim("w0", NOW - 10, 1, reads=ClaimReads(turns=_turns), kept=kept)  # nothing due yet: a warm-up
         reads = ClaimReads(turns=_turns)
         with _round_trips() as trips:
-            claimed = box.claim("w1", NOW + 1, 9, reads=reads, conn=kept)
+            claimed = box.claim("w1", NOW + 1, 9, reads=reads, kept=kept)
         assert len(claimed) == 9 and reads.listed == {"u4@example.org": "bounced"}
         assert reads.first_turns == {"r0": 0, "r1": 0, "r2": 0}
         assert len(trips) == 2, trips
         # the connection is back in its normal mode: SQLAlchemy's next transaction is its own
-        with store.write_on(kept) as conn:
+        with kept.write() as conn:
             driver: Any = conn.connection.driver_connection
             assert driver.autocommit is False
             conn.execute(sa.update(MESSAGES).values(state="queued"))
         with _round_trips() as trips:
-            assert box.claim("w2", NOW + 1, 100, conn=kept) != []
+            assert box.claim("w2", NOW + 1, 100, kept=kept) != []
         assert len(trips) == 2, trips
+    finally:
+        kept.close()
+    store.close()
+
+
+@pytest.mark.parametrize("idle", [True, False])
+def test_a_kept_connection_the_server_dropped_is_replaced(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch, idle: bool
+) -> None:
+    """Idle too long, the kept connection goes back to the pool (which checks the next one); one that failed a
+    claim is dropped, and the next claim runs on a working one."""
+    monkeypatch.setattr(groupcommit, "KEEP_IDLE_CONNECTION", 0.0 if idle else 3600.0)
+    store = Store.open(pg_url)
+    box = Outbox(store, DeliveryPolicy(lease=60))
+    box.stage([_row(i, candidates=["a"], route=None, to=[f"u{i}@example.org"]) for i in range(3)])
+    box.promote("run", NOW)
+    kept = KeptConnection(store)
+    try:
+        assert len(box.claim("w1", NOW + 1, 1, kept=kept)) == 1
+        with kept.write() as conn:
+            pid = conn.execute(sa.select(sa.func.pg_backend_pid())).scalar_one()
+        with store.write() as conn:
+            conn.execute(sa.select(sa.func.pg_terminate_backend(pid)))
+        if not idle:
+            with pytest.raises((StoreError, sa.exc.DBAPIError)):
+                box.claim("w1", NOW + 1, 1, kept=kept)
+        assert len(box.claim("w1", NOW + 1, 1, kept=kept)) == 1
+    finally:
+        kept.close()
     store.close()

@@ -32,7 +32,16 @@ from .compose import format_date, stamp_date
 from .config import Config, Sender
 from .errors import SecretError
 from .groupcommit import GroupCommit
-from .outbox import INSERT_ATTEMPT, MARK_SENT, Bodies, ClaimReads, Outbox, QueuedMessage, retry_delay
+from .outbox import (
+    INSERT_ATTEMPT,
+    MARK_SENT,
+    Bodies,
+    ClaimReads,
+    KeptConnection,
+    Outbox,
+    QueuedMessage,
+    retry_delay,
+)
 from .store import Store
 from .transport import SendResult, SmtpFailure, SmtpSession
 
@@ -575,8 +584,7 @@ class Deliverer:
         exhausted_claims = False
         self._leases = _LeaseKeeper(self)
         self._leases.start()
-        # the dispatcher's claims on a connection of their own (no pool checkout nor ping per claim)
-        claims = self.store.engine.connect()
+        claims = KeptConnection(self.store)  # the dispatcher's claims on a connection of their own
         try:
             while True:
                 try:
@@ -588,7 +596,7 @@ class Deliverer:
                         # the turns and the suppression entries come with the claim (one transaction)
                         reads = ClaimReads(turns=self._turns_wanted)
                         claimed = self.outbox.claim(
-                            self.worker_id, self.clock(), want, run_id, batch, reads=reads, conn=claims
+                            self.worker_id, self.clock(), want, run_id, batch, reads=reads, kept=claims
                         )
                         jobs = [_Job(msg) for msg in claimed]
                         self._take_turns(jobs, reads.first_turns)

@@ -12,13 +12,15 @@ same Message-ID).
 from __future__ import annotations
 
 import builtins  # Outbox.list shadows list in the class body's annotations
+import contextlib
 import functools
 import json
 import threading
 import time
 import weakref
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -281,6 +283,49 @@ class ClaimReads:
                 suppress.key(rcpt) for msg in messages if not msg.include_suppressed for rcpt in msg.pending_recipients
             )
         )
+
+
+class KeptConnection:
+    """A connection kept across a dispatcher's claims: no pool checkout, and on PostgreSQL no ping, per claim.
+
+    As the group transactions' (:mod:`mailops.groupcommit`): after ``KEEP_IDLE_CONNECTION`` seconds idle, or
+    after any failure, it goes back to the pool, which checks the next one (the server may have dropped an
+    idle connection).
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._conn: Connection | None = None
+        self._used_at = 0.0
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        """:meth:`Store.write` on the kept connection."""
+        from .groupcommit import KEEP_IDLE_CONNECTION
+
+        if self._conn is not None and time.monotonic() - self._used_at > KEEP_IDLE_CONNECTION:
+            self.close()
+        if self._conn is None:
+            try:
+                self._conn = self.store.engine.connect()
+            except sa.exc.DBAPIError:
+                with self.store.write() as conn:  # the store's own one-line error, or a connection after all
+                    yield conn
+                return
+        try:
+            with self.store.write_on(self._conn) as conn:
+                yield conn
+        except BaseException:
+            self.close()  # whatever broke, the next claim starts on a checked connection
+            raise
+        self._used_at = time.monotonic()
+
+    def close(self) -> None:
+        """Give the connection back to the pool."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):  # a broken connection may fail to close: it is gone either way
+                conn.close()
 
 
 class Bodies:
@@ -608,7 +653,7 @@ class Outbox:
         batch: str | None = None,
         *,
         reads: ClaimReads | None = None,
-        conn: Connection | None = None,
+        kept: KeptConnection | None = None,
     ) -> list[QueuedMessage]:
         """Atomically take up to ``limit`` due messages (or another worker's whose lease expired) for ``worker``,
         only of one run or one batch when given; returned in id order.
@@ -619,8 +664,7 @@ class Outbox:
         ``reads`` (delivery's) asks the same transaction for the suppression entries of the claimed messages'
         pending recipients (not of those queued with --include-suppressed) and for round-robin turns; on
         PostgreSQL the whole claim is then two round trips: ``BEGIN`` and the claim, then the lookup, the
-        turns and ``COMMIT``. ``conn``: a connection the caller keeps across claims (see
-        :meth:`Store.write_on`), else one from the pool.
+        turns and ``COMMIT``. ``kept``: the caller's connection for its claims, else one from the pool.
         """
         from . import pgpipeline
 
@@ -633,7 +677,7 @@ class Outbox:
             "b_batch": batch,
         }
         stmt = _claim_statement(run_id is not None, batch is not None)
-        with self.store.write_on(conn) if conn is not None else self.store.write() as db:
+        with kept.write() if kept is not None else self.store.write() as db:
             if db.dialect.name == "postgresql" and pgpipeline.supported():
                 with pgpipeline.transaction(db) as tx:
                     (rows,) = tx.begin([_one(db, stmt, params)])

@@ -22,6 +22,7 @@ from mailops.counters import period_keys
 from mailops.delivery import _Batch, _GroupWrites, _Job, _Result, _Write
 from mailops.errors import StoreError
 from mailops.store import Store
+from tests.test_pgpipeline import _create_rows as _create_counters
 
 UTC = ZoneInfo("UTC")
 NOW = 1_800_000_000.0
@@ -93,18 +94,6 @@ def _counts(store: Store) -> dict[str, int]:
     with store.read() as conn:
         rows = conn.execute(sa.select(tables.Usage.c.period, tables.Usage.c.count).where(tables.Usage.c.sender == "s"))
         return {period.split(":")[0]: count for period, count in rows}
-
-
-def _create_counters(store: Store, day: int, month: int) -> None:
-    keys = period_keys(NOW, UTC)
-    with store.write() as conn:
-        conn.execute(
-            sa.insert(tables.Usage),
-            [
-                {"sender": "s", "period": keys["day"], "count": day},
-                {"sender": "s", "period": keys["month"], "count": month},
-            ],
-        )
 
 
 def _log_and_state(store: Store, msg_id: int) -> tuple[list[str], str]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
@@ -113,11 +114,34 @@ _GIVE_BACK = (
 )
 
 
-def _take(conn: Connection, sender: str, period: str, limit: int | None, units: int = 1) -> bool:
+def _increment(sender: str, period: str, limit: int | None, units: int) -> tuple[Any, dict[str, object]]:
+    """The conditional UPDATE that takes ``units`` from a counter (below ``limit`` when there is one) and its
+    parameters."""
     params: dict[str, object] = {"b_sender": sender, "b_period": period, "b_units": units}
-    stmt = _INCREMENT
-    if limit is not None:
-        stmt, params["b_room"] = _INCREMENT_BELOW, limit - units
+    if limit is None:
+        return _INCREMENT, params
+    params["b_room"] = limit - units
+    return _INCREMENT_BELOW, params
+
+
+def _needs(sender: Sender, recipients: list[int]) -> list[tuple[str, int | None, int]]:
+    """(kind, limit, the units all messages of ``recipients`` take) of each counter ``sender`` counts, in the
+    order they are taken (minute counters only when limited)."""
+    return [
+        (kind, limit, sum(units(sender, count, kind) for count in recipients))
+        for kind, limit, _label in _limits(sender)
+        if not (kind == "minute" and limit is None)
+    ]
+
+
+def _held(sender: Sender, keys: dict[str, str], kinds: list[str], recipients: list[int]) -> list[Reservation]:
+    """One reservation per message of ``recipients``, of the ``kinds`` counters taken for all of them."""
+    periods = tuple(keys[k] for k in kinds)
+    return [Reservation(sender.key, periods, tuple(units(sender, count, k) for k in kinds)) for count in recipients]
+
+
+def _take(conn: Connection, sender: str, period: str, limit: int | None, units: int = 1) -> bool:
+    stmt, params = _increment(sender, period, limit, units)
     if conn.execute(stmt, params).rowcount == 1:
         return True
     # First message of the period (no row yet), or the limit is reached: tell them apart.
@@ -211,20 +235,14 @@ def reserve_many(
         keys = _period_keys(now, tz)
         kinds: list[str] = []
         amounts: list[int] = []
-        for kind, limit, _label in _limits(sender):
-            if kind == "minute" and limit is None:
-                continue
-            need = sum(units(sender, count, kind) for count in recipients)
+        for kind, limit, need in _needs(sender, recipients):
             if not _take(conn, sender.key, keys[kind], limit, need):
                 _give_back(conn, sender.key, [keys[k] for k in kinds], tuple(amounts))
                 break
             kinds.append(kind)
             amounts.append(need)
         else:
-            periods = tuple(keys[k] for k in kinds)
-            return [
-                Reservation(sender.key, periods, tuple(units(sender, count, k) for k in kinds)) for count in recipients
-            ]
+            return [*_held(sender, keys, kinds, recipients)]
     return [reserve(conn, sender, tz, now, count) for count in recipients]
 
 
@@ -246,10 +264,7 @@ def take_all(
     params: dict[str, object] = {"q_sender": sender.key}
     values: list[str] = []
     kinds: list[str] = []
-    for kind, limit, _label in _limits(sender):
-        if kind == "minute" and limit is None:
-            continue
-        need = sum(units(sender, count, kind) for count in recipients)
+    for kind, limit, need in _needs(sender, recipients):
         n = len(kinds)
         params.update({f"q_p{n}": keys[kind], f"q_u{n}": need, f"q_r{n}": None if limit is None else limit - need})
         values.append(f"(%(q_p{n})s::text, %(q_u{n})s::integer, %(q_r{n})s::integer)")
@@ -266,9 +281,7 @@ def take_all(
         "WHERE w.room IS NULL OR locked.count <= w.room) = %(q_n)s::integer "
         "RETURNING usage.period"
     )
-    periods = tuple(keys[k] for k in kinds)
-    held = [Reservation(sender.key, periods, tuple(units(sender, count, k) for k in kinds)) for count in recipients]
-    return sql, params, len(kinds), held
+    return sql, params, len(kinds), _held(sender, keys, kinds, recipients)
 
 
 def take_on_cursor(
@@ -293,14 +306,8 @@ def take_on_cursor(
     with hotsql.errors(conn):
         cur = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
         try:
-            for kind, limit, _label in _limits(sender):
-                if kind == "minute" and limit is None:
-                    continue
-                need = sum(units(sender, count, kind) for count in recipients)
-                params: dict[str, object] = {"b_sender": sender.key, "b_period": keys[kind], "b_units": need}
-                stmt = _INCREMENT
-                if limit is not None:
-                    stmt, params["b_room"] = _INCREMENT_BELOW, limit - need
+            for kind, limit, need in _needs(sender, recipients):
+                stmt, params = _increment(sender.key, keys[kind], limit, need)
                 sql, fixed = hotsql.compiled(conn, stmt)
                 cur.execute(sql, {**fixed, **params})
                 if cur.rowcount != 1:
@@ -312,8 +319,7 @@ def take_on_cursor(
                 kinds.append(kind)
         finally:
             cur.close()
-    periods = tuple(keys[k] for k in kinds)
-    return [Reservation(sender.key, periods, tuple(units(sender, count, k) for k in kinds)) for count in recipients]
+    return _held(sender, keys, kinds, recipients)
 
 
 def release(conn: Connection, reservation: Reservation) -> None:

@@ -50,8 +50,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Connection
+
+from . import hotsql
 
 
 @functools.cache  # asked at every group transaction; libpq's version does not change within a process
@@ -80,7 +81,7 @@ class Pipelined:
     ) -> list[list[tuple[Any, ...]]]:
         """In one round trip: ``BEGIN`` (unless the transaction is open already), ``statements``, each batch's
         statement once per row, and ``COMMIT`` if ``commit``; the rows each of ``statements`` returned."""
-        with self._errors():
+        with hotsql.errors(self.conn):
             begin = not self.open
             if begin:
                 self.pg.autocommit = True
@@ -108,7 +109,7 @@ class Pipelined:
 
     def commit(self) -> None:
         """``COMMIT`` on its own (after statements SQLAlchemy ran last)."""
-        with self._errors():
+        with hotsql.errors(self.conn):
             self.pg.execute("COMMIT")
             self.open = False
 
@@ -123,19 +124,6 @@ class Pipelined:
         except Exception:  # noqa: BLE001 - broken connection: it must not go back to the pool as it is
             with contextlib.suppress(Exception):
                 self.conn.invalidate()
-
-    @contextmanager
-    def _errors(self) -> Iterator[None]:
-        """psycopg's errors as SQLAlchemy's (as every other statement raises them), so the store's handling
-        of a database that fails (one line, group not split) applies."""
-        import psycopg
-
-        try:
-            yield
-        except psycopg.Error as exc:
-            raise sa.exc.DBAPIError.instance(
-                None, None, exc, psycopg.Error, connection_invalidated=bool(self.pg.closed)
-            ) from exc
 
 
 @contextmanager

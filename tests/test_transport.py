@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import threading
 import time
 import traceback
 from email.message import EmailMessage
@@ -510,13 +511,42 @@ def test_a_failing_while_waiting_abandons_the_message_before_the_server_has_it(s
     assert server.connections == 2
 
 
-def test_while_waiting_is_not_called_when_the_transaction_fails_first(smtp_server):
-    server = smtp_server()
+@pytest.mark.parametrize("pipelining", [True, False], ids=["pipelining", "one-by-one"])
+def test_while_waiting_runs_once_the_commands_are_out_with_pipelining_only(smtp_server, pipelining):
+    # With PIPELINING the callback runs while the server answers MAIL FROM, RCPT TO and DATA, so also when it
+    # then refuses them; one command at a time, a refusal comes before the data and the callback never runs.
+    server = smtp_server(pipelining=pipelining)
     server.rcpt_hook = lambda address: "550 5.1.1 no such user"
     calls = []
     with SmtpSession(make_sender(server), DEFAULT_PASSWORD) as session, pytest.raises(SmtpFailure):
         session.send(mime(), "sales@example.com", [RCPT], while_waiting=lambda: calls.append(1))
-    assert calls == []
+    assert calls == ([1] if pipelining else [])
+    assert server.messages == []
+
+
+def test_with_pipelining_while_waiting_runs_before_the_replies_to_the_commands_are_read(smtp_server):
+    # The server holds its reply to MAIL FROM until the callback has run: a client that read that reply
+    # first would wait out the hook and get the 451.
+    server = smtp_server(pipelining=True)
+    ran = threading.Event()
+    server.mail_hook = lambda address: None if ran.wait(10) else "451 4.3.0 the callback did not run first"
+    with SmtpSession(make_sender(server), DEFAULT_PASSWORD) as session:
+        result = session.send(mime(), "sales@example.com", [RCPT], while_waiting=ran.set)
+    assert (result.code, result.accepted) == (250, [RCPT])
+    assert len(server.messages) == 1
+
+
+def test_while_waiting_runs_once_when_a_dropped_idle_connection_is_reopened(smtp_server):
+    # The reconnect repeats the transaction, not the caller's bookkeeping.
+    server = smtp_server(pipelining=True)
+    calls = []
+    with SmtpSession(make_sender(server), DEFAULT_PASSWORD) as session:
+        session.send(mime(subject="first"), "sales@example.com", [RCPT])
+        assert server.drop_connections() == 1
+        session.send(mime(subject="second"), "sales@example.com", [RCPT], while_waiting=lambda: calls.append(1))
+    assert calls == [1]
+    assert [m.subject for m in server.messages] == ["first", "second"]
+    assert server.connections == 2
 
 
 def test_a_failing_while_waiting_drops_the_connection_and_the_next_send_reconnects(smtp_server):

@@ -340,8 +340,9 @@ class _GroupWrites:
 class _Worker(threading.Thread):
     """Sends jobs for one sender over one reused SMTP session.
 
-    Bookkeeping is pipelined with the SMTP traffic: while a message's data is
-    on its way to the server, the worker writes the previous message's outcome
+    Bookkeeping is pipelined with the SMTP traffic: while the server answers
+    a message's commands (with PIPELINING; else while its data is on its way),
+    the worker writes the previous message's outcome
     and reserves quota for the next queued message, in one write that goes
     into the run's next group transaction (:class:`_GroupWrites`) with what
     the other workers have ready. The worker waits until that write is
@@ -911,7 +912,7 @@ class Deliverer:
         """Reserve (unless ``reserved``), send and record one job on the worker's sender (in its thread).
 
         A success is not written here: it becomes the worker's pending outcome,
-        written while the next message is transferred (before its end of data) when that one already
+        written while the next message is under way (before its end of data) when that one already
         holds its quota, else at once; its result reaches the dispatcher from
         :meth:`_Worker.flush`, and None is returned.
         """

@@ -115,6 +115,27 @@ class _Retry(Exception):
         self.failure = failure
 
 
+class _BeforeEndOfData:
+    """The caller's ``while_waiting`` of one :meth:`SmtpSession.send`, run at most once (a reconnect repeats
+    the transaction, not the caller's bookkeeping); if it raises, the connection is dropped first."""
+
+    __slots__ = ("callback", "session")
+
+    def __init__(self, session: SmtpSession, callback: Callable[[], None] | None) -> None:
+        self.session = session
+        self.callback = callback
+
+    def __call__(self) -> None:
+        callback, self.callback = self.callback, None
+        if callback is None:
+            return
+        try:
+            callback()
+        except BaseException:
+            self.session._abort()  # the message is unfinished: dropping the connection abandons it
+            raise
+
+
 def _one_line(value: bytes | str | None) -> str:
     if value is None:
         return ""
@@ -579,13 +600,16 @@ class SmtpSession:
     ) -> SendResult:
         """Send one message; returns accepted and refused recipients, raises SmtpFailure if nothing was accepted.
 
-        ``while_waiting`` runs once the message data is out and before the
-        end of data (the final dot) is sent: the caller's bookkeeping of the
-        previous message overlaps this message's transfer, and is done before
-        the server may accept this one (so a crash leaves at most one accepted
-        message unrecorded). It is not called when the transaction fails
-        earlier. If it raises, the connection is dropped (the message is
-        abandoned, never accepted) and the exception propagates.
+        ``while_waiting`` runs once, before the end of data (the final dot)
+        is sent: the caller's bookkeeping of the previous message overlaps
+        this message's transaction, and is done before the server may accept
+        this one (so a crash leaves at most one accepted message unrecorded).
+        With PIPELINING it runs as soon as MAIL FROM, RCPT TO and DATA are
+        out, while the server answers them (so also when it then refuses
+        them); without, once the message data is out, and not when the
+        transaction fails before that. If it raises, the connection is
+        dropped (the message is abandoned, never accepted) and the exception
+        propagates.
         """
         if not rcpt_to:
             raise ValueError("send() needs at least one recipient")
@@ -593,6 +617,7 @@ class SmtpSession:
         # sends bytes as they are (a stray LF would end up in the body).
         mime = _crlf(mime)
         start = time.monotonic()
+        before_end = _BeforeEndOfData(self, while_waiting)
         if self._smtp is not None and self._sent_on_connection >= self.max_per_connection:
             # Providers limit messages per connection; rotate before they refuse us.
             self.close()
@@ -603,7 +628,7 @@ class SmtpSession:
             reused = self._sent_on_connection > 0
             self._sent_on_connection += 1
             try:
-                result = self._transaction(mime, mail_from, rcpt_to, reused, while_waiting)
+                result = self._transaction(mime, mail_from, rcpt_to, reused, before_end)
             except _Retry as retry:
                 self._abort()
                 if attempt == 2:
@@ -615,7 +640,7 @@ class SmtpSession:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _transaction(
-        self, mime: bytes, mail_from: str, rcpt_to: list[str], reused: bool, while_waiting: Callable[[], None] | None
+        self, mime: bytes, mail_from: str, rcpt_to: list[str], reused: bool, before_end: _BeforeEndOfData
     ) -> SendResult:
         smtp = self._smtp
         assert smtp is not None
@@ -632,6 +657,9 @@ class SmtpSession:
             # round trip per message.
             if pipelined:
                 self._send_pipeline(smtp, mail_from, rcpt_to, options)
+                # The caller's bookkeeping runs while the server answers (its replies wait in the socket):
+                # measured, a quarter more messages a second with one connection on SQLite and PostgreSQL.
+                before_end()
                 code, reply = smtp.getreply()
             else:
                 code, reply = smtp.mail(mail_from, options)
@@ -684,7 +712,7 @@ class SmtpSession:
             raise SmtpFailure("rcpt", kind, first_code, text, refused=refused)
 
         try:
-            code, reply = self._data(smtp, mime, while_waiting, pipelined)
+            code, reply = self._data(smtp, mime, before_end, pipelined)
         except smtplib.SMTPDataError as exc:
             # The server refused the DATA command itself; the payload never went out.
             self._reset(smtp)
@@ -730,11 +758,11 @@ class SmtpSession:
         self._reset(smtp)
 
     def _data(
-        self, smtp: smtplib.SMTP, mime: bytes, while_waiting: Callable[[], None] | None, pipelined: bool = False
+        self, smtp: smtplib.SMTP, mime: bytes, before_end: _BeforeEndOfData, pipelined: bool = False
     ) -> tuple[int, bytes]:
-        """DATA as ``smtplib.SMTP.data`` does it (``mime`` already has CRLF line ends), with ``while_waiting``
-        run between sending the message and sending its end of data. ``pipelined``: the DATA command went out
-        with MAIL FROM and RCPT TO, only its reply is to be read."""
+        """DATA as ``smtplib.SMTP.data`` does it (``mime`` already has CRLF line ends), with ``before_end`` run
+        (unless it ran already) between sending the message and sending its end of data. ``pipelined``: the
+        DATA command went out with MAIL FROM and RCPT TO, only its reply is to be read."""
         code, reply = smtp.getreply() if pipelined else smtp.docmd("data")
         if code != 354:
             raise smtplib.SMTPDataError(code, reply)
@@ -742,14 +770,9 @@ class SmtpSession:
         if not payload.endswith(b"\r\n"):
             payload += b"\r\n"
         smtp.send(payload)
-        if while_waiting is not None:
-            # Before the end of data, not after: until the server has the final dot it cannot deliver
-            # this message, so a crash while the caller records the previous outcome sends neither twice.
-            try:
-                while_waiting()
-            except BaseException:
-                self._abort()  # the message is unfinished: dropping the connection abandons it
-                raise
+        # Before the end of data, not after: until the server has the final dot it cannot deliver
+        # this message, so a crash while the caller records the previous outcome sends neither twice.
+        before_end()
         smtp.send(b".\r\n")
         return smtp.getreply()
 

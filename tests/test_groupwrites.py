@@ -200,6 +200,56 @@ def test_pg_a_group_of_plain_outcomes_is_one_round_trip(pg_store: Store, tmp_pat
     assert _counts(pg_store) == {"day": 3, "month": 3}
 
 
+class _Statements(_Waits):
+    """Also counts the statements the client sent (``Parse``/``Bind`` of the extended protocol, ``Query`` of
+    the simple one: a statement psycopg has prepared is bound without a new Parse)."""
+
+    def apply(self, store: Store, writes: list[_Write]) -> list[tuple[Any, Any]]:
+        try:
+            return super().apply(store, writes)
+        finally:
+            lines = self.path.read_text().splitlines()
+            self.sent = [line.split("\t")[3] for line in lines if "\tF\t" in line and "\tBind\t" in line]
+            self.sent += [line for line in lines if "\tF\t" in line and "\tQuery\t" in line]
+
+
+def test_pg_a_group_of_one_message_is_one_statement_without_begin_or_commit(pg_store: Store, tmp_path: Path) -> None:
+    _create_counters(pg_store, day=0, month=0)
+    sender = _sender(daily_limit=10, monthly_limit=100)
+    statements = _Statements(tmp_path)
+    trips = []
+    for _ in range(7):  # psycopg prepares a statement after its fifth run: the same one statement before and after
+        msg_id = _message(pg_store)
+        [(ahead, result)] = statements.apply(pg_store, [_Write(sender, _job(), _sent(msg_id), plain=True)])
+        assert len(statements.sent) == 1
+        trips.append(statements.count)
+        assert isinstance(ahead, quota.Reservation)
+        assert result.outcome == "sent"
+        assert _log_and_state(pg_store, msg_id)[1] == "sent"
+    assert sorted(trips) == [1] * 6 + [2]  # one round trip each, and once psycopg's own to prepare it
+    assert _counts(pg_store) == {"day": 7, "month": 7}
+    assert _log_and_state(pg_store, msg_id)[0] == ["sent"] * 7
+    # Two messages in a group: the five statements in one pipeline (one round trip, as before).
+    first, second = _message(pg_store), _message(pg_store)
+    statements.apply(
+        pg_store, [_Write(sender, _job(), _sent(first), plain=True), _Write(sender, None, _sent(second), plain=True)]
+    )
+    assert statements.count == 1
+    assert len(statements.sent) > 1
+    assert _counts(pg_store) == {"day": 8, "month": 8}
+
+
+def test_pg_a_one_statement_group_without_a_reservation_ahead_records_the_outcome(
+    pg_store: Store, tmp_path: Path
+) -> None:
+    msg_id = _message(pg_store)
+    statements = _Statements(tmp_path)
+    [(ahead, result)] = statements.apply(pg_store, [_Write(_sender(daily_limit=10), None, _sent(msg_id), plain=True)])
+    assert (statements.count, len(statements.sent)) == (1, 1)
+    assert (ahead, result.outcome) == (None, "sent")
+    assert _log_and_state(pg_store, msg_id) == (["sent"], "sent")
+
+
 @pytest.mark.parametrize("counters", ["full", "missing"])
 def test_pg_one_trip_reservation_that_does_not_fit_commits_the_outcomes_and_reserves_nothing(
     pg_store: Store, tmp_path: Path, counters: str

@@ -91,3 +91,45 @@ def test_a_failed_pipeline_rolls_back_and_gives_the_connection_back_in_its_norma
     assert _counts(store) == {"day": 1, "month": 1}  # the reservation went with the failed transaction
     with store.engine.connect() as conn:  # every pooled connection is back out of autocommit mode
         assert conn.connection.driver_connection.autocommit is False  # type: ignore[union-attr]
+
+
+# ------------------------------------------------------------------ one statement for a group of one message
+
+
+def test_one_statement_puts_every_part_in_a_cte_and_counts_the_returning_ones() -> None:
+    sql, params = pgpipeline.one_statement(  # type: ignore[misc]
+        [("UPDATE t SET n = n + 1 WHERE k = %(k)s RETURNING k", {"k": 1})],
+        [("INSERT INTO log (m) VALUES (%(m)s)", [{"m": "x"}]), ("UPDATE other SET x = 1", [])],
+    )
+    assert sql == (
+        "WITH w0 AS (UPDATE t SET n = n + 1 WHERE k = %(k)s RETURNING k), w1 AS (INSERT INTO log (m) VALUES (%(m)s)) "
+        "SELECT (SELECT count(*) FROM w0)"
+    )
+    assert params == {"k": 1, "m": "x"}
+
+
+@pytest.mark.parametrize(
+    "statements, batches",
+    [
+        ([], [("INSERT INTO log (m) VALUES (%(m)s)", [{"m": "x"}, {"m": "y"}])]),  # two rows: a pipeline
+        ([("UPDATE t SET n = %(v)s RETURNING n", {"v": 1})], [("INSERT INTO log (v) VALUES (%(v)s)", [{"v": 2}])]),
+        ([], [(f"INSERT INTO log (m) VALUES (%(m)s) -- {'x' * pgpipeline.MAX_STATEMENT_LENGTH}", [{"m": "x"}])]),
+        ([], [("INSERT INTO log VALUES (...)", [{f"p{n}": n for n in range(pgpipeline.MAX_STATEMENT_PARAMS + 1)}])]),
+    ],
+    ids=["two-rows", "a-name-with-two-values", "too-long-to-prepare", "too-many-parameters"],
+)
+def test_one_statement_declines_what_it_cannot_write_as_one(statements, batches) -> None:
+    assert pgpipeline.one_statement(statements, batches) is None
+
+
+def test_one_statement_runs_as_its_own_transaction_and_restores_the_connection_mode(store: Store) -> None:
+    _create_rows(store, day=0, month=0)
+    take = quota.take_all(_sender(daily_limit=10), UTC, NOW, [1, 2])
+    assert take is not None
+    single = pgpipeline.one_statement([(take[0], take[1])], [])
+    assert single is not None
+    with store.write() as conn, pgpipeline.transaction(conn) as tx:
+        assert tx.single(*single) == [take[2]]
+    assert _counts(store) == {"day": 2, "month": 2}  # two messages, each counted once
+    with store.engine.connect() as conn:
+        assert conn.connection.driver_connection.autocommit is False  # type: ignore[union-attr]

@@ -254,9 +254,9 @@ class _GroupWrites:
 
     def _one_trip(self, conn: Any, writes: list[_Write], tx: pgpipeline.Pipelined) -> list[tuple[_Ahead, Any]] | None:
         """PostgreSQL, every outcome plain: ``BEGIN``, each sender's all-or-nothing reservation, the log rows,
-        the sent updates and ``COMMIT`` in one round trip. A sender whose reservation does not fit gets none
-        (its worker reserves on its next turn). None (nothing done) when a sender cannot reserve in one
-        statement (paced): the group then takes the usual path."""
+        the sent updates and ``COMMIT`` in one round trip (a group of one message: one statement). A sender
+        whose reservation does not fit gets none (its worker reserves on its next turn). None (nothing done)
+        when a sender cannot reserve in one statement (paced): the group then takes the usual path."""
         d = self.d
         now = d.clock()
         takes = []
@@ -271,13 +271,18 @@ class _GroupWrites:
         statements = [(take[0], take[1]) for _, take in takes]
         # A sender's first success in a run also records its health (statements of their own): then the
         # transaction stays open for them and commits after (once per sender and run).
-        replies = tx.run(statements, self._batches(conn, batch), commit=not batch.healthy)
+        batches = self._batches(conn, batch)
+        single = None if batch.healthy else pgpipeline.one_statement(statements, batches)
+        if single is not None:
+            returned = tx.single(*single)  # a group of one message: one statement
+        else:
+            returned = [len(rows) for rows in tx.run(statements, batches, commit=not batch.healthy)]
         if batch.healthy:
             self._record_healthy(conn, batch, now)
             tx.commit()
         ahead: dict[int, _Ahead] = {}
-        for (group, take), rows in zip(takes, replies, strict=True):
-            if len(rows) == take[2]:
+        for (group, take), count in zip(takes, returned, strict=True):
+            if count == take[2]:
                 for (index, _), one in zip(group, take[3], strict=True):
                     ahead[index] = one
         return [(ahead.get(index), result) for index, result in enumerate(results)]

@@ -20,6 +20,19 @@ row yet) gets none: the outcomes still commit, and its worker reserves on
 its next turn as it does without reserving ahead (in a transaction of its
 own, which creates the row or says which limit blocks).
 
+A group of one message (the usual one when a sender has one connection:
+nobody else's write is waiting) is ONE statement, without ``BEGIN`` and
+``COMMIT`` (:func:`one_statement`, :meth:`Pipelined.single`): its
+reservation, log row and ``messages`` update as data-modifying CTEs of a
+statement run in autocommit mode, which is its own transaction. psycopg's
+pipeline mode costs client CPU per statement: measured, 0.08 ms per group
+this way against 0.22 ms for the five statements in a pipeline. PostgreSQL
+leaves the order of a statement's sub-statements open; here the
+reservations are what the statement returns, so they run first, and the
+other two run at its end. No lock cycle can come of it either way: the
+message row is held by this process alone (its lease), and the quota rows
+are locked in period order as everywhere.
+
 Any other group (a deferral, a refused recipient, a sender's health to
 record) takes two round trips around SQLAlchemy's statements:
 
@@ -53,6 +66,36 @@ from typing import Any
 from sqlalchemy.engine import Connection
 
 from . import hotsql
+
+#: psycopg prepares a statement, and caches its conversion, only up to this length and number of parameters
+#: (psycopg's MAX_CACHED_STATEMENT_LENGTH and MAX_CACHED_STATEMENT_PARAMS): a longer group goes as a pipeline
+MAX_STATEMENT_LENGTH = 4096
+MAX_STATEMENT_PARAMS = 50
+
+
+def one_statement(
+    statements: list[tuple[str, dict[str, Any]]], batches: list[tuple[str, list[dict[str, Any]]]]
+) -> tuple[str, dict[str, Any]] | None:
+    """``statements`` (each returning rows) and the one row of each batch as ONE statement of data-modifying
+    CTEs, which returns one row: how many rows each of ``statements`` returned. None when a batch has more
+    than one row, two parts give one parameter name different values, or the statement would be too long
+    for psycopg to prepare: the group then goes as a pipeline (:meth:`Pipelined.run`)."""
+    parts = list(statements)
+    for sql, rows in batches:
+        if len(rows) > 1:
+            return None
+        parts += [(sql, row) for row in rows]
+    params: dict[str, Any] = {}
+    for _, values in parts:
+        for name, value in values.items():
+            if params.setdefault(name, value) is not value and params[name] != value:
+                return None
+    ctes = ", ".join(f"w{index} AS ({sql})" for index, (sql, _) in enumerate(parts))
+    counts = ", ".join(f"(SELECT count(*) FROM w{index})" for index in range(len(statements)))
+    sql = f"WITH {ctes} SELECT {counts}".rstrip()  # no returning statement: a row of no columns
+    if len(sql) > MAX_STATEMENT_LENGTH or len(params) > MAX_STATEMENT_PARAMS:
+        return None
+    return sql, params
 
 
 @functools.cache  # asked at every group transaction; libpq's version does not change within a process
@@ -98,6 +141,14 @@ class Pipelined:
             if commit:
                 self.open = False
             return [cur.fetchall() for cur in cursors]
+
+    def single(self, sql: str, params: dict[str, Any]) -> list[int]:
+        """A statement of :func:`one_statement` as its own transaction (autocommit mode), in one round trip;
+        the number of rows each of its returning statements returned."""
+        with hotsql.errors(self.conn):
+            self.pg.autocommit = True
+            row = self.pg.execute(sql, params).fetchone()
+        return [int(count) for count in row]
 
     def begin(self, statements: list[tuple[str, dict[str, Any]]]) -> list[list[tuple[Any, ...]]]:
         """``BEGIN`` and ``statements`` in one round trip; the rows each statement returned."""

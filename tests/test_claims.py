@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from mailops import groupcommit, routing, suppress
+from mailops import groupcommit, hotsql, routing, suppress
 from mailops.config import DeliveryPolicy
 from mailops.errors import StoreError
-from mailops.outbox import MESSAGES, ClaimReads, KeptConnection, Outbox, QueuedMessage
+from mailops.outbox import MESSAGES, ClaimReads, KeptConnection, Outbox, QueuedMessage, _claim_statement
 from mailops.store import Store
 
 NOW = 1_764_590_400.5
@@ -101,6 +101,73 @@ def test_a_claim_without_reads_takes_no_turns(outbox: Outbox) -> None:
     assert claimed[0].mime == b"Subject: x\r\n\r\n\x00\xff\r\n" and claimed[0].recipient_status == {}
     with outbox.store.read() as conn:
         assert conn.execute(sa.select(routing.ROUTE_STATE.c.counter)).scalars().all() == [10]
+
+
+def test_a_claim_takes_the_earliest_due_across_queued_deferred_and_expired_leases(outbox: Outbox) -> None:
+    # message i: (state, due_at offset, lease_until offset, claimed_by)
+    setup = {
+        0: ("queued", 5, None, None),
+        1: ("deferred", 1, None, None),
+        2: ("sending", 3, -1, "w9"),  # another worker's lease expired: claimable
+        3: ("sending", 0, -1, "w1"),  # this worker's own claim: never taken back
+        4: ("sending", 0, 30, "w9"),  # a lease still running
+        5: ("deferred", 50, None, None),  # not due yet
+        6: ("queued", 1, None, None),  # same due time as message 1: id order
+        7: ("queued", 2, None, None),
+        8: ("cancelled", 0, None, None),
+    }
+    with outbox.store.write() as conn:
+        for i, (state, due, lease, worker) in setup.items():
+            conn.execute(
+                sa.update(MESSAGES)
+                .where(MESSAGES.c.subject == f"message {i}")
+                .values(
+                    state=state,
+                    due_at=NOW + due,
+                    lease_until=None if lease is None else NOW + 10 + lease,
+                    claimed_by=worker,
+                )
+            )
+    first = outbox.claim("w1", NOW + 10, 3)
+    assert [msg.subject for msg in first] == ["message 1", "message 6", "message 7"]  # id order of the 3 due first
+    rest = outbox.claim("w1", NOW + 10, 10)
+    assert [msg.subject for msg in rest] == ["message 0", "message 2"]
+
+
+def test_a_claim_reads_about_its_limit_of_rows_however_long_the_queue(database_url: str) -> None:
+    """One condition for every claimable state made the database read and sort the whole queue at each claim."""
+    store = Store.open(database_url)
+    box = Outbox(store, DeliveryPolicy(lease=60))
+    # as `send` queues them: one due time for all (the id order among them was left to a sort)
+    box.stage([_row(i, candidates=["a"], route=None, to=[f"u{i}@example.org"]) for i in range(3000)])
+    box.promote("run", NOW)
+    stmt = _claim_statement(True, False)
+    params = {"b_now": NOW + 5000, "b_worker": "w1", "b_limit": 20, "b_lease_until": NOW + 60, "b_run_id": "run"}
+    with store.engine.connect() as conn:
+        if conn.dialect.name == "postgresql":
+            # A 3000-row table is small enough that reading it all is the planner's cheaper choice, as it should
+            # be; what is checked is that the statement lets it read only the first rows of each state.
+            conn.execute(sa.text("SET LOCAL enable_seqscan = off"))
+            conn.execute(sa.text("ANALYZE messages"))
+            sql, bound = hotsql.rows(conn, stmt, [params])
+            driver: Any = conn.connection.driver_connection
+            [[plan]] = driver.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + sql, bound[0]).fetchall()
+            conn.rollback()  # EXPLAIN ANALYZE ran the UPDATE
+
+            def searched(node: dict[str, Any]) -> int:
+                """Rows the search for messages to claim read (the UPDATE then finds those by id, as it likes)."""
+                own = node["Actual Rows"] * node["Actual Loops"] if node.get("Alias", "messages") != "messages" else 0
+                return own + sum(searched(child) for child in node.get("Plans", []))
+
+            assert 20 <= searched(plan[0]["Plan"]) <= 4 * 20  # the 20 to claim, per state, not the 3000 queued
+        else:
+            compiled = stmt.compile(dialect=conn.dialect)
+            values = tuple(params.get(name, compiled.params.get(name)) for name in compiled.positiontup or [])
+            steps = [row[3] for row in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + str(compiled), values)]
+            assert not [step for step in steps if step.startswith("SCAN messages")], steps
+            # one search per state in (run_id, state, due_at) order: no sort of the run's messages
+            assert sum("INDEX ix_messages_run_state_due (run_id=? AND state=?" in step for step in steps) == 3, steps
+    store.close()
 
 
 def test_a_claim_that_fails_midway_takes_nothing(outbox: Outbox) -> None:

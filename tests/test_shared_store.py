@@ -751,7 +751,12 @@ def test_log_and_stats_on_a_blank_or_older_database_bring_it_up_to_date_first(da
             "010_include_suppressed",
             "011_recipient_search",
             "012_body_removed_at",
+            "013_claim_indexes",
         ]
+        for index in ("ix_messages_state_due_id", "ix_messages_run_state_due", "ix_messages_batch_state_due"):
+            conn.execute(sa.text(f"DROP INDEX {index}"))
+        conn.execute(sa.text("CREATE INDEX ix_messages_state_due ON messages (state, due_at)"))
+        conn.execute(sa.text("CREATE INDEX ix_messages_run_state ON messages (run_id, state)"))
         conn.execute(sa.text("ALTER TABLE messages DROP COLUMN body_removed_at"))
         drop_recipient_search(conn, database_url)
         conn.execute(sa.text("ALTER TABLE messages DROP COLUMN include_suppressed"))

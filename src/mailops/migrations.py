@@ -297,6 +297,21 @@ def _m012_body_removed_at(conn: Connection) -> None:
     conn.execute(sa.text("ALTER TABLE messages ADD COLUMN body_removed_at FLOAT"))
 
 
+def _m013_claim_indexes(conn: Connection) -> None:
+    import sqlalchemy as sa
+
+    # A claim reads the first due messages of each state, of one run (`send`), one batch (`send --batch`) or
+    # any, in (due_at, id) order (outbox._claim_statement): these indexes give that order, so a claim reads
+    # about as many rows as it takes. PostgreSQL read and sorted every due message at each claim before: all
+    # of a send's messages have one due time, and (state, due_at) or (run_id, state) left their id order to a
+    # sort. (SQLite's indexes end with the rowid anyway.) Each new index serves what the one it replaces did.
+    conn.execute(sa.text("CREATE INDEX ix_messages_state_due_id ON messages (state, due_at, id)"))
+    conn.execute(sa.text("CREATE INDEX ix_messages_run_state_due ON messages (run_id, state, due_at, id)"))
+    conn.execute(sa.text("CREATE INDEX ix_messages_batch_state_due ON messages (batch, state, due_at, id)"))
+    conn.execute(sa.text("DROP INDEX ix_messages_state_due"))
+    conn.execute(sa.text("DROP INDEX ix_messages_run_state"))
+
+
 #: name -> step, applied in this order; never edit or reorder a released step, add a new one.
 MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("001_initial", _m001_initial),
@@ -311,6 +326,7 @@ MIGRATIONS: list[tuple[str, Callable[[Connection], None]]] = [
     ("010_include_suppressed", _m010_include_suppressed),
     ("011_recipient_search", _m011_recipient_search),
     ("012_body_removed_at", _m012_body_removed_at),
+    ("013_claim_indexes", _m013_claim_indexes),
 ]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import smtplib
 import socket
 import threading
 import time
@@ -562,6 +563,29 @@ def test_a_failing_while_waiting_drops_the_connection_and_the_next_send_reconnec
     assert second.code == 250
     assert server.connections == 2  # the first connection, its reply unread, was not reused
     assert server.messages[-1].subject == "Second"
+
+
+@pytest.mark.parametrize("pipelining", [True, False], ids=["pipelining", "one-by-one"])
+@pytest.mark.parametrize(
+    "error",
+    [ConnectionResetError("the database connection was reset"), smtplib.SMTPException("a nested client's")],
+    ids=["ConnectionError", "SMTPException"],
+)
+def test_the_callers_own_network_error_is_its_own_not_the_servers(smtp_server, pipelining, error):
+    # On a reused connection a ConnectionError taken for the server's would reconnect and send the message
+    # though the caller's bookkeeping failed; any other would be reported as an SMTP failure.
+    server = smtp_server(pipelining=pipelining)
+
+    def broken() -> None:
+        raise error
+
+    with SmtpSession(make_sender(server), DEFAULT_PASSWORD) as session:
+        session.send(mime(subject="first"), "sales@example.com", [RCPT])
+        with pytest.raises(type(error)) as raised:
+            session.send(mime(subject="second"), "sales@example.com", [RCPT], while_waiting=broken)
+    assert raised.value is error
+    assert [m.subject for m in server.messages] == ["first"]
+    assert server.connections == 1
 
 
 def test_lines_starting_with_a_dot_arrive_intact(smtp_server):

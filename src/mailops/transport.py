@@ -115,6 +115,16 @@ class _Retry(Exception):
         self.failure = failure
 
 
+class _CallerError(Exception):
+    """Internal: the caller's ``while_waiting`` raised ``error``. Carried past the transaction's handlers so that
+    an ``OSError`` of the caller's (a database file, say) is not taken for the server's and retried or reported
+    as an SMTP failure; :meth:`SmtpSession.send` raises ``error`` itself."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(repr(error))
+        self.error = error
+
+
 class _BeforeEndOfData:
     """The caller's ``while_waiting`` of one :meth:`SmtpSession.send`, run at most once (a reconnect repeats
     the transaction, not the caller's bookkeeping); if it raises, the connection is dropped first."""
@@ -131,8 +141,11 @@ class _BeforeEndOfData:
             return
         try:
             callback()
-        except BaseException:
+        except Exception as exc:
             self.session._abort()  # the message is unfinished: dropping the connection abandons it
+            raise _CallerError(exc) from exc
+        except BaseException:
+            self.session._abort()
             raise
 
 
@@ -629,6 +642,8 @@ class SmtpSession:
             self._sent_on_connection += 1
             try:
                 result = self._transaction(mime, mail_from, rcpt_to, reused, before_end)
+            except _CallerError as caller:
+                raise caller.error from None
             except _Retry as retry:
                 self._abort()
                 if attempt == 2:

@@ -11,11 +11,12 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from mailops import groupcommit, hotsql, routing, suppress
+from mailops import hotsql, routing, suppress
+from mailops import store as store_module
 from mailops.config import DeliveryPolicy
 from mailops.errors import StoreError
-from mailops.outbox import MESSAGES, ClaimReads, KeptConnection, Outbox, QueuedMessage, _claim_statement
-from mailops.store import Store
+from mailops.outbox import MESSAGES, ClaimReads, Outbox, QueuedMessage, _claim_statement
+from mailops.store import KeptConnection, Store
 
 NOW = 1_764_590_400.5
 
@@ -221,7 +222,7 @@ def _round_trips() -> Iterator[list[str]]:
 
 
 def test_a_claim_on_postgresql_is_two_round_trips(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(groupcommit, "KEEP_IDLE_CONNECTION", 3600.0)  # however slow the machine: no new checkout
+    monkeypatch.setattr(store_module, "KEEP_IDLE_CONNECTION", 3600.0)  # however slow the machine: no new checkout
     store = Store.open(pg_url)
     box = Outbox(store, DeliveryPolicy(lease=60))
     box.stage([_row(i, candidates=["a", "b"], route=f"r{i % 3}", to=[f"u{i}@example.org"]) for i in range(9)])
@@ -256,7 +257,7 @@ def test_a_kept_connection_the_server_dropped_is_replaced(
 ) -> None:
     """Idle too long, the kept connection goes back to the pool (which checks the next one); one that failed a
     claim is dropped, and the next claim runs on a working one."""
-    monkeypatch.setattr(groupcommit, "KEEP_IDLE_CONNECTION", 0.0 if idle else 3600.0)
+    monkeypatch.setattr(store_module, "KEEP_IDLE_CONNECTION", 0.0 if idle else 3600.0)
     store = Store.open(pg_url)
     box = Outbox(store, DeliveryPolicy(lease=60))
     box.stage([_row(i, candidates=["a"], route=None, to=[f"u{i}@example.org"]) for i in range(3)])

@@ -37,12 +37,11 @@ from .outbox import (
     MARK_SENT,
     Bodies,
     ClaimReads,
-    KeptConnection,
     Outbox,
     QueuedMessage,
     retry_delay,
 )
-from .store import Store
+from .store import KeptConnection, Store
 from .transport import SendResult, SmtpFailure, SmtpSession
 
 CLAIM_SIZE = 50

@@ -21,19 +21,14 @@ again reports its error.
 
 from __future__ import annotations
 
-import contextlib
 import threading
-import time
 from collections.abc import Callable
 from typing import Generic, TypeVar, cast
 
 from sqlalchemy.engine import Connection
 
 from .errors import StoreError
-from .store import Store
-
-#: seconds a kept connection may idle before the next group checks out a fresh (pinged) one instead
-KEEP_IDLE_CONNECTION = 2.0
+from .store import KeptConnection, Store
 
 W = TypeVar("W")  # what a thread hands over
 R = TypeVar("R")  # what its write gives back once committed
@@ -63,8 +58,9 @@ class GroupCommit(Generic[W, R]):
         self._lock = threading.Lock()
         self._waiting: list[_Slot[W, R]] = []
         self._busy = False  # a leader is writing (or about to): newcomers wait for it
-        self._conn: Connection | None = None
-        self._used_at = 0.0
+        # One connection kept for the groups (only the leader uses it): no pool checkout and, on PostgreSQL,
+        # no ping round trip per transaction.
+        self._kept = KeptConnection(store)
         self.groups = 0  # transactions committed (for tests and the benchmark's notes)
         self.writes = 0  # writes they carried
 
@@ -129,30 +125,11 @@ class GroupCommit(Generic[W, R]):
         self.writes += len(group)
 
     def _transaction(self, writes: list[W]) -> list[R]:
-        # One connection kept for the groups (only the leader uses it): no pool checkout and, on PostgreSQL,
-        # no ping round trip per transaction. One that idled may have been dropped by the server: it goes
-        # back, and the pool checks the next one (a failed group would hand its outcomes back, sent twice).
-        if self._conn is not None and time.monotonic() - self._used_at > KEEP_IDLE_CONNECTION:
-            self._drop_connection()
-        if self._conn is None:
-            self._conn = self.store.engine.connect()
-        try:
-            with self.store.write_on(self._conn) as conn:
-                results = self.apply(conn, writes)
-        except BaseException:
-            self._drop_connection()  # whatever broke, the next group starts on a checked connection
-            raise
-        self._used_at = time.monotonic()
-        return results
-
-    def _drop_connection(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            with contextlib.suppress(Exception):  # a broken connection may fail to close: it is gone either way
-                conn.close()
+        with self._kept.write() as conn:
+            return self.apply(conn, writes)
 
     def close(self) -> None:
         """Give the kept connection back (the end of a run); a later write takes a new one."""
         with self._lock:
             if not self._busy:
-                self._drop_connection()
+                self._kept.close()

@@ -12,15 +12,13 @@ same Message-ID).
 from __future__ import annotations
 
 import builtins  # Outbox.list shadows list in the class body's annotations
-import contextlib
 import functools
 import json
 import threading
 import time
 import weakref
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +29,7 @@ from . import routing, suppress, tables
 from .compose import Splice, splice
 from .config import DeliveryPolicy
 from .states import CANCELLED, DEFERRED, DUE_STATES, FAILED, QUEUED, SENDING, SENT, STAGED
-from .store import Store, serialize
+from .store import KeptConnection, Store, serialize
 
 MESSAGES = tables.Message
 ATTEMPTS = tables.Attempt
@@ -297,49 +295,6 @@ class ClaimReads:
                 suppress.key(rcpt) for msg in messages if not msg.include_suppressed for rcpt in msg.pending_recipients
             )
         )
-
-
-class KeptConnection:
-    """A connection kept across a dispatcher's claims: no pool checkout, and on PostgreSQL no ping, per claim.
-
-    As the group transactions' (:mod:`mailops.groupcommit`): after ``KEEP_IDLE_CONNECTION`` seconds idle, or
-    after any failure, it goes back to the pool, which checks the next one (the server may have dropped an
-    idle connection).
-    """
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-        self._conn: Connection | None = None
-        self._used_at = 0.0
-
-    @contextmanager
-    def write(self) -> Iterator[Connection]:
-        """:meth:`Store.write` on the kept connection."""
-        from .groupcommit import KEEP_IDLE_CONNECTION
-
-        if self._conn is not None and time.monotonic() - self._used_at > KEEP_IDLE_CONNECTION:
-            self.close()
-        if self._conn is None:
-            try:
-                self._conn = self.store.engine.connect()
-            except sa.exc.DBAPIError:
-                with self.store.write() as conn:  # the store's own one-line error, or a connection after all
-                    yield conn
-                return
-        try:
-            with self.store.write_on(self._conn) as conn:
-                yield conn
-        except BaseException:
-            self.close()  # whatever broke, the next claim starts on a checked connection
-            raise
-        self._used_at = time.monotonic()
-
-    def close(self) -> None:
-        """Give the connection back to the pool."""
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            with contextlib.suppress(Exception):  # a broken connection may fail to close: it is gone either way
-                conn.close()
 
 
 class Bodies:

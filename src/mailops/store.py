@@ -48,6 +48,8 @@ from .errors import StoreError
 
 #: pooled connections per process: one per delivery worker thread (senders x connections) plus the dispatcher
 POOL_SIZE, POOL_OVERFLOW = 20, 20
+#: seconds a :class:`KeptConnection` may idle before the next transaction checks out a fresh (pinged) one instead
+KEEP_IDLE_CONNECTION = 2.0
 
 
 def _enable_wal(cur: Any) -> None:
@@ -313,6 +315,48 @@ class Store:
     def close(self) -> None:
         """Release pooled connections."""
         self.engine.dispose()
+
+
+class KeptConnection:
+    """A connection kept across short write transactions: no pool checkout, and on PostgreSQL no ping, each.
+
+    The dispatcher's claims and the group transactions (:mod:`mailops.groupcommit`) each keep one. After
+    ``KEEP_IDLE_CONNECTION`` seconds idle, or after any failure, it goes back to the pool, which checks the
+    next one: the server may have dropped an idle connection, and a group written on a dead one would hand
+    its outcomes back (sent twice). Not thread-safe: one user at a time.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._conn: Connection | None = None
+        self._used_at = 0.0
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        """:meth:`Store.write` on the kept connection."""
+        if self._conn is not None and time.monotonic() - self._used_at > KEEP_IDLE_CONNECTION:
+            self.close()
+        if self._conn is None:
+            try:
+                self._conn = self.store.engine.connect()
+            except sa.exc.DBAPIError:
+                with self.store.write() as conn:  # the store's own one-line error, or a connection after all
+                    yield conn
+                return
+        try:
+            with self.store.write_on(self._conn) as conn:
+                yield conn
+        except BaseException:
+            self.close()  # whatever broke, the next claim starts on a checked connection
+            raise
+        self._used_at = time.monotonic()
+
+    def close(self) -> None:
+        """Give the connection back to the pool."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):  # a broken connection may fail to close: it is gone either way
+                conn.close()
 
 
 def serialize(conn: Connection, name: str) -> None:

@@ -388,20 +388,40 @@ def pg_server() -> tuple[Any, str]:
     return cluster, ""
 
 
-def log_counts(folder: Path, pg_url: str | None) -> tuple[int, int]:
-    """What the store says after a run: (attempts logged as sent, messages in state sent)."""
-    attempts = "SELECT count(*) FROM attempts WHERE outcome = 'sent'"
-    messages = "SELECT count(*) FROM messages WHERE state = 'sent'"
+#: per mailops run label: (seconds from the command's start to its first SMTP transaction, msgs/s from then on)
+PHASES: dict[str, tuple[float, float]] = {}
+
+
+def _query(folder: Path, pg_url: str | None, sql: str) -> tuple[Any, ...]:
+    """The one row ``sql`` returns from the run's store (the bench's SQLite file, or ``pg_url``)."""
     if pg_url is None:
         db = sqlite3.connect(folder / "bench.db")
         try:
-            return db.execute(attempts).fetchone()[0], db.execute(messages).fetchone()[0]
+            return tuple(db.execute(sql).fetchone())
         finally:
             db.close()
     import psycopg
 
     with psycopg.connect(pg_url.replace("postgresql+psycopg://", "postgresql://")) as conn:
-        return conn.execute(attempts).fetchone()[0], conn.execute(messages).fetchone()[0]  # type: ignore[index]
+        return tuple(conn.execute(sql).fetchone() or ())
+
+
+def phases(folder: Path, pg_url: str | None, started: float, n: int) -> tuple[float, float]:
+    """Where a run's time went, from its log: (seconds from ``started``, the wall clock when the command was
+    launched, to the start of its first SMTP transaction; msgs/s from then to its last outcome)."""
+    first, last = _query(folder, pg_url, "SELECT min(at - coalesce(duration, 0)), max(at) FROM attempts")
+    return first - started, n / max(last - first, 1e-9)
+
+
+def log_counts(folder: Path, pg_url: str | None) -> tuple[int, int]:
+    """What the store says after a run: (attempts logged as sent, messages in state sent)."""
+    logged, marked = _query(
+        folder,
+        pg_url,
+        "SELECT (SELECT count(*) FROM attempts WHERE outcome = 'sent'), "
+        "(SELECT count(*) FROM messages WHERE state = 'sent')",
+    )
+    return int(logged), int(marked)
 
 
 #: CPU milliseconds per message of the last mailops run of each label
@@ -475,6 +495,7 @@ def bench_send(
         folder = workdir(info, senders, connections, database=pg_url or "bench.db")
         data = write_csv(folder / "rows.csv", n)
         sink_before, pg_before = info["cpu"](), cluster_cpu(cluster)
+        started = time.time()  # the log's clock
         seconds, proc, cpu = mailops(folder, "send", "--template", "renewal", "--data", str(data), "-q", src=src)
         sink_after, pg_after = info["cpu"](), cluster_cpu(cluster)
         CPU_MS[label] = 1000 * cpu / n
@@ -487,6 +508,7 @@ def bench_send(
             print(proc.stdout, proc.stderr, file=sys.stderr)
             raise SystemExit(f"mailops send failed with {proc.returncode}")
     logged, marked = log_counts(folder, pg_url)
+    PHASES[label] = phases(folder, pg_url, started, n)
     check.add(label, info.get("received"), logged, f"outbox says {marked} sent, log says")
     if marked != logged:
         check.failed += 1
@@ -659,6 +681,25 @@ def section_send(n: int, with_mailmerge: bool, rounds: int, targets_only: bool, 
         "cores); ceiling: msgs/s if every core were busy all the time",
         ["run", "client", "sink", "PostgreSQL", "total", "ceiling msgs/s", "measured msgs/s"],
         usage,
+    )
+
+    timeline = []
+    for key, delay, connections in (("mailops sqlite 4x4 20", 20, 16), ("mailops pg 4x4 20", 20, 16)):
+        runs = [PHASES[label] for label in PHASES if label.startswith(f"{key} ms")]
+        if runs:
+            before_first = statistics.median(first for first, _ in runs)
+            sending = statistics.median(rate for _, rate in runs)
+            wire = connections * 1000 / delay  # every connection busy only with the server's delay
+            best = n / (before_first + n / wire)
+            timeline.append(
+                [key, f"{before_first:.2f}", f"{sending:.0f}", f"{wire:.0f}", f"{best:.0f}", f"{med(key) or 0:.0f}"]
+            )
+    table(
+        "where a 4x4 run's time goes, from its log (medians): before the first message (start-up, checking and "
+        "queueing every row, connecting), then sending; best: msgs/s of the whole command with that start and "
+        "sending as fast as the server's delay allows",
+        ["run", "s before first", "sending msgs/s", "wire msgs/s", "best msgs/s", "measured msgs/s"],
+        timeline,
     )
 
     if baseline_src:

@@ -347,7 +347,7 @@ class KeptConnection:
             with self.store.write_on(self._conn) as conn:
                 yield conn
         except BaseException:
-            self.close()  # whatever broke, the next claim starts on a checked connection
+            self.close()  # whatever broke, the next transaction starts on a checked connection
             raise
         self._used_at = time.monotonic()
 

@@ -224,3 +224,76 @@ def test_the_index_is_what_tables_py_describes(logdb) -> None:
         [(indexdef,)] = logdb.query("SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_attempts_recipients_trgm'")
         assert indexdef == tables.RECIPIENT_SEARCH_POSTGRESQL.replace("ON attempts", "ON public.attempts")
     assert "011_recipient_search" in [name for name, _ in migrations.MIGRATIONS]
+
+
+def test_without_the_index_log_to_reads_the_log_and_answers_the_same(logdb, cli) -> None:
+    """Where migration 011 built no index (an SQLite without FTS5 or its trigram tokenizer, a PostgreSQL without
+    pg_trgm or the right to create it), ``log --to`` reads the log newest first and finds the same rows."""
+    url = logdb.database_url
+    rows = _customers(300)
+    rows[123]["recipients"] = "Boss@Example.com, customer123@example.org"
+    _load(url, rows)
+    asked = [("CUSTOMER123@example.org",), ("boss@",), ("example.org", "--limit", "3"), ("nobody@",)]
+    with_index = [_recipients(log_json(cli, "--to", *args)) for args in asked]
+
+    store = Store(url)
+    with store.write() as conn:
+        drop_recipient_search(conn, url)
+    store.close()
+    _load(url, [{"recipients": "late@example.org", "at": NOW}])  # written after: no trigger indexes it
+
+    assert not _probed(url, "customer123@")
+    assert [_recipients(log_json(cli, "--to", *args)) for args in asked[:2]] == with_index[:2]
+    assert with_index[1] == [["Boss@Example.com", "customer123@example.org"]]
+    assert _recipients(log_json(cli, "--to", "example.org", "--limit", "3")) == [
+        ["late@example.org"],
+        ["customer299@example.org"],
+        ["customer298@example.org"],
+    ]
+    assert log_json(cli, "--to", "nobody@") == [] == with_index[3]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_where_the_backend_cannot_build_the_index_migration_011_is_a_no_op_and_log_to_still_answers(
+    workspace, cli, tmp_path, request: pytest.FixtureRequest, backend: str
+) -> None:
+    """An SQLite without FTS5, a PostgreSQL role without the right to create pg_trgm: the database migrates
+    all the same, and ``log --to`` reads the log."""
+    # This machine's backends have both: the refusal is provoked where the backend would report it.
+    if backend == "sqlite":
+        import sqlite3
+
+        url, refused, error = f"sqlite:///{tmp_path / 'plain.db'}", "CREATE VIRTUAL TABLE", sqlite3.OperationalError
+        message = "no such module: fts5"
+    else:
+        import psycopg
+
+        url, refused, error = (
+            request.getfixturevalue("pg_url"),
+            "CREATE EXTENSION",
+            psycopg.errors.InsufficientPrivilege,
+        )
+        message = 'permission denied to create extension "pg_trgm"'
+
+    def refuse(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        if statement.lstrip().upper().startswith(refused):
+            raise error(message)
+
+    workspace.use_database(url)
+    workspace.write_config({"s0": workspace.sender(None, port=2525, auth=False)})
+    sa.event.listen(sa.engine.Engine, "before_cursor_execute", refuse)
+    try:
+        Store.open(url).close()
+    finally:
+        sa.event.remove(sa.engine.Engine, "before_cursor_execute", refuse)
+
+    assert workspace.query("SELECT name FROM schema_migrations WHERE name = '011_recipient_search'") == [
+        ("011_recipient_search",)
+    ]
+    if backend == "sqlite":
+        assert workspace.query("SELECT name FROM sqlite_master WHERE name LIKE 'attempts_fts%'") == []
+    else:
+        assert workspace.query("SELECT indexname FROM pg_indexes WHERE indexname LIKE '%trgm%'") == []
+    _load(url, _customers(20))
+    assert not _probed(url, "customer7@")
+    assert _recipients(log_json(cli, "--to", "Customer7@")) == [["customer7@example.org"]]

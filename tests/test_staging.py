@@ -136,3 +136,21 @@ def test_a_bad_row_leaves_nothing_of_its_chunk(database_url: str, monkeypatch: p
     # the connection that failed went back to the pool usable
     assert outbox.stage(_rows("after")) == 7
     store.close()
+
+
+@pytest.mark.parametrize("change", ["extra", "missing"])
+def test_rows_of_one_chunk_that_differ_in_their_columns_are_refused_before_anything_is_written(
+    database_url: str, change: str
+) -> None:
+    """Both inserts take the columns from a chunk's first row: a later row's own value (a due_at) would be
+    dropped silently, a missing one fail half-way. Such a chunk is a bug of the caller's: it stages nothing."""
+    store = Store.open(database_url)
+    rows = [{k: v for k, v in row.items() if k != "note"} for row in _rows("mixed")]
+    if change == "extra":
+        rows[4]["note"] = "only this row says so"
+    else:
+        del rows[4]["batch"]
+    with pytest.raises(ValueError, match=r"staged rows differ in their columns: \['(note|batch)'\]"):
+        Outbox(store, DeliveryPolicy()).stage(rows)
+    assert _stored(store, "mixed") == []
+    store.close()

@@ -444,6 +444,10 @@ class Outbox:
             splices: tuple[Splice, ...] = tuple(row.get("stored", ()))
             values = {k: v for k, v in row.items() if k != "stored"}
             values["parts"] = json.dumps([[offset, part.digest] for offset, part in splices]) if splices else None
+            if rows and values.keys() != rows[0].keys():
+                # Both inserts take their columns from the first row: another row's extra value would be
+                # dropped without a word (a due_at, say), a missing one fail half-way.
+                raise ValueError(f"staged rows differ in their columns: {sorted(values.keys() ^ rows[0].keys())}")
             for _, part in splices:
                 bodies.setdefault(part.digest, part.data)
             refs.update({part.digest for _, part in splices})

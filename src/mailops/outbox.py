@@ -29,7 +29,7 @@ from . import routing, suppress, tables
 from .compose import Splice, splice
 from .config import DeliveryPolicy
 from .states import CANCELLED, DEFERRED, DUE_STATES, FAILED, QUEUED, SENDING, SENT, STAGED
-from .store import KeptConnection, Store, serialize
+from .store import KeptConnection, Store, serialize, upsert_insert
 
 MESSAGES = tables.Message
 ATTEMPTS = tables.Attempt
@@ -350,9 +350,7 @@ def _add_references(conn: Connection, rows: list[dict[str, Any]]) -> None:
     Atomic against :meth:`Outbox.collect_attachments` on PostgreSQL too: a row it is deleting makes the
     upsert wait, then insert the attachment anew.
     """
-    from sqlalchemy.dialects import postgresql, sqlite
-
-    stmt: Any = postgresql.insert(ATTACHMENTS) if conn.dialect.name == "postgresql" else sqlite.insert(ATTACHMENTS)
+    stmt = upsert_insert(conn.dialect.name, ATTACHMENTS)
     upsert = stmt.on_conflict_do_update(
         index_elements=[ATTACHMENTS.c.digest], set_={"refs": ATTACHMENTS.c.refs + stmt.excluded.refs}
     )

@@ -12,6 +12,7 @@ from sqlalchemy.engine import Connection
 from . import health, quota, tables
 from .config import Config, Sender
 from .errors import UsageError
+from .store import upsert_insert
 from .wording import term
 
 ROUTE_STATE = tables.RouteState
@@ -76,9 +77,7 @@ def turns_statement(dialect: str) -> Any:
     an upsert (a route's first turns create its row), built once per dialect (SQLite and PostgreSQL)."""
     stmt = _TURNS.get(dialect)
     if stmt is None:
-        from sqlalchemy.dialects import postgresql, sqlite
-
-        values: Any = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(ROUTE_STATE)
+        values = upsert_insert(dialect, ROUTE_STATE)
         values = values.values(route=sa.bindparam("b_route"), counter=sa.bindparam("b_count"))
         stmt = _TURNS[dialect] = values.on_conflict_do_update(
             index_elements=[ROUTE_STATE.c.route], set_={"counter": ROUTE_STATE.c.counter + values.excluded.counter}

@@ -377,18 +377,25 @@ def advisory_key(name: str) -> int:
 _INSERT_IGNORE: dict[tuple[str, str], Any] = {}
 
 
+def upsert_insert(dialect: str, table: sa.Table) -> Any:
+    """``INSERT`` into ``table`` with ``ON CONFLICT`` clauses, for ``dialect`` (``sqlite`` or ``postgresql``).
+
+    Imports only that dialect's package: ``sqlalchemy.dialects.postgresql`` loads all of PostgreSQL's
+    drivers' modules, about 30 ms at every start on SQLite.
+    """
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(table)
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert(table)
+
+
 def insert_ignore(conn: Connection, table: sa.Table, rows: list[dict[str, Any]] | dict[str, Any]) -> None:
     """INSERT that silently skips rows whose primary key exists (SQLite and PostgreSQL)."""
     key = (conn.dialect.name, table.name)
     stmt = _INSERT_IGNORE.get(key)
     if stmt is None:
-        if conn.dialect.name == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-            stmt = pg_insert(table).on_conflict_do_nothing()
-        else:
-            from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-            stmt = sqlite_insert(table).on_conflict_do_nothing()
-        _INSERT_IGNORE[key] = stmt
+        stmt = _INSERT_IGNORE[key] = upsert_insert(conn.dialect.name, table).on_conflict_do_nothing()
     conn.execute(stmt, rows)

@@ -233,8 +233,8 @@ def test_without_the_index_log_to_reads_the_log_and_answers_the_same(logdb, cli)
     rows = _customers(300)
     rows[123]["recipients"] = "Boss@Example.com, customer123@example.org"
     _load(url, rows)
-    asked = [("CUSTOMER123@example.org",), ("boss@",), ("example.org", "--limit", "3"), ("nobody@",)]
-    with_index = [_recipients(log_json(cli, "--to", *args)) for args in asked]
+    asked = ["CUSTOMER123@example.org", "boss@", "nobody@"]
+    with_index = [_recipients(log_json(cli, "--to", to)) for to in asked]
 
     store = Store(url)
     with store.write() as conn:
@@ -243,14 +243,13 @@ def test_without_the_index_log_to_reads_the_log_and_answers_the_same(logdb, cli)
     _load(url, [{"recipients": "late@example.org", "at": NOW}])  # written after: no trigger indexes it
 
     assert not _probed(url, "customer123@")
-    assert [_recipients(log_json(cli, "--to", *args)) for args in asked[:2]] == with_index[:2]
-    assert with_index[1] == [["Boss@Example.com", "customer123@example.org"]]
+    assert [_recipients(log_json(cli, "--to", to)) for to in asked] == with_index
+    assert with_index[1] == [["Boss@Example.com", "customer123@example.org"]] and with_index[2] == []
     assert _recipients(log_json(cli, "--to", "example.org", "--limit", "3")) == [
         ["late@example.org"],
         ["customer299@example.org"],
         ["customer298@example.org"],
     ]
-    assert log_json(cli, "--to", "nobody@") == [] == with_index[3]
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
@@ -266,13 +265,10 @@ def test_where_the_backend_cannot_build_the_index_migration_011_is_a_no_op_and_l
         url, refused, error = f"sqlite:///{tmp_path / 'plain.db'}", "CREATE VIRTUAL TABLE", sqlite3.OperationalError
         message = "no such module: fts5"
     else:
+        url = request.getfixturevalue("pg_url")  # skips where no PostgreSQL is at hand, before psycopg is needed
         import psycopg
 
-        url, refused, error = (
-            request.getfixturevalue("pg_url"),
-            "CREATE EXTENSION",
-            psycopg.errors.InsufficientPrivilege,
-        )
+        refused, error = "CREATE EXTENSION", psycopg.errors.InsufficientPrivilege
         message = 'permission denied to create extension "pg_trgm"'
 
     def refuse(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
